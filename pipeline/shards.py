@@ -1,0 +1,445 @@
+"""The HDF5 shard format: the one contract between stage 1 (writes) and stage 2 (reads).
+
+Everything that knows what a shard looks like imports it from here: the writer in
+`pipeline.frames`, the loader in `fgclip.loader`, evaluation and the tests.
+
+Layout of one shard file (N records, F stored frames in all, R region slots, K negative slots)::
+
+    dataset            dtype    shape         meaning
+    frames             uint8    (F, H, W, 3)  RGB frames of all records, record after record
+    frame_offset       int64    (N + 1,)      record i owns rows frame_offset[i]:frame_offset[i+1]
+    frame_index        int64    (F,)          0-based source frame number of each stored frame
+    boxes              float32  (F, R, 4)     per stored frame and region: x1, y1, x2, y2 in 0..1
+                                              of the stored (resized) frame
+    box_mask           bool     (F, R)        the region is visible / annotated on that frame
+    region_count       int32    (N,)          regions of the record (slots >= count are padding)
+    global_caption     str      (N,)          UTF-8
+    region_captions    str      (N, R)        "" in padding slots
+    hard_negatives     str      (N, R, K)     "" where a region has fewer (or no) negatives
+    video              str      (N,)          video path as written in the annotation file
+    label              str      (N,)          UCF-Crime class ("Normal" for normal videos)
+    is_anomaly         bool     (N,)
+    window_s           float64  (N, 2)        start_s, end_s of the sampled window
+    fps                float64  (N,)          native frame rate of the source video
+    num_source_frames  int64    (N,)          frames of the whole source video
+    record_index       int64    (N,)          index of the record in the source annotation file
+
+One flat frame axis serves both sampling modes: `uniform` (training, exactly T frames per
+record, so record i is rows i*T:(i+1)*T and each record is one HDF5 chunk) and `stride`
+(test videos, one frame every `stride` source frames, a different count per video).
+
+`frames` is chunked (one record per chunk in uniform mode) and carries HDF5's Fletcher-32
+checksum filter, so a flipped byte on disk fails the read instead of training on garbage.
+It is not compressed: decoded surveillance frames shrink little under the fast filters, and
+the loader's budget is I/O bandwidth, not disk space (docs/PERFORMANCE.md has the figures).
+
+Files are written under a temporary name and renamed only when complete, so a file named
+`shard-XXXXX.h5` is always whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import h5py
+import numpy as np
+
+SCHEMA_VERSION = 1
+SHARD_SUFFIX = ".h5"
+TMP_SUFFIX = ".h5.tmp"
+MANIFEST_NAME = "manifest.json"
+SAMPLING_MODES = ("uniform", "stride")
+RESIZE_MODES = ("squash", "center-crop")
+
+_STR = h5py.string_dtype(encoding="utf-8")
+
+# name -> (dtype, axis the first dimension runs over: "frame" or "record")
+DATASETS: dict[str, tuple[object, str]] = {
+    "frames": (np.uint8, "frame"),
+    "frame_index": (np.int64, "frame"),
+    "boxes": (np.float32, "frame"),
+    "box_mask": (np.bool_, "frame"),
+    "frame_offset": (np.int64, "offset"),
+    "region_count": (np.int32, "record"),
+    "global_caption": (_STR, "record"),
+    "region_captions": (_STR, "record"),
+    "hard_negatives": (_STR, "record"),
+    "video": (_STR, "record"),
+    "label": (_STR, "record"),
+    "is_anomaly": (np.bool_, "record"),
+    "window_s": (np.float64, "record"),
+    "fps": (np.float64, "record"),
+    "num_source_frames": (np.int64, "record"),
+    "record_index": (np.int64, "record"),
+}
+
+
+class ShardFormatError(RuntimeError):
+    """A shard or manifest that this version cannot read; the message says how to rebuild."""
+
+
+@dataclass
+class ShardRecord:
+    """One record as stage 1 produces it and stage 2 reads it back."""
+
+    frames_uint8: np.ndarray  # (S, H, W, 3) uint8
+    frame_index: np.ndarray  # (S,) int64 source frame numbers
+    boxes: np.ndarray  # (R, S, 4) float32, x1 y1 x2 y2 in 0..1
+    box_mask: np.ndarray  # (R, S) bool
+    global_caption: str
+    region_captions: list[str]
+    video: str
+    label: str
+    is_anomaly: bool
+    window_s: tuple[float, float]
+    fps: float
+    num_source_frames: int
+    record_index: int
+    hard_negatives: list[list[str]] = field(default_factory=list)  # per region, may be empty
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames_uint8.shape[0])
+
+    @property
+    def num_regions(self) -> int:
+        return len(self.region_captions)
+
+    def check(self) -> None:
+        """Raise ValueError if the arrays disagree with each other."""
+        s = self.num_frames
+        r = self.num_regions
+        where = f"record {self.record_index} ({self.video})"
+        if self.frames_uint8.dtype != np.uint8 or self.frames_uint8.ndim != 4 or self.frames_uint8.shape[-1] != 3:
+            raise ValueError(f"{where}: frames must be uint8 (S,H,W,3), got {self.frames_uint8.dtype} {self.frames_uint8.shape}")
+        if self.frame_index.shape != (s,):
+            raise ValueError(f"{where}: frame_index shape {self.frame_index.shape} != ({s},)")
+        if self.boxes.shape != (r, s, 4) or self.box_mask.shape != (r, s):
+            raise ValueError(f"{where}: boxes {self.boxes.shape} / box_mask {self.box_mask.shape} do not match R={r}, S={s}")
+        if self.hard_negatives and len(self.hard_negatives) != r:
+            raise ValueError(f"{where}: {len(self.hard_negatives)} hard-negative lists for {r} regions")
+
+
+@dataclass(frozen=True)
+class ShardAttrs:
+    """File-level attributes: what every record in the shard shares."""
+
+    sampling: str  # "uniform" or "stride"
+    num_frames: int  # T in uniform mode, 0 in stride mode
+    stride: int  # source frames between samples in stride mode, 0 in uniform mode
+    height: int
+    width: int
+    resize_mode: str  # "squash" or "center-crop"
+    source_json: str = ""
+    source_sha256: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLING_MODES:
+            raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {self.sampling!r}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.sampling == "uniform" and self.num_frames <= 0:
+            raise ValueError("uniform sampling needs num_frames > 0")
+        if self.sampling == "stride" and self.stride <= 0:
+            raise ValueError("stride sampling needs stride > 0")
+
+    def to_h5(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_h5(cls, attrs: h5py.AttributeManager, path: os.PathLike | str) -> "ShardAttrs":
+        version = int(attrs.get("schema_version", -1))
+        if version != SCHEMA_VERSION:
+            raise ShardFormatError(
+                f"{path}: shard schema version {version}, this fgclip-vad reads version {SCHEMA_VERSION}. "
+                f"Rebuild the shards with `fgclip-vad frames` (or `make frames`) into a new output directory."
+            )
+        values = {k: attrs[k] for k in cls.__dataclass_fields__ if k in attrs}
+        for key in ("num_frames", "stride", "height", "width", "schema_version"):
+            values[key] = int(values[key])
+        for key in ("sampling", "resize_mode", "source_json", "source_sha256"):
+            if key in values:
+                values[key] = str(values[key])
+        return cls(**values)
+
+
+def shard_name(shard_id: int) -> str:
+    return f"shard-{shard_id:05d}{SHARD_SUFFIX}"
+
+
+def write_shard(path: os.PathLike | str, records: Sequence[ShardRecord], attrs: ShardAttrs) -> None:
+    """Write `records` to `path` atomically: a temp file, fsync, then rename.
+
+    All records must share the stored frame size of `attrs`; in uniform mode each has exactly
+    `attrs.num_frames` frames.
+    """
+    path = Path(path)
+    if not records:
+        raise ValueError(f"{path}: refusing to write a shard with no records")
+    height, width = attrs.height, attrs.width
+    for rec in records:
+        rec.check()
+        if rec.frames_uint8.shape[1:3] != (height, width):
+            raise ValueError(
+                f"{path}: record {rec.record_index} ({rec.video}) has frames {rec.frames_uint8.shape[1:3]}, "
+                f"shard stores {(height, width)}"
+            )
+        if attrs.sampling == "uniform" and rec.num_frames != attrs.num_frames:
+            raise ValueError(
+                f"{path}: record {rec.record_index} ({rec.video}) has {rec.num_frames} frames, uniform shard stores {attrs.num_frames}"
+            )
+
+    n = len(records)
+    counts = np.array([rec.num_frames for rec in records], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    total = int(offsets[-1])
+    max_regions = max(1, max(rec.num_regions for rec in records))
+    max_negatives = max(1, max((len(neg) for rec in records for neg in rec.hard_negatives), default=0))
+    chunk_frames = attrs.num_frames if attrs.sampling == "uniform" else min(32, total)
+
+    tmp = path.with_name(path.name[: -len(SHARD_SUFFIX)] + TMP_SUFFIX)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with h5py.File(tmp, "w", libver="latest") as f:
+            for key, value in attrs.to_h5().items():
+                f.attrs[key] = value
+            f.attrs["num_records"] = n
+            f.attrs["max_regions"] = max_regions
+
+            frames = f.create_dataset(
+                "frames", shape=(total, height, width, 3), dtype=np.uint8,
+                chunks=(chunk_frames, height, width, 3), fletcher32=True,
+            )
+            frame_index = np.empty(total, dtype=np.int64)
+            boxes = np.zeros((total, max_regions, 4), dtype=np.float32)
+            box_mask = np.zeros((total, max_regions), dtype=bool)
+            region_captions = np.full((n, max_regions), "", dtype=object)
+            hard_negatives = np.full((n, max_regions, max_negatives), "", dtype=object)
+            for i, rec in enumerate(records):
+                lo, hi = offsets[i], offsets[i + 1]
+                frames[lo:hi] = rec.frames_uint8
+                frame_index[lo:hi] = rec.frame_index
+                r = rec.num_regions
+                boxes[lo:hi, :r] = rec.boxes.transpose(1, 0, 2)
+                box_mask[lo:hi, :r] = rec.box_mask.T
+                region_captions[i, :r] = rec.region_captions
+                for j, negatives in enumerate(rec.hard_negatives):
+                    hard_negatives[i, j, : len(negatives)] = negatives
+
+            f.create_dataset("frame_offset", data=offsets)
+            f.create_dataset("frame_index", data=frame_index)
+            f.create_dataset("boxes", data=boxes, chunks=(chunk_frames, max_regions, 4))
+            f.create_dataset("box_mask", data=box_mask, chunks=(chunk_frames, max_regions))
+            f.create_dataset("region_count", data=np.array([rec.num_regions for rec in records], dtype=np.int32))
+            f.create_dataset("global_caption", data=[rec.global_caption for rec in records], dtype=_STR)
+            f.create_dataset("region_captions", data=region_captions, dtype=_STR)
+            f.create_dataset("hard_negatives", data=hard_negatives, dtype=_STR)
+            f.create_dataset("video", data=[rec.video for rec in records], dtype=_STR)
+            f.create_dataset("label", data=[rec.label for rec in records], dtype=_STR)
+            f.create_dataset("is_anomaly", data=np.array([rec.is_anomaly for rec in records], dtype=bool))
+            f.create_dataset("window_s", data=np.array([rec.window_s for rec in records], dtype=np.float64))
+            f.create_dataset("fps", data=np.array([rec.fps for rec in records], dtype=np.float64))
+            f.create_dataset("num_source_frames", data=np.array([rec.num_source_frames for rec in records], dtype=np.int64))
+            f.create_dataset("record_index", data=np.array([rec.record_index for rec in records], dtype=np.int64))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class RecordMeta:
+    """Everything about a record except its pixels and boxes (small; the loader keeps all of them)."""
+
+    shard: str
+    local_index: int
+    num_frames: int
+    global_caption: str
+    region_captions: tuple[str, ...]
+    hard_negatives: tuple[tuple[str, ...], ...]  # per region, "" entries dropped
+    video: str
+    label: str
+    is_anomaly: bool
+    window_s: tuple[float, float]
+    fps: float
+    num_source_frames: int
+    record_index: int
+
+
+class ShardReader:
+    """Read access to one shard file. Open it in the process that reads (never before fork)."""
+
+    def __init__(self, path: os.PathLike | str):
+        self.path = Path(path)
+        if self.path.name.endswith(TMP_SUFFIX):
+            raise ShardFormatError(f"{self.path}: an unfinished shard (temp file); rerun `fgclip-vad frames` to complete it")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as err:
+            raise ShardFormatError(
+                f"{self.path}: not a readable HDF5 shard ({err}). Delete it and rerun `fgclip-vad frames` to rebuild it."
+            ) from err
+        self.attrs = ShardAttrs.from_h5(self._file.attrs, self.path)
+        missing = [name for name in DATASETS if name not in self._file]
+        if missing:
+            raise ShardFormatError(f"{self.path}: missing datasets {missing}; rebuild with `fgclip-vad frames`")
+        self.offsets = self._file["frame_offset"][:]
+        self.num_records = len(self.offsets) - 1
+        self.max_regions = int(self._file["boxes"].shape[1])
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "ShardReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def frame_range(self, i: int) -> tuple[int, int]:
+        return int(self.offsets[i]), int(self.offsets[i + 1])
+
+    def read_frames_into(self, i: int, out: np.ndarray, rows: np.ndarray | None = None) -> None:
+        """Read record i's frames (or only `rows` of them, sorted) into `out`, e.g. a shared buffer.
+
+        Reading whole records goes straight from the chunk into `out` without a temporary copy.
+        """
+        lo, hi = self.frame_range(i)
+        dataset = self._file["frames"]
+        try:
+            if rows is None:
+                dataset.read_direct(out, source_sel=np.s_[lo:hi])
+            else:
+                out[...] = dataset[lo + np.asarray(rows)]
+        except OSError as err:
+            raise ShardFormatError(
+                f"{self.path}: record {i} (video {self.video(i)}): frames failed their checksum or could not be read "
+                f"({err}). The file is damaged: delete it and rerun `fgclip-vad frames` to rebuild this shard."
+            ) from err
+
+    def read_boxes(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(R, S, 4) boxes and (R, S) mask of record i, R = the shard's region slots."""
+        lo, hi = self.frame_range(i)
+        boxes = self._file["boxes"][lo:hi].transpose(1, 0, 2)
+        mask = self._file["box_mask"][lo:hi].T
+        return np.ascontiguousarray(boxes), np.ascontiguousarray(mask)
+
+    def read_frame_index(self, i: int) -> np.ndarray:
+        lo, hi = self.frame_range(i)
+        return self._file["frame_index"][lo:hi]
+
+    def video(self, i: int) -> str:
+        return self._file["video"].asstr()[i]
+
+    def metas(self) -> list[RecordMeta]:
+        f = self._file
+        counts = f["region_count"][:]
+        global_caption = f["global_caption"].asstr()[:]
+        region_captions = f["region_captions"].asstr()[:]
+        hard_negatives = f["hard_negatives"].asstr()[:]
+        video = f["video"].asstr()[:]
+        label = f["label"].asstr()[:]
+        is_anomaly = f["is_anomaly"][:]
+        window_s = f["window_s"][:]
+        fps = f["fps"][:]
+        num_source_frames = f["num_source_frames"][:]
+        record_index = f["record_index"][:]
+        out = []
+        for i in range(self.num_records):
+            r = int(counts[i])
+            out.append(
+                RecordMeta(
+                    shard=str(self.path),
+                    local_index=i,
+                    num_frames=int(self.offsets[i + 1] - self.offsets[i]),
+                    global_caption=str(global_caption[i]),
+                    region_captions=tuple(str(c) for c in region_captions[i, :r]),
+                    hard_negatives=tuple(tuple(str(c) for c in hard_negatives[i, j] if c) for j in range(r)),
+                    video=str(video[i]),
+                    label=str(label[i]),
+                    is_anomaly=bool(is_anomaly[i]),
+                    window_s=(float(window_s[i, 0]), float(window_s[i, 1])),
+                    fps=float(fps[i]),
+                    num_source_frames=int(num_source_frames[i]),
+                    record_index=int(record_index[i]),
+                )
+            )
+        return out
+
+    def read_record(self, i: int) -> ShardRecord:
+        """The whole record i as a ShardRecord (tests and evaluation; the loader reads into buffers)."""
+        meta = self.metas()[i]
+        lo, hi = self.frame_range(i)
+        frames = np.empty((hi - lo, self.attrs.height, self.attrs.width, 3), dtype=np.uint8)
+        self.read_frames_into(i, frames)
+        boxes, mask = self.read_boxes(i)
+        r = len(meta.region_captions)
+        return ShardRecord(
+            frames_uint8=frames,
+            frame_index=self.read_frame_index(i),
+            boxes=boxes[:r],
+            box_mask=mask[:r],
+            global_caption=meta.global_caption,
+            region_captions=list(meta.region_captions),
+            hard_negatives=[list(n) for n in meta.hard_negatives],
+            video=meta.video,
+            label=meta.label,
+            is_anomaly=meta.is_anomaly,
+            window_s=meta.window_s,
+            fps=meta.fps,
+            num_source_frames=meta.num_source_frames,
+            record_index=meta.record_index,
+        )
+
+
+# --- manifest -------------------------------------------------------------------------------
+
+
+def manifest_path(shard_dir: os.PathLike | str) -> Path:
+    return Path(shard_dir) / MANIFEST_NAME
+
+
+def write_manifest(shard_dir: os.PathLike | str, manifest: dict) -> None:
+    """Atomically write the manifest (a JSON dict; see `pipeline.frames` for its fields)."""
+    path = manifest_path(shard_dir)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_manifest(shard_dir: os.PathLike | str) -> dict:
+    path = manifest_path(shard_dir)
+    if not path.is_file():
+        raise ShardFormatError(f"{shard_dir}: no {MANIFEST_NAME}; build the shards with `fgclip-vad frames` (or `make frames`)")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    version = int(manifest.get("schema_version", -1))
+    if version != SCHEMA_VERSION:
+        raise ShardFormatError(
+            f"{path}: schema version {version}, this fgclip-vad reads {SCHEMA_VERSION}. "
+            f"Rebuild with `fgclip-vad frames` into a new output directory."
+        )
+    return manifest
+
+
+def list_shards(shard_dir: os.PathLike | str) -> list[Path]:
+    """The complete shard files of a shard directory, in order, as its manifest lists them."""
+    shard_dir = Path(shard_dir)
+    manifest = read_manifest(shard_dir)
+    paths = [shard_dir / entry["file"] for entry in manifest["shards"]]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ShardFormatError(f"{shard_dir}: manifest lists shards that are missing: {missing[:5]}; rerun `fgclip-vad frames`")
+    return paths
+
+
+def iter_record_metas(shard_dir: os.PathLike | str) -> Iterator[RecordMeta]:
+    for path in list_shards(shard_dir):
+        with ShardReader(path) as reader:
+            yield from reader.metas()

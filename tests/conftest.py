@@ -1,0 +1,26 @@
+"""Shared fixtures: where the real data lives, and small torch settings for 2-core CI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("FGCLIP_SHARED", REPO_ROOT.parent / "shared"))
+SHARED_DATA = SHARED / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"real test data not found at {SHARED_DATA}; set FGCLIP_SHARED to the shared folder")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline_and_small():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    yield
