@@ -1,0 +1,113 @@
+"""Frame-level anomaly detection metrics (scikit-learn), the field's way.
+
+Every metric works on frame scores and frame labels of whole videos, concatenated:
+
+* `auc`: ROC AUC over all test frames of all videos (the headline number of UCF-Crime papers).
+* `auc_anomalous_videos`: ROC AUC over the frames of anomalous videos only (can the model find
+  the event inside a video it already flags?).
+* `ap`: average precision over all frames.
+* `per_class_auc`: for each anomaly class, ROC AUC over the frames of that class's videos plus
+  all frames of the normal videos.
+* `false_alarm_rate`: the fraction of normal-video frames scored above `threshold` (0.5).
+
+A metric that is undefined (only one kind of frame present) is None, never a made-up number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass
+class VideoFrames:
+    """One test video's frame scores and ground truth, both one entry per source frame."""
+
+    video: str
+    label: str  # class ("Normal" for normal videos)
+    is_anomaly: bool
+    scores: np.ndarray  # (F,) float, higher = more anomalous
+    gt: np.ndarray  # (F,) bool, True = anomalous frame
+
+    def __post_init__(self) -> None:
+        if self.scores.shape != self.gt.shape or self.scores.ndim != 1:
+            raise ValueError(f"video {self.video}: scores {self.scores.shape} and ground truth {self.gt.shape} "
+                             f"must be 1-D and of the same length")
+
+
+def concatenate(videos: Sequence[VideoFrames]) -> tuple[np.ndarray, np.ndarray]:
+    """All frames of `videos` in order: (scores float64, labels bool)."""
+    if not videos:
+        return np.zeros(0), np.zeros(0, dtype=bool)
+    scores = np.concatenate([v.scores for v in videos]).astype(np.float64)
+    labels = np.concatenate([v.gt for v in videos]).astype(bool)
+    return scores, labels
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """ROC AUC, or None when the frames are all of one kind."""
+    if labels.size == 0 or labels.all() or not labels.any():
+        return None
+    return float(roc_auc_score(labels, scores))
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Average precision, or None when no frame is anomalous."""
+    if labels.size == 0 or not labels.any():
+        return None
+    return float(average_precision_score(labels, scores))
+
+
+def false_alarm_rate(normal_scores: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> float | None:
+    """Fraction of normal-video frames with a score strictly above `threshold`."""
+    if normal_scores.size == 0:
+        return None
+    return float(np.mean(normal_scores > threshold))
+
+
+def roc_points(videos: Sequence[VideoFrames]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(false positive rate, true positive rate) of the all-frames ROC curve, None if undefined."""
+    scores, labels = concatenate(videos)
+    if labels.size == 0 or labels.all() or not labels.any():
+        return None
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=True)
+    return fpr, tpr
+
+
+def compute_metrics(videos: Sequence[VideoFrames], *, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """Every metric of the module docstring plus video and frame counts, as a JSON-ready dict."""
+    anomalous = [v for v in videos if v.is_anomaly]
+    normal = [v for v in videos if not v.is_anomaly]
+    scores, labels = concatenate(videos)
+    anomalous_scores, anomalous_labels = concatenate(anomalous)
+    normal_scores, _ = concatenate(normal)
+
+    per_class_auc: dict[str, float | None] = {}
+    per_class_videos: dict[str, int] = {}
+    for label in sorted({v.label for v in anomalous}):
+        members = [v for v in anomalous if v.label == label]
+        class_scores, class_labels = concatenate(members + normal)
+        per_class_auc[label] = roc_auc(class_scores, class_labels)
+        per_class_videos[label] = len(members)
+
+    return {
+        "auc": roc_auc(scores, labels),
+        "auc_anomalous_videos": roc_auc(anomalous_scores, anomalous_labels),
+        "ap": average_precision(scores, labels),
+        "false_alarm_rate": false_alarm_rate(normal_scores, threshold),
+        "false_alarm_threshold": threshold,
+        "per_class_auc": per_class_auc,
+        "per_class_videos": per_class_videos,
+        "num_videos": len(videos),
+        "num_anomalous_videos": len(anomalous),
+        "num_normal_videos": len(normal),
+        "num_frames": int(labels.size),
+        "num_anomalous_frames": int(labels.sum()),
+        "mean_score_normal_frames": float(scores[~labels].mean()) if (~labels).any() else None,
+        "mean_score_anomalous_frames": float(scores[labels].mean()) if labels.any() else None,
+    }
