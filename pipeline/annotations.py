@@ -1,0 +1,535 @@
+"""Load and validate an annotation JSON in the real record format (see DESIGN.md, stage 1).
+
+`validate_annotations` reads the whole file, reports every problem it finds (record index,
+video, field, value, what to do) and returns the usable records, cleaned.
+
+Severity policy (what makes `fgclip-vad validate` exit non-zero):
+
+* **error**: the dataset as written is wrong and the run must not go on:
+  - the file cannot be read, is not JSON, or is not a list of records;
+  - a record cannot be used as written (missing field, wrong type, NaN, negative frame,
+    x1 >= x2, a box far outside 0..1, reversed or negative timestamps, empty caption,
+    region/box count mismatch, malformed hard negatives). The record is dropped: guessing
+    which box belongs to which caption, or what a NaN meant, would train on made-up data.
+    `drop_invalid=True` (`--drop-invalid`) accepts losing those records: they are still
+    dropped and listed, as warnings;
+  - videos of the official UCF-Crime test split in the training data, or no test split to
+    check against (`allow_test_overlap=True` turns both into warnings and keeps the records;
+    `drop_test_overlap=True` drops the overlapping records, as warnings).
+* **warning**: fixed unambiguously or harmless, record kept: coordinates overshooting 0..1 by
+  at most `BOX_OVERSHOOT_TOLERANCE` (clipped; the real files have 21-24 such keyframes, by at
+  most 0.001), exact duplicate records (later copies dropped), the same video and window
+  captioned twice, unsorted or repeated keyframes (sorted, first kept), unknown fields (kept in
+  the file, not used), a record without regions, non-English captions not covered by the
+  translation file (kept as written so a run is possible; listed so the user can translate),
+  keyframes outside the record's window (only checked with an fps hint, see below).
+
+Keyframes vs `timestamps`: keyframes are source frame numbers, the window is in seconds, and
+the frame rate is only known once stage 1 opens the video. Without `fps_hint` this module does
+not guess; stage 1 checks against the real rate. With `fps_hint` (UCF-Crime is 30 fps) the
+check runs here, as warnings. Windows past the end of the video are also stage 1's to find.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.captions import foreign_scripts, translate
+from pipeline.ucf_split import (  # noqa: F401  (find_test_split, label_from_video_path: public API here)
+    SplitEntry,
+    find_test_split,
+    is_known_label,
+    label_from_video_path,
+    read_split_list,
+    video_key,
+    video_stem,
+)
+
+BOX_OVERSHOOT_TOLERANCE = 0.02  # coordinates within [-tol, 1 + tol] are clipped, beyond rejected
+REQUIRED_FIELDS = ("video", "global_caption", "region_captions", "box_infos")
+OPTIONAL_FIELDS = ("timestamps", "hard_negatives")
+KEYFRAME_FIELDS = ("frame", "bbox")
+
+ERROR = "error"
+WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    frame: int  # 0-based source frame number, native rate
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in 0..1 (already clipped)
+
+
+@dataclass(frozen=True)
+class Region:
+    caption: str
+    keyframes: tuple[Keyframe, ...]  # sorted by frame; empty = whole frame
+    hard_negatives: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AnnotationRecord:
+    index: int  # position in the source JSON list
+    video: str  # as written in the JSON
+    global_caption: str
+    regions: tuple[Region, ...]
+    window_s: tuple[float, float] | None  # timestamps [start_s, end_s] or None = whole video
+    label: str  # UCF-Crime class from the path ("Normal" for normal videos)
+    is_anomaly: bool
+
+
+@dataclass(frozen=True)
+class Problem:
+    record_index: int | None  # None = file-level problem
+    video: str
+    field: str  # e.g. "box_infos[1][0].bbox"
+    kind: str  # stable short code, e.g. "test-split-overlap", "non-english-caption"
+    severity: str  # "error" (record unusable / run must stop) or "warning"
+    message: str  # names the value at fault and what to do
+
+    def to_dict(self) -> dict:
+        return {
+            "record_index": self.record_index,
+            "video": self.video,
+            "field": self.field,
+            "kind": self.kind,
+            "severity": self.severity,
+            "message": self.message,
+        }
+
+
+@dataclass
+class ValidationReport:
+    source: Path
+    source_sha256: str
+    records: list[AnnotationRecord]  # the usable records (cleaned: clipped boxes, duplicates dropped, translations applied)
+    problems: list[Problem]
+    num_source_records: int = 0  # records in the file (0 if it could not be read)
+    dropped: list[int] = field(default_factory=list)  # indices of records not in `records`
+    test_split: Path | None = None  # the split list checked against (None = not checked)
+    test_overlap: dict[str, list[int]] = field(default_factory=dict)  # test video stem -> record indices
+    translated_captions: int = 0  # captions replaced from the translation file
+
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == ERROR]
+
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == WARNING]
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(p.kind for p in self.problems))
+
+    def counts_by_severity(self) -> dict[tuple[str, str], int]:
+        """(kind, severity) -> count, errors first, then by count."""
+        counts = Counter((p.kind, p.severity) for p in self.problems)
+        return dict(sorted(counts.items(), key=lambda item: (item[0][1] != ERROR, -item[1], item[0][0])))
+
+    def to_dict(self) -> dict:
+        return {
+            "source": str(self.source),
+            "source_sha256": self.source_sha256,
+            "num_source_records": self.num_source_records,
+            "num_usable_records": len(self.records),
+            "dropped": self.dropped,
+            "test_split": str(self.test_split) if self.test_split else None,
+            "test_overlap": self.test_overlap,
+            "translated_captions": self.translated_captions,
+            "counts": [
+                {"kind": kind, "severity": severity, "count": count}
+                for (kind, severity), count in self.counts_by_severity().items()
+            ],
+            "problems": [p.to_dict() for p in self.problems],
+        }
+
+
+def _show(value: object, limit: int = 80) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, float) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _type_name(value: object) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number" if isinstance(value, (int, float)) else type(value).__name__
+    )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class _RecordChecker:
+    """Checks one raw record, collecting problems; `build()` returns it cleaned or None."""
+
+    def __init__(self, index: int, raw: dict, *, translations: dict[str, str] | None,
+                 fps_hint: float | None, invalid_severity: str) -> None:
+        self.index = index
+        self.raw = raw
+        self.translations = translations
+        self.fps_hint = fps_hint
+        self.invalid_severity = invalid_severity
+        self.video = raw.get("video") if isinstance(raw.get("video"), str) else ""
+        self.problems: list[Problem] = []
+        self.unusable = False
+        self.translated = 0
+
+    def _add(self, field_name: str, kind: str, severity: str, message: str) -> None:
+        self.problems.append(Problem(self.index, self.video, field_name, kind, severity, message))
+
+    def _invalid(self, field_name: str, kind: str, message: str) -> None:
+        """A problem that makes the record unusable: it is dropped."""
+        self.unusable = True
+        self._add(field_name, kind, self.invalid_severity, f"{message}; record dropped")
+
+    def _warn(self, field_name: str, kind: str, message: str) -> None:
+        self._add(field_name, kind, WARNING, message)
+
+    # --- captions -------------------------------------------------------------------------
+
+    def _caption(self, field_name: str, value: object) -> str | None:
+        if not isinstance(value, str):
+            self._invalid(field_name, "wrong-type", f"{field_name} must be a string, got {_type_name(value)} {_show(value)}")
+            return None
+        if not value.strip():
+            self._invalid(field_name, "empty-caption", f"{field_name} is empty; write a caption or remove the entry")
+            return None
+        scripts = foreign_scripts(value)
+        if not scripts:
+            return value
+        english = translate(value, self.translations)
+        if english is not None:
+            self.translated += 1
+            if foreign_scripts(english):
+                self._warn(field_name, "non-english-caption",
+                           f"the translation of {_show(value)} is still not English: {_show(english)}")
+            return english
+        self._warn(field_name, "non-english-caption",
+                   f"{field_name} has {'/'.join(s.title() for s in scripts)} text: {_show(value)}; kept as written. "
+                   "Translate it: `fgclip-vad export-captions` then `--translations FILE`")
+        return value
+
+    # --- boxes ----------------------------------------------------------------------------
+
+    def _frame(self, field_name: str, value: object) -> int | None:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            self._invalid(field_name, "non-finite", f"{field_name} is {value!r}; frames must be whole numbers")
+            return None
+        if not isinstance(value, int) or isinstance(value, bool):
+            self._invalid(field_name, "wrong-type", f"{field_name} must be a whole frame number, got {_type_name(value)} {_show(value)}")
+            return None
+        if value < 0:
+            self._invalid(field_name, "negative-frame", f"{field_name} is {value}; frames are 0-based source frame numbers")
+            return None
+        return value
+
+    def _box(self, field_name: str, value: object) -> tuple[float, float, float, float] | None:
+        if not isinstance(value, list) or len(value) != 4 or not all(_is_number(v) for v in value):
+            self._invalid(field_name, "wrong-type", f"{field_name} must be [x1, y1, x2, y2] numbers in 0..1, got {_show(value)}")
+            return None
+        coords = [float(v) for v in value]
+        if not all(math.isfinite(v) for v in coords):
+            self._invalid(field_name, "non-finite", f"{field_name} is {_show(value)}: NaN or infinite coordinate")
+            return None
+        overshoot = max(max(coords) - 1.0, -min(coords), 0.0)
+        if overshoot > BOX_OVERSHOOT_TOLERANCE:
+            hint = " (pixel coordinates? divide by the frame width/height)" if max(coords) > 2 else ""
+            self._invalid(field_name, "box-out-of-range",
+                          f"{field_name} is {_show(value)}: outside 0..1 by {overshoot:.3g} "
+                          f"(more than the {BOX_OVERSHOOT_TOLERANCE} that is clipped){hint}")
+            return None
+        x1, y1, x2, y2 = (min(max(v, 0.0), 1.0) for v in coords)
+        if x1 >= x2 or y1 >= y2:
+            self._invalid(field_name, "box-degenerate",
+                          f"{field_name} is {_show(value)}: needs x1 < x2 and y1 < y2 (an empty box)")
+            return None
+        if overshoot > 0:
+            self._warn(field_name, "box-clipped", f"{field_name} {_show(value)} overshoots 0..1 by {overshoot:.2g}; clipped")
+        return (x1, y1, x2, y2)
+
+    def _keyframes(self, region: int, value: object) -> tuple[Keyframe, ...] | None:
+        field_name = f"box_infos[{region}]"
+        if not isinstance(value, list):
+            self._invalid(field_name, "wrong-type", f"{field_name} must be a list of keyframes, got {_type_name(value)} {_show(value)}")
+            return None
+        keyframes: list[Keyframe] = []
+        ok = True
+        for k, raw_keyframe in enumerate(value):
+            where = f"{field_name}[{k}]"
+            if not isinstance(raw_keyframe, dict):
+                self._invalid(where, "wrong-type", f"{where} must be an object {{\"frame\", \"bbox\"}}, got {_show(raw_keyframe)}")
+                ok = False
+                continue
+            for key in KEYFRAME_FIELDS:
+                if key not in raw_keyframe:
+                    self._invalid(f"{where}.{key}", "missing-field", f"{where} has no \"{key}\"")
+                    ok = False
+            for key in raw_keyframe:
+                if key not in KEYFRAME_FIELDS:
+                    self._warn(f"{where}.{key}", "unknown-field", f"unknown keyframe field \"{key}\" = {_show(raw_keyframe[key])}; ignored")
+            if "frame" not in raw_keyframe or "bbox" not in raw_keyframe:
+                continue
+            frame = self._frame(f"{where}.frame", raw_keyframe["frame"])
+            box = self._box(f"{where}.bbox", raw_keyframe["bbox"])
+            if frame is None or box is None:
+                ok = False
+                continue
+            keyframes.append(Keyframe(frame, box))
+        if not ok:
+            return None
+        frames = [kf.frame for kf in keyframes]
+        if frames != sorted(frames):
+            self._warn(field_name, "unsorted-keyframes", f"{field_name} keyframes are not in frame order; sorted")
+        by_frame: dict[int, Keyframe] = {}
+        for kf in sorted(keyframes, key=lambda kf: kf.frame):
+            if kf.frame in by_frame:
+                self._warn(field_name, "duplicate-keyframe", f"{field_name} has frame {kf.frame} twice; the first box is kept")
+                continue
+            by_frame[kf.frame] = kf
+        return tuple(by_frame.values())
+
+    # --- the whole record -----------------------------------------------------------------
+
+    def _timestamps(self, value: object) -> tuple[float, float] | None:
+        if value is None:
+            return None
+        if not isinstance(value, list) or len(value) != 2 or not all(_is_number(v) for v in value):
+            self._invalid("timestamps", "wrong-type", f"timestamps must be null or [start_s, end_s], got {_show(value)}")
+            return None
+        start_s, end_s = float(value[0]), float(value[1])
+        if not (math.isfinite(start_s) and math.isfinite(end_s)):
+            self._invalid("timestamps", "non-finite", f"timestamps {_show(value)} are not finite")
+        elif start_s < 0 or end_s < 0:
+            self._invalid("timestamps", "timestamps-negative", f"timestamps {_show(value)} are negative; seconds from the video start")
+        elif end_s <= start_s:
+            self._invalid("timestamps", "timestamps-reversed",
+                          f"timestamps {_show(value)}: end_s must be after start_s")
+        else:
+            return (start_s, end_s)
+        return None
+
+    def _hard_negatives(self, value: object, num_regions: int) -> list[tuple[str, ...]] | None:
+        if not isinstance(value, list) or not all(isinstance(v, list) for v in value):
+            self._invalid("hard_negatives", "wrong-type",
+                          f"hard_negatives must be a list of caption lists, one per region, got {_show(value)}")
+            return None
+        if len(value) != num_regions:
+            self._invalid("hard_negatives", "hard-negative-mismatch",
+                          f"{len(value)} hard-negative lists for {num_regions} region captions; give one list per region ([] for none)")
+            return None
+        lists: list[tuple[str, ...]] = []
+        for j, negatives in enumerate(value):
+            cleaned = [self._caption(f"hard_negatives[{j}][{k}]", text) for k, text in enumerate(negatives)]
+            lists.append(tuple(text for text in cleaned if text is not None))
+        return lists
+
+    def build(self) -> AnnotationRecord | None:
+        raw = self.raw
+        for name in REQUIRED_FIELDS:
+            if name not in raw:
+                self._invalid(name, "missing-field", f"record has no \"{name}\"")
+        for name in raw:
+            if name not in REQUIRED_FIELDS and name not in OPTIONAL_FIELDS:
+                self._warn(name, "unknown-field", f"unknown field \"{name}\" = {_show(raw[name])}; kept in the file, not used")
+
+        video = raw.get("video")
+        if "video" in raw and (not isinstance(video, str) or not video.strip()):
+            self._invalid("video", "wrong-type", f"video must be a non-empty path string, got {_show(video)}")
+        label, is_anomaly = label_from_video_path(self.video) if self.video else ("", False)
+        if self.video and not is_known_label(label):
+            self._warn("video", "unknown-label",
+                       f"no UCF-Crime class in the path {_show(self.video)}; label taken as {label!r}, anomalous")
+
+        global_caption = self._caption("global_caption", raw["global_caption"]) if "global_caption" in raw else None
+
+        captions: list[str | None] = []
+        if "region_captions" in raw:
+            if isinstance(raw["region_captions"], list):
+                captions = [self._caption(f"region_captions[{j}]", c) for j, c in enumerate(raw["region_captions"])]
+            else:
+                self._invalid("region_captions", "wrong-type",
+                              f"region_captions must be a list of strings, got {_type_name(raw['region_captions'])} {_show(raw['region_captions'])}")
+
+        tracks: list[tuple[Keyframe, ...] | None] = []
+        if "box_infos" in raw:
+            if isinstance(raw["box_infos"], list):
+                tracks = [self._keyframes(j, v) for j, v in enumerate(raw["box_infos"])]
+                if isinstance(raw.get("region_captions"), list) and len(tracks) != len(captions):
+                    self._invalid("box_infos", "region-box-mismatch",
+                                  f"{len(captions)} region captions but {len(tracks)} box lists; "
+                                  "box_infos[i] must belong to region_captions[i] (use [] for a region without boxes)")
+            else:
+                self._invalid("box_infos", "wrong-type",
+                              f"box_infos must be a list of keyframe lists, got {_type_name(raw['box_infos'])} {_show(raw['box_infos'])}")
+
+        window_s = self._timestamps(raw.get("timestamps"))
+        negatives = self._hard_negatives(raw["hard_negatives"], len(captions)) if "hard_negatives" in raw else None
+
+        if self.unusable:
+            return None
+        if not captions:
+            self._warn("region_captions", "no-regions", "record has no region captions; only its global caption is used")
+        if negatives is None:
+            negatives = [()] * len(captions)
+        regions = tuple(Region(c, kfs, negs) for c, kfs, negs in zip(captions, tracks, negatives))
+        if self.fps_hint and window_s is not None:
+            self._check_window(regions, window_s)
+        return AnnotationRecord(self.index, video, global_caption, regions, window_s, label, is_anomaly)
+
+    def _check_window(self, regions: tuple[Region, ...], window_s: tuple[float, float]) -> None:
+        half_frame_s = 0.5 / self.fps_hint
+        for j, region in enumerate(regions):
+            for k, kf in enumerate(region.keyframes):
+                time_s = kf.frame / self.fps_hint
+                if time_s < window_s[0] - half_frame_s or time_s > window_s[1] + half_frame_s:
+                    self._warn(f"box_infos[{j}][{k}].frame", "keyframe-outside-window",
+                               f"keyframe at frame {kf.frame} ({time_s:.2f} s at {self.fps_hint:g} fps) lies outside "
+                               f"timestamps [{window_s[0]:g}, {window_s[1]:g}] s; stage 1 never samples it")
+
+
+def _file_problem(kind: str, message: str, field_name: str = "") -> Problem:
+    return Problem(None, "", field_name, kind, ERROR, message)
+
+
+def _load(path: Path) -> tuple[list | None, str, Problem | None]:
+    """The raw record list, the file's sha256, or a file-level problem."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, "", _file_problem("file-missing", f"annotation file {path} not found")
+    except OSError as exc:
+        return None, "", _file_problem("file-unreadable", f"annotation file {path} cannot be read: {exc}")
+    sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return None, sha256, _file_problem("file-unreadable", f"annotation file {path} is not UTF-8 text: {exc}")
+    except json.JSONDecodeError as exc:
+        return None, sha256, _file_problem(
+            "not-json", f"annotation file {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    if not isinstance(raw, list):
+        return None, sha256, _file_problem(
+            "not-a-list", f"annotation file {path}: the top level must be a list of records, got a JSON {_type_name(raw)}")
+    return raw, sha256, None
+
+
+def _check_test_overlap(report: ValidationReport, test_split: Path | None, annotation_path: Path, *,
+                        allow_test_overlap: bool, drop_test_overlap: bool) -> None:
+    """Compare the usable records' videos with the official test split; record the outcome."""
+    explicit = test_split is not None
+    split_path = Path(test_split) if explicit else find_test_split(annotation_path)
+    if split_path is None:
+        severity = WARNING if allow_test_overlap else ERROR
+        report.problems.append(Problem(
+            None, "", "test_split", "test-split-missing", severity,
+            f"no official UCF-Crime test split found for {annotation_path} (looked for $FGCLIP_UCF_TEST_SPLIT, "
+            "Anomaly_Test.txt next to it, ../ucf/ and ../../ucf/); overlap with the test set is NOT checked. "
+            "Pass --test-split PATH/Anomaly_Test.txt, or --allow-test-overlap to go on unchecked"))
+        return
+    try:
+        entries = read_split_list(split_path)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = "not found" if isinstance(exc, FileNotFoundError) else f"unreadable: {exc}"
+        report.problems.append(_file_problem(
+            "test-split-unreadable", f"test split {split_path} {reason}; pass --test-split with the official Anomaly_Test.txt",
+            "test_split"))
+        return
+    report.test_split = split_path
+    test_by_key: dict[str, SplitEntry] = {entry.key: entry for entry in entries}
+    kept: list[AnnotationRecord] = []
+    for record in report.records:
+        entry = test_by_key.get(video_key(record.video))
+        if entry is None:
+            kept.append(record)
+            continue
+        report.test_overlap.setdefault(entry.stem, []).append(record.index)
+        where = f"{record.video!r} is test video {entry.path!r} (line {entry.line_number} of {split_path.name})"
+        if drop_test_overlap:
+            report.dropped.append(record.index)
+            report.problems.append(Problem(record.index, record.video, "video", "test-split-overlap", WARNING,
+                                           f"{where}; record dropped (--drop-test-overlap)"))
+            continue
+        kept.append(record)
+        if allow_test_overlap:
+            report.problems.append(Problem(record.index, record.video, "video", "test-split-overlap", WARNING,
+                                           f"{where}; kept (--allow-test-overlap): test AUC is contaminated"))
+        else:
+            report.problems.append(Problem(
+                record.index, record.video, "video", "test-split-overlap", ERROR,
+                f"{where}: training on it contaminates the test AUC. Remove it, or pass --drop-test-overlap "
+                "(drop such records) or --allow-test-overlap (keep them knowingly)"))
+    report.records = kept
+
+
+def _check_duplicate_windows(records: list[AnnotationRecord]) -> list[Problem]:
+    """Same video and window captioned by two different records: legal, but they are each
+    other's false negatives in a contrastive batch, so the user should know."""
+    first_by_window: dict[tuple[str, tuple[float, float] | None], int] = {}
+    problems = []
+    for record in records:
+        key = (video_key(record.video), record.window_s)
+        if key in first_by_window:
+            window = "the whole video" if record.window_s is None else f"window {list(record.window_s)} s"
+            problems.append(Problem(record.index, record.video, "timestamps", "duplicate-window", WARNING,
+                                    f"{window} is also annotated by record {first_by_window[key]} with other captions; "
+                                    "both kept (they act as false negatives if batched together)"))
+        else:
+            first_by_window[key] = record.index
+    return problems
+
+
+def validate_annotations(path, *, test_split: Path | None = None, allow_test_overlap: bool = False,
+                         translations: dict[str, str] | None = None, drop_test_overlap: bool = False,
+                         drop_invalid: bool = False, fps_hint: float | None = None) -> ValidationReport:
+    """Read `path`, check every record (see the module docstring), return the report.
+
+    Never raises for bad input: file-level failures come back as error problems with no
+    records. `translations` maps original caption -> English (see `pipeline.captions`).
+    """
+    path = Path(path)
+    if allow_test_overlap and drop_test_overlap:
+        raise ValueError("allow_test_overlap and drop_test_overlap exclude each other")
+    raw_records, sha256, file_problem = _load(path)
+    report = ValidationReport(source=path, source_sha256=sha256, records=[], problems=[])
+    if file_problem is not None:
+        report.problems.append(file_problem)
+        return report
+    report.num_source_records = len(raw_records)
+    invalid_severity = WARNING if drop_invalid else ERROR
+
+    first_by_content: dict[str, int] = {}
+    for index, raw in enumerate(raw_records):
+        if not isinstance(raw, dict):
+            report.problems.append(Problem(index, "", "", "not-an-object", invalid_severity,
+                                           f"record is a JSON {_type_name(raw)} ({_show(raw)}), not an object; record dropped"))
+            report.dropped.append(index)
+            continue
+        content = json.dumps(raw, sort_keys=True, ensure_ascii=False)
+        if content in first_by_content:
+            video = raw.get("video") if isinstance(raw.get("video"), str) else ""
+            report.problems.append(Problem(index, video, "", "duplicate-record", WARNING,
+                                           f"identical to record {first_by_content[content]}; this copy is dropped"))
+            report.dropped.append(index)
+            continue
+        first_by_content[content] = index
+        checker = _RecordChecker(index, raw, translations=translations, fps_hint=fps_hint,
+                                 invalid_severity=invalid_severity)
+        record = checker.build()
+        report.problems.extend(checker.problems)
+        report.translated_captions += checker.translated
+        if record is None:
+            report.dropped.append(index)
+        else:
+            report.records.append(record)
+
+    report.problems.extend(_check_duplicate_windows(report.records))
+    _check_test_overlap(report, test_split, path, allow_test_overlap=allow_test_overlap,
+                        drop_test_overlap=drop_test_overlap)
+    report.dropped.sort()
+    report.problems.sort(key=lambda p: (-1 if p.record_index is None else p.record_index))
+    return report
