@@ -306,16 +306,22 @@ class ShardReader:
     def frame_range(self, i: int) -> tuple[int, int]:
         return int(self.offsets[i]), int(self.offsets[i + 1])
 
-    def read_frames_into(self, i: int, out: np.ndarray, rows: np.ndarray | None = None) -> None:
-        """Read record i's frames (or only `rows` of them, sorted) into `out`, e.g. a shared buffer.
+    def read_frames_into(self, i: int, out: np.ndarray, rows: np.ndarray | slice | None = None) -> None:
+        """Read record i's frames (or only `rows` of them, sorted, or a slice) into `out`, e.g. a shared buffer.
 
-        Reading whole records goes straight from the chunk into `out` without a temporary copy.
+        Reading whole records (or a contiguous slice of one) goes straight from the chunk into
+        `out` without a temporary copy.
         """
         lo, hi = self.frame_range(i)
         dataset = self._file["frames"]
         try:
             if rows is None:
                 dataset.read_direct(out, source_sel=np.s_[lo:hi])
+            elif isinstance(rows, slice):
+                start, stop, step = rows.indices(hi - lo)
+                if step != 1:
+                    raise ValueError(f"{self.path}: record {i}: read_frames_into takes contiguous slices, got step {step}")
+                dataset.read_direct(out, source_sel=np.s_[lo + start:lo + stop])
             else:
                 out[...] = dataset[lo + np.asarray(rows)]
         except OSError as err:
