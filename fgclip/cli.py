@@ -20,6 +20,87 @@ def main() -> None:
 
 # --- stage 1: annotations -------------------------------------------------------------------
 
+
+def _load_translations_option(path: str | None) -> dict[str, str] | None:
+    from pipeline.captions import TranslationFileError, load_translations
+
+    if path is None:
+        return None
+    try:
+        return load_translations(path)
+    except TranslationFileError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command("validate")
+@click.argument("annotations", type=click.Path(dir_okay=False))
+@click.option("--test-split", type=click.Path(dir_okay=False), default=None,
+              help="Official UCF-Crime Anomaly_Test.txt (default: $FGCLIP_UCF_TEST_SPLIT, next to the JSON, ../ucf/, ../../ucf/).")
+@click.option("--allow-test-overlap", is_flag=True,
+              help="Keep training records of test-split videos (a warning instead of an error).")
+@click.option("--drop-test-overlap", is_flag=True, help="Drop training records of test-split videos (warnings).")
+@click.option("--drop-invalid", is_flag=True,
+              help="Accept dropping records that cannot be used as written (warnings instead of errors).")
+@click.option("--translations", type=click.Path(dir_okay=False), default=None,
+              help="JSON object {original caption: English caption}, e.g. a filled `export-captions` file.")
+@click.option("--fps", "fps_hint", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Frame rate to assume for checking keyframes against timestamps (UCF-Crime: 30).")
+@click.option("--json-report", type=click.Path(dir_okay=False), default=None, help="Write every problem to this JSON file.")
+@click.option("--max-listed", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Problems listed per kind (overlapping test videos are always all listed).")
+def validate_command(annotations, test_split, allow_test_overlap, drop_test_overlap, drop_invalid, translations,
+                     fps_hint, json_report, max_listed) -> None:
+    """Check an annotation JSON; exit 1 if anything makes the dataset wrong.
+
+    Errors: unreadable file, records that cannot be used as written, videos of the official
+    test split (or no split to check against). Warnings: problems fixed on the fly (clipped
+    boxes, duplicates) and untranslated non-English captions.
+    """
+    import json
+    import sys
+    from pathlib import Path
+
+    from pipeline.annotations import FATAL_FILE_KINDS, format_report, validate_annotations
+
+    if allow_test_overlap and drop_test_overlap:
+        raise click.UsageError("--allow-test-overlap and --drop-test-overlap exclude each other; pick one")
+    report = validate_annotations(
+        Path(annotations), test_split=Path(test_split) if test_split else None,
+        allow_test_overlap=allow_test_overlap, drop_test_overlap=drop_test_overlap,
+        translations=_load_translations_option(translations), drop_invalid=drop_invalid, fps_hint=fps_hint)
+    fatal = [p for p in report.problems if p.kind in FATAL_FILE_KINDS]
+    if fatal:
+        raise click.ClickException(fatal[0].message)
+    click.echo(format_report(report, max_listed=max_listed))
+    if json_report:
+        try:
+            Path(json_report).write_text(json.dumps(report.to_dict(), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise click.ClickException(f"cannot write the JSON report {json_report}: {exc}") from None
+        click.echo(f"full report: {json_report}")
+    sys.exit(1 if report.errors() else 0)
+
+
+@main.command("export-captions")
+@click.argument("annotations", type=click.Path(dir_okay=False))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True,
+              help="JSON file to write: {non-English caption: \"\"} for you to fill with English.")
+@click.option("--translations", type=click.Path(dir_okay=False), default=None,
+              help="An earlier, partly filled translation file: its English texts are kept.")
+def export_captions_command(annotations, out_path, translations) -> None:
+    """Write every non-English caption of ANNOTATIONS to a JSON file to translate.
+
+    Fill in the English values, then pass the file to `validate` / `frames` with --translations.
+    """
+    from pipeline.captions import export_captions
+
+    try:
+        count = export_captions(annotations, out_path, _load_translations_option(translations))
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{count} non-English captions written to {out_path}; fill in the English text and pass "
+               f"--translations {out_path}")
+
 # --- stage 1: embedded default dataset -------------------------------------------------------
 
 # --- stage 1: frames --------------------------------------------------------------------------

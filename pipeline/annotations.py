@@ -57,6 +57,8 @@ KEYFRAME_FIELDS = ("frame", "bbox")
 
 ERROR = "error"
 WARNING = "warning"
+# File-level problems after which there is nothing to check: the CLI prints them as one line.
+FATAL_FILE_KINDS = ("file-missing", "file-unreadable", "not-json", "not-a-list", "no-records")
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,7 @@ class _RecordChecker:
                            f"the translation of {_show(value)} is still not English: {_show(english)}")
             return english
         self._warn(field_name, "non-english-caption",
-                   f"{field_name} has {'/'.join(s.title() for s in scripts)} text: {_show(value)}; kept as written. "
+                   f"{field_name} has {' and '.join(scripts)} text: {_show(value)}; kept as written. "
                    "Translate it: `fgclip-vad export-captions` then `--translations FILE`")
         return value
 
@@ -418,9 +420,10 @@ def _load(path: Path) -> tuple[list | None, str, Problem | None]:
     return raw, sha256, None
 
 
-def _check_test_overlap(report: ValidationReport, test_split: Path | None, annotation_path: Path, *,
-                        allow_test_overlap: bool, drop_test_overlap: bool) -> None:
-    """Compare the usable records' videos with the official test split; record the outcome."""
+def _check_test_overlap(report: ValidationReport, named_videos: list[tuple[int, str]], test_split: Path | None,
+                        annotation_path: Path, *, allow_test_overlap: bool, drop_test_overlap: bool) -> None:
+    """Compare the videos of all records (dropped ones too: fixing them must not let a test
+    video in unnoticed) with the official test split; drop overlapping records if asked."""
     explicit = test_split is not None
     split_path = Path(test_split) if explicit else find_test_split(annotation_path)
     if split_path is None:
@@ -441,29 +444,29 @@ def _check_test_overlap(report: ValidationReport, test_split: Path | None, annot
         return
     report.test_split = split_path
     test_by_key: dict[str, SplitEntry] = {entry.key: entry for entry in entries}
-    kept: list[AnnotationRecord] = []
-    for record in report.records:
-        entry = test_by_key.get(video_key(record.video))
+    usable = {record.index for record in report.records}
+    overlapping: set[int] = set()
+    for index, video in named_videos:
+        entry = test_by_key.get(video_key(video))
         if entry is None:
-            kept.append(record)
             continue
-        report.test_overlap.setdefault(entry.stem, []).append(record.index)
-        where = f"{record.video!r} is test video {entry.path!r} (line {entry.line_number} of {split_path.name})"
-        if drop_test_overlap:
-            report.dropped.append(record.index)
-            report.problems.append(Problem(record.index, record.video, "video", "test-split-overlap", WARNING,
-                                           f"{where}; record dropped (--drop-test-overlap)"))
-            continue
-        kept.append(record)
-        if allow_test_overlap:
-            report.problems.append(Problem(record.index, record.video, "video", "test-split-overlap", WARNING,
-                                           f"{where}; kept (--allow-test-overlap): test AUC is contaminated"))
+        overlapping.add(index)
+        report.test_overlap.setdefault(entry.stem, []).append(index)
+        where = f"{video!r} is test video {entry.path!r} (line {entry.line_number} of {split_path.name})"
+        if index not in usable:
+            outcome, severity = "; record already dropped for the problems above, keep it out when fixing them", (
+                WARNING if allow_test_overlap or drop_test_overlap else ERROR)
+        elif drop_test_overlap:
+            outcome, severity = "; record dropped (--drop-test-overlap)", WARNING
+            report.dropped.append(index)
+        elif allow_test_overlap:
+            outcome, severity = "; kept (--allow-test-overlap): test AUC is contaminated", WARNING
         else:
-            report.problems.append(Problem(
-                record.index, record.video, "video", "test-split-overlap", ERROR,
-                f"{where}: training on it contaminates the test AUC. Remove it, or pass --drop-test-overlap "
-                "(drop such records) or --allow-test-overlap (keep them knowingly)"))
-    report.records = kept
+            outcome, severity = (": training on it contaminates the test AUC. Remove it, or pass --drop-test-overlap "
+                                 "(drop such records) or --allow-test-overlap (keep them knowingly)"), ERROR
+        report.problems.append(Problem(index, video, "video", "test-split-overlap", severity, where + outcome))
+    if drop_test_overlap:
+        report.records = [record for record in report.records if record.index not in overlapping]
 
 
 def _check_duplicate_windows(records: list[AnnotationRecord]) -> list[Problem]:
@@ -500,9 +503,13 @@ def validate_annotations(path, *, test_split: Path | None = None, allow_test_ove
         report.problems.append(file_problem)
         return report
     report.num_source_records = len(raw_records)
+    if not raw_records:
+        report.problems.append(_file_problem("no-records", f"annotation file {path} holds an empty list: no records to train on"))
+        return report
     invalid_severity = WARNING if drop_invalid else ERROR
 
     first_by_content: dict[str, int] = {}
+    named_videos: list[tuple[int, str]] = []  # (index, video) of every record that names one
     for index, raw in enumerate(raw_records):
         if not isinstance(raw, dict):
             report.problems.append(Problem(index, "", "", "not-an-object", invalid_severity,
@@ -517,6 +524,8 @@ def validate_annotations(path, *, test_split: Path | None = None, allow_test_ove
             report.dropped.append(index)
             continue
         first_by_content[content] = index
+        if isinstance(raw.get("video"), str) and raw["video"].strip():
+            named_videos.append((index, raw["video"]))
         checker = _RecordChecker(index, raw, translations=translations, fps_hint=fps_hint,
                                  invalid_severity=invalid_severity)
         record = checker.build()
@@ -528,8 +537,79 @@ def validate_annotations(path, *, test_split: Path | None = None, allow_test_ove
             report.records.append(record)
 
     report.problems.extend(_check_duplicate_windows(report.records))
-    _check_test_overlap(report, test_split, path, allow_test_overlap=allow_test_overlap,
+    _check_test_overlap(report, named_videos, test_split, path, allow_test_overlap=allow_test_overlap,
                         drop_test_overlap=drop_test_overlap)
     report.dropped.sort()
     report.problems.sort(key=lambda p: (-1 if p.record_index is None else p.record_index))
     return report
+
+
+def format_report(report: ValidationReport, *, max_listed: int = 10) -> str:
+    """The human-readable report `fgclip-vad validate` prints.
+
+    A summary table of problem counts by kind and severity, then the problems grouped by kind
+    (at most `max_listed` per kind; the JSON report has all), except test-split overlap: every
+    overlapping test video is listed, with its record indices, because the user must see them.
+    """
+    lines = [f"annotations: {report.source}"]
+    if report.source_sha256:
+        lines.append(f"sha256:      {report.source_sha256}")
+    lines.append(f"records:     {report.num_source_records} in the file, {len(report.records)} usable, "
+                 f"{len(report.dropped)} dropped")
+    lines.append(f"test split:  {report.test_split if report.test_split else 'not checked'}")
+    if report.translated_captions:
+        lines.append(f"translated:  {report.translated_captions} captions from the translation file")
+    counts = report.counts_by_severity()
+    if counts:
+        lines += ["", f"  {'severity':<9} {'kind':<26} {'count':>6} {'records':>8}"]
+        for (kind, severity), count in counts.items():
+            records = {p.record_index for p in report.problems
+                       if p.kind == kind and p.severity == severity and p.record_index is not None}
+            lines.append(f"  {severity:<9} {kind:<26} {count:>6} {len(records):>8}")
+
+    for severity in (ERROR, WARNING):
+        kinds = [kind for (kind, sev) in counts if sev == severity]
+        if not kinds:
+            continue
+        lines += ["", f"{severity.upper()}S"]
+        for kind in kinds:
+            problems = [p for p in report.problems if p.kind == kind and p.severity == severity]
+            if kind == "test-split-overlap":
+                lines += _format_overlap(report, problems)
+                continue
+            shown = problems[:max_listed]
+            suffix = "" if len(shown) == len(problems) else f", first {len(shown)} shown"
+            lines.append(f"  {kind} ({len(problems)}{suffix}):")
+            for problem in shown:
+                where = "" if problem.record_index is None else f"record {problem.record_index} "
+                if problem.video:
+                    where += f"({video_stem(problem.video)}) "
+                # messages name their field already when they start with it
+                message = problem.message
+                if problem.record_index is not None and problem.field and not message.startswith(problem.field):
+                    message = f"{problem.field}: {message}"
+                lines.append(f"    {where}{message}")
+            if len(shown) < len(problems):
+                lines.append(f"    ... and {len(problems) - len(shown)} more (--max-listed N, or --json-report FILE for all)")
+
+    errors, warnings = len(report.errors()), len(report.warnings())
+    lines.append("")
+    if errors:
+        kinds = ", ".join(f"{kind} {count}" for (kind, sev), count in counts.items() if sev == ERROR)
+        lines.append(f"FAILED: {errors} errors ({kinds}), {warnings} warnings. Fix the errors above before training.")
+    else:
+        lines.append(f"OK: {len(report.records)} usable records, {warnings} warnings.")
+    return "\n".join(lines)
+
+
+def _format_overlap(report: ValidationReport, problems: list[Problem]) -> list[str]:
+    indices = {p.record_index for p in problems}
+    videos = {stem: idx for stem, idx in report.test_overlap.items() if indices.intersection(idx)}
+    lines = [f"  test-split-overlap: {len(videos)} official test videos in {len(indices)} records "
+             f"(test split {report.test_split}):"]
+    lines.append(f"    e.g. record {problems[0].record_index}: {problems[0].message}")
+    width = max(len(stem) for stem in videos)
+    for stem in sorted(videos):
+        record_list = ", ".join(str(i) for i in videos[stem])
+        lines.append(f"    {stem:<{width}}  record{'s' if len(videos[stem]) > 1 else ''} {record_list}")
+    return lines

@@ -24,8 +24,12 @@ class TranslationFileError(ValueError):
     """A translation file that cannot be read or is not an object of strings."""
 
 
+_SCRIPT_NAMES = {"CJK": "Chinese (Han)", "HIRAGANA": "Japanese", "KATAKANA": "Japanese", "HANGUL": "Korean"}
+
+
 def foreign_scripts(text: str) -> list[str]:
-    """Names of the non-Latin scripts whose letters appear in `text`, most frequent first."""
+    """Names of the non-Latin scripts whose letters appear in `text` ("Chinese (Han)", "Cyrillic"...),
+    most frequent first; empty for English text."""
     scripts: Counter[str] = Counter()
     for char in text:
         if char.isascii() or not unicodedata.category(char).startswith("L"):
@@ -33,7 +37,7 @@ def foreign_scripts(text: str) -> list[str]:
         name = unicodedata.name(char, "")
         script = name.split(" ", 1)[0] if name else "UNKNOWN"
         if script != "LATIN":
-            scripts[script] += 1
+            scripts[_SCRIPT_NAMES.get(script, script.title())] += 1
     return [script for script, _ in scripts.most_common()]
 
 
