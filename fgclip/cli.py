@@ -107,6 +107,34 @@ def export_captions_command(annotations, out_path, translations) -> None:
 
 # --- stage 2: model ---------------------------------------------------------------------------
 
+
+@main.command("init-model")
+@click.option("--preset", type=click.Choice(["tiny", "vit-b16"]), default="tiny", show_default=True,
+              help="tiny: the embedded default (112 px, trains on CPU); vit-b16: random ViT-B/16 CLIP for benchmarks.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Model directory to write [default: the embedded default model dir for tiny, beside it for vit-b16].")
+@click.option("--captions", "captions_json", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Annotation JSON whose captions train the tokenizer [default: the embedded dataset's, "
+                   "or a built-in word list when it is not generated yet].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--force", is_flag=True, help="Overwrite a directory that already holds a model.")
+def init_model_command(preset: str, out_dir: str | None, captions_json: str | None, seed: int, force: bool) -> None:
+    """Write a new CLIP model directory (random weights, BPE tokenizer trained on captions)."""
+    from pathlib import Path
+
+    from fgclip.model_factory import captions_from_annotations, init_model
+    from pipeline import embedded
+
+    out = Path(out_dir) if out_dir else (embedded.MODEL_DIR if preset == "tiny" else embedded.MODEL_DIR.parent / preset)
+    if (out / "config.json").exists() and not force:
+        raise click.ClickException(f"{out}: already holds a model (config.json); pass --force to overwrite it")
+    try:
+        captions = captions_from_annotations(Path(captions_json)) if captions_json else None
+        written = init_model(preset, out, captions=captions, seed=seed)
+    except (OSError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"wrote {preset} model to {written}")
+
 # --- stage 2: training --------------------------------------------------------------------------
 
 # --- evaluation ---------------------------------------------------------------------------------

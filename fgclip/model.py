@@ -1,0 +1,438 @@
+"""The FG-CLIP video model: a Hugging Face `CLIPModel` plus FG-CLIP's additions.
+
+What is added on top of CLIP, and why:
+
+* Long captions: a 248-row text position table built from CLIP's 77 rows (`long_position_table`),
+  used for global (video) captions; region captions and prompts keep the original 77 rows.
+* Video embedding: CLIP's frame embeddings (CLS -> post-layernorm -> visual projection) pooled
+  over time by `TemporalPooling`, which equals mean pooling at initialisation, so fine-tuning
+  starts from CLIP's zero-shot quality.
+* Region embeddings: dense patch features (the last vision block without query/key, see
+  `_dense_patch_features`), RoIAlign'ed with each region's per-frame boxes and averaged over the
+  frames where the region is visible.
+* Three learnable temperatures (global, region, hard negatives), initialised from CLIP's.
+
+One vision pass per frame batch: the encoder runs up to the input of the last block once; the
+CLS path and the dense path both start from there.
+
+Checkpoint layout (a directory): everything `CLIPModel.save_pretrained` writes (config.json,
+model.safetensors; loadable by any tool as a plain CLIP), the tokenizer/processor files of the
+model we started from, and our extras: `fgclip_video.json` (their configuration) and
+`fgclip_video.safetensors` (long position table, temporal module, temperatures).
+
+The forward pass is deterministic (no dropout anywhere; CLIP's attention dropout is forced to
+0): gradient caching (`fgclip.grad_cache`) re-runs each micro-batch and relies on getting the
+same embeddings twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+EXTRAS_CONFIG_NAME = "fgclip_video.json"
+EXTRAS_WEIGHTS_NAME = "fgclip_video.safetensors"
+EXTRAS_FORMAT_VERSION = 1
+
+# Files of the source model directory that travel with every checkpoint we write, so a
+# checkpoint directory is self-contained (tokenizer + image preprocessing).
+AUX_FILE_NAMES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+)
+
+# CLIP's own normalisation, used when a directory has no preprocessor_config.json.
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+LONG_KEEP_ROWS = 20  # positions 0..19 are kept as they are (short captions are trained there)
+LONG_EXPANSION = 4  # every later row becomes 4 rows
+MAX_LOGIT_SCALE = 100.0
+
+
+class ModelDirError(ValueError):
+    """A model directory that is missing or is not a CLIP model (the message says which)."""
+
+
+def long_position_table(short_table: Tensor, keep_rows: int = LONG_KEEP_ROWS, expansion: int = LONG_EXPANSION) -> Tensor:
+    """FG-CLIP's long-text position table from CLIP's short one.
+
+    With source rows P[0..L-1] (L = 77) and k = `keep_rows` (20), e = `expansion` (4):
+
+    * rows 0..k-1 are P[0..k-1];
+    * source row i in k..L-2 becomes e rows, row k + e*(i-k) + j = P[i] + (j/e) * (P[i+1] - P[i])
+      for j = 0..e-1: linear interpolation from P[i] toward the next row;
+    * the last source row L-1 has no next row, so it is extrapolated along the last step:
+      row k + e*(L-1-k) + j = P[L-1] + (j/e) * (P[L-1] - P[L-2]).
+
+    Length k + e*(L-k) = 20 + 4*57 = 248 for CLIP (20 kept + 56*4 interpolated + 4 extrapolated).
+    """
+    length = short_table.shape[0]
+    if length < keep_rows + 2:
+        raise ValueError(f"a position table of {length} rows is too short to stretch (needs > {keep_rows + 1})")
+    base = short_table[keep_rows:]  # (L-k, W)
+    following = torch.cat([short_table[keep_rows + 1 :], (2 * short_table[-1] - short_table[-2])[None]])
+    step = following - base
+    fractions = torch.arange(expansion, dtype=short_table.dtype, device=short_table.device) / expansion
+    stretched = base[:, None, :] + fractions[None, :, None] * step[:, None, :]  # (L-k, e, W)
+    return torch.cat([short_table[:keep_rows], stretched.reshape(-1, short_table.shape[1])])
+
+
+def long_table_length(short_length: int, keep_rows: int = LONG_KEEP_ROWS, expansion: int = LONG_EXPANSION) -> int:
+    return keep_rows + expansion * (short_length - keep_rows)
+
+
+@dataclass
+class VideoOutput:
+    video_embeds: Tensor  # (B, D) L2-normalised
+    frame_embeds: Tensor  # (B, T, D) L2-normalised
+    region_embeds: Tensor  # (B, R, D) L2-normalised (rows of regions without any visible frame are 0)
+
+
+class TemporalBlock(nn.Module):
+    """A pre-norm transformer block over time whose residual branches start at exactly zero.
+
+    The temporal position embedding enters only the attention branch's input, never the
+    residual stream, so at initialisation (zero output projections) the block is the identity.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: int = 2) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.attn_out = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, mlp_ratio * dim)
+        self.fc2 = nn.Linear(mlp_ratio * dim, dim)
+        for zero_out in (self.attn_out, self.fc2):
+            nn.init.zeros_(zero_out.weight)
+            nn.init.zeros_(zero_out.bias)
+
+    def forward(self, x: Tensor, position: Tensor) -> Tensor:
+        batch, frames, dim = x.shape
+        q, k, v = self.qkv(self.norm1(x) + position).chunk(3, dim=-1)
+        heads = lambda t: t.view(batch, frames, self.num_heads, -1).transpose(1, 2)  # noqa: E731
+        attended = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))
+        x = x + self.attn_out(attended.transpose(1, 2).reshape(batch, frames, dim))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class TemporalPooling(nn.Module):
+    """Frame embeddings (B, T, D) -> one video embedding (B, D); mean pooling at initialisation.
+
+    A few `TemporalBlock`s (identity at init), then multi-head attention pooling whose value map
+    is the identity (head h pools its own slice of the channels) and whose query starts at zero,
+    so every frame gets weight 1/T. Temporal positions come from a learned table sampled at the
+    clip's relative times (linear interpolation), so clips of 64 and 256 frames share it.
+    """
+
+    def __init__(self, dim: int, num_layers: int = 2, num_heads: int = 8, position_rows: int = 64) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"temporal heads ({num_heads}) must divide the embedding size ({dim})")
+        self.num_heads = num_heads
+        self.position_table = nn.Parameter(torch.randn(position_rows, dim) * 0.02)
+        self.blocks = nn.ModuleList([TemporalBlock(dim, num_heads) for _ in range(num_layers)])
+        self.key_norm = nn.LayerNorm(dim)
+        self.key = nn.Linear(dim, dim)
+        self.query = nn.Parameter(torch.zeros(num_heads, dim // num_heads))
+
+    def positions(self, num_frames: int) -> Tensor:
+        table = self.position_table.t()[None]  # (1, D, rows)
+        return F.interpolate(table, size=num_frames, mode="linear", align_corners=True)[0].t()  # (T, D)
+
+    def forward(self, frame_embeds: Tensor) -> Tensor:
+        batch, frames, dim = frame_embeds.shape
+        position = self.positions(frames).to(frame_embeds.dtype)
+        x = frame_embeds
+        for block in self.blocks:
+            x = block(x, position)
+        keys = self.key(self.key_norm(x) + position).view(batch, frames, self.num_heads, -1)
+        scores = torch.einsum("bthd,hd->bht", keys, self.query.to(keys.dtype)) / math.sqrt(keys.shape[-1])
+        weights = scores.softmax(dim=-1)
+        values = x.view(batch, frames, self.num_heads, -1)
+        return torch.einsum("bht,bthd->bhd", weights, values).reshape(batch, dim)
+
+
+def _read_model_dir(path: Path) -> dict:
+    """config.json of a model directory, with errors that say what is wrong and what to do."""
+    if not path.exists():
+        raise ModelDirError(
+            f"{path}: model directory not found. Give a local Hugging Face CLIP directory "
+            f"(e.g. a copy of openai/clip-vit-base-patch16) or run `fgclip-vad init-model --out {path}`."
+        )
+    if not path.is_dir():
+        raise ModelDirError(f"{path}: not a directory; a model is a directory with config.json and weights")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelDirError(f"{path}: no config.json, so this is not a Hugging Face model directory")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ModelDirError(f"{config_file}: unreadable JSON ({err})") from err
+    if config.get("model_type") != "clip":
+        raise ModelDirError(
+            f"{config_file}: model_type is {config.get('model_type')!r}, not 'clip'; FG-CLIP needs a CLIPModel checkpoint"
+        )
+    return config
+
+
+def _image_normalisation(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    processor_file = path / "preprocessor_config.json"
+    if not processor_file.is_file():
+        log.warning("%s: no preprocessor_config.json; using CLIP's mean/std", path)
+        return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    processor = json.loads(processor_file.read_text())
+    return tuple(processor.get("image_mean", OPENAI_CLIP_MEAN)), tuple(processor.get("image_std", OPENAI_CLIP_STD))
+
+
+class FGCLIPVideo(nn.Module):
+    """CLIP + long text positions + temporal pooling + region features + three temperatures."""
+
+    def __init__(
+        self,
+        clip,
+        *,
+        image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN,
+        image_std: tuple[float, ...] = OPENAI_CLIP_STD,
+        temporal_layers: int = 2,
+        temporal_heads: int | None = None,
+        aux_files: dict[str, bytes] | None = None,
+    ) -> None:
+        super().__init__()
+        self.clip = clip
+        text_config, vision_config = clip.config.text_config, clip.config.vision_config
+        for sub_config in (text_config, vision_config):
+            if getattr(sub_config, "attention_dropout", 0.0):
+                log.warning("attention_dropout %.3g set to 0: gradient caching needs a deterministic forward",
+                            sub_config.attention_dropout)
+                sub_config.attention_dropout = 0.0
+        self.image_size: int = vision_config.image_size
+        self.patch_grid: int = vision_config.image_size // vision_config.patch_size
+        self.embed_dim: int = clip.config.projection_dim
+        self._aux_files = dict(aux_files or {})
+        self._checkpointing = False
+
+        short_table = clip.text_model.embeddings.position_embedding.weight.detach()
+        self.long_position_embedding = nn.Parameter(long_position_table(short_table).clone())
+        if temporal_heads is None:
+            temporal_heads = 8 if self.embed_dim % 8 == 0 else 1
+        self.temporal = TemporalPooling(self.embed_dim, num_layers=temporal_layers, num_heads=temporal_heads)
+        initial_scale = clip.logit_scale.detach().clone().float()
+        self.logit_scales = nn.ParameterDict({name: nn.Parameter(initial_scale.clone()) for name in ("global", "region", "hard")})
+        # CLIP's own logit_scale is replaced by the three above; keep it frozen and untouched.
+        clip.logit_scale.requires_grad_(False)
+
+        self.register_buffer("image_mean", torch.tensor(image_mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("image_std", torch.tensor(image_std, dtype=torch.float32), persistent=False)
+
+    # --- loading and saving ---------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path, *, attn_implementation: str = "sdpa") -> "FGCLIPVideo":
+        """A plain HF CLIP directory (extras initialised) or one of our checkpoints (extras loaded)."""
+        from safetensors.torch import load_file
+        from transformers import CLIPModel
+
+        path = Path(path)
+        _read_model_dir(path)
+        try:
+            clip = CLIPModel.from_pretrained(
+                str(path), attn_implementation=attn_implementation, dtype=torch.float32, local_files_only=True
+            )
+        except (OSError, ValueError) as err:
+            raise ModelDirError(f"{path}: CLIPModel could not load it ({err})") from err
+        extras_config_file = path / EXTRAS_CONFIG_NAME
+        extras = json.loads(extras_config_file.read_text()) if extras_config_file.is_file() else {}
+        mean, std = _image_normalisation(path)
+        aux_files = {name: (path / name).read_bytes() for name in AUX_FILE_NAMES if (path / name).is_file()}
+        model = cls(
+            clip,
+            image_mean=mean,
+            image_std=std,
+            temporal_layers=extras.get("temporal_layers", 2),
+            temporal_heads=extras.get("temporal_heads"),
+            aux_files=aux_files,
+        )
+        if extras:
+            weights_file = path / EXTRAS_WEIGHTS_NAME
+            if not weights_file.is_file():
+                raise ModelDirError(f"{path}: {EXTRAS_CONFIG_NAME} is present but {EXTRAS_WEIGHTS_NAME} is missing")
+            state = load_file(str(weights_file))
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            missing = [name for name in missing if not name.startswith("clip.")]
+            if missing or unexpected:
+                raise ModelDirError(f"{weights_file}: does not match the model (missing {missing}, unexpected {unexpected})")
+        return model
+
+    def extra_state_dict(self) -> dict[str, Tensor]:
+        """Our parameters that are not part of the CLIPModel (what `fgclip_video.safetensors` holds)."""
+        return {name: value for name, value in self.state_dict().items() if not name.startswith("clip.")}
+
+    def save_pretrained(self, path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.clip.save_pretrained(str(path), safe_serialization=True)
+        for name, content in self._aux_files.items():
+            (path / name).write_bytes(content)
+        tensors = {name: value.detach().contiguous().cpu() for name, value in self.extra_state_dict().items()}
+        save_file(tensors, str(path / EXTRAS_WEIGHTS_NAME))
+        extras = {
+            "format_version": EXTRAS_FORMAT_VERSION,
+            "temporal_layers": len(self.temporal.blocks),
+            "temporal_heads": self.temporal.num_heads,
+            "long_text_length": self.long_position_embedding.shape[0],
+            "long_keep_rows": LONG_KEEP_ROWS,
+            "long_expansion": LONG_EXPANSION,
+        }
+        (path / EXTRAS_CONFIG_NAME).write_text(json.dumps(extras, indent=2) + "\n")
+
+    # --- options ----------------------------------------------------------------------------
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute each transformer block of both towers in backward instead of storing it."""
+        self._checkpointing = bool(enabled)
+
+    def _run_layer(self, layer: nn.Module, hidden: Tensor, attention_mask: Tensor | None, **kwargs) -> Tensor:
+        if self._checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(layer, hidden, attention_mask, use_reentrant=False, **kwargs)
+        return layer(hidden, attention_mask, **kwargs)
+
+    # --- images -------------------------------------------------------------------------------
+
+    def preprocess(self, frames_uint8: Tensor) -> Tensor:
+        """(..., H, W, 3) uint8 -> (..., 3, S, S) float32, squashed to S x S if needed, normalised."""
+        if frames_uint8.dtype != torch.uint8 or frames_uint8.shape[-1] != 3:
+            raise ValueError(f"preprocess expects (..., H, W, 3) uint8 frames, got {tuple(frames_uint8.shape)} {frames_uint8.dtype}")
+        leading = frames_uint8.shape[:-3]
+        height, width = frames_uint8.shape[-3:-1]
+        images = frames_uint8.reshape(-1, height, width, 3).permute(0, 3, 1, 2).float().div_(255.0)
+        if (height, width) != (self.image_size, self.image_size):
+            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
+                                   antialias=True, align_corners=False)
+        mean = self.image_mean.to(images.device)[None, :, None, None]
+        std = self.image_std.to(images.device)[None, :, None, None]
+        images = (images - mean) / std
+        return images.reshape(*leading, 3, self.image_size, self.image_size)
+
+    def _vision_trunk(self, pixels: Tensor) -> Tensor:
+        """(N, 3, S, S) -> hidden states entering the last vision block, (N, 1 + P, W)."""
+        vision = self.clip.vision_model
+        hidden = vision.pre_layrnorm(vision.embeddings(pixels))
+        for layer in vision.encoder.layers[:-1]:
+            hidden = self._run_layer(layer, hidden, None)
+        return hidden
+
+    def _cls_embedding(self, hidden: Tensor) -> Tensor:
+        """The last block for the CLS query only (other tokens' outputs are never used) -> projection."""
+        layer = self.clip.vision_model.encoder.layers[-1]
+        attention = layer.self_attn
+        normed = layer.layer_norm1(hidden)
+        batch, tokens, width = normed.shape
+        split = lambda t: t.view(batch, t.shape[1], attention.num_heads, -1).transpose(1, 2)  # noqa: E731
+        query = split(attention.q_proj(normed[:, :1]))
+        attended = F.scaled_dot_product_attention(
+            query, split(attention.k_proj(normed)), split(attention.v_proj(normed)), scale=attention.scale
+        )
+        cls = hidden[:, :1] + attention.out_proj(attended.transpose(1, 2).reshape(batch, 1, width))
+        cls = cls + layer.mlp(layer.layer_norm2(cls))
+        pooled = self.clip.vision_model.post_layernorm(cls[:, 0])
+        return self.clip.visual_projection(pooled)
+
+    def _dense_patch_features(self, hidden: Tensor) -> Tensor:
+        """(N, 1 + P, W) -> (N, D, g, g): the last block with attention reduced to its value and
+        output projections (each patch attends only to itself), post-layernorm, projection."""
+        layer = self.clip.vision_model.encoder.layers[-1]
+        patches = hidden[:, 1:]
+        patches = patches + layer.self_attn.out_proj(layer.self_attn.v_proj(layer.layer_norm1(patches)))
+        patches = patches + layer.mlp(layer.layer_norm2(patches))
+        dense = self.clip.visual_projection(self.clip.vision_model.post_layernorm(patches))  # (N, P, D)
+        return dense.transpose(1, 2).reshape(dense.shape[0], dense.shape[2], self.patch_grid, self.patch_grid)
+
+    def encode_frames(self, pixels: Tensor) -> Tensor:
+        """(N, 3, S, S) -> (N, D) L2-normalised frame embeddings (the CLS path)."""
+        return F.normalize(self._cls_embedding(self._vision_trunk(pixels)), dim=-1)
+
+    def encode_video(self, pixels: Tensor, boxes: Tensor, box_mask: Tensor) -> VideoOutput:
+        """(B, T, 3, S, S), boxes (B, R, T, 4) x1 y1 x2 y2 in 0..1, box_mask (B, R, T) -> VideoOutput."""
+        batch, frames = pixels.shape[:2]
+        regions = boxes.shape[1]
+        hidden = self._vision_trunk(pixels.reshape(batch * frames, *pixels.shape[2:]))
+        frame_embeds = F.normalize(self._cls_embedding(hidden), dim=-1).view(batch, frames, -1)
+        video_embeds = F.normalize(self.temporal(frame_embeds), dim=-1)
+        region_embeds = self._region_embeddings(hidden, boxes, box_mask, frames)
+        return VideoOutput(video_embeds=video_embeds, frame_embeds=frame_embeds, region_embeds=region_embeds.view(batch, regions, -1))
+
+    def _region_embeddings(self, hidden: Tensor, boxes: Tensor, box_mask: Tensor, frames: int) -> Tensor:
+        """(B*R, D): RoIAlign of the dense features per visible (region, frame), masked mean over frames."""
+        from torchvision.ops import roi_align
+
+        batch, regions = boxes.shape[:2]
+        box_mask = box_mask.to(torch.bool)
+        # (b, r, t) of every visible box; the dense pass runs only on frames that have one.
+        b_index, r_index, t_index = box_mask.nonzero(as_tuple=True)
+        frame_of_box = b_index * frames + t_index
+        needed_frames, box_to_needed = torch.unique(frame_of_box, return_inverse=True)
+        dense = self._dense_patch_features(hidden[needed_frames])  # (F', D, g, g)
+        grid = float(self.patch_grid)
+        rois = torch.cat([box_to_needed[:, None].to(dense.dtype), boxes[b_index, r_index, t_index].to(dense.dtype) * grid], dim=1)
+        pooled = roi_align(dense, rois, output_size=1, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        pooled = pooled.flatten(1)  # (K, D)
+        slot = b_index * regions + r_index
+        sums = pooled.new_zeros(batch * regions, pooled.shape[1]).index_add(0, slot, pooled)
+        counts = box_mask.sum(dim=-1).reshape(-1, 1).to(pooled.dtype)
+        return F.normalize(sums / counts.clamp(min=1.0), dim=-1)  # regions never visible stay 0
+
+    # --- text -----------------------------------------------------------------------------------
+
+    def encode_text(self, input_ids: Tensor, *, long: bool) -> Tensor:
+        """(N, L) token ids -> (N, D) L2-normalised; long=True uses the 248-row position table."""
+        text = self.clip.text_model
+        length = input_ids.shape[1]
+        table = self.long_position_embedding if long else text.embeddings.position_embedding.weight
+        if length > table.shape[0]:
+            kind = "long" if long else "short"
+            raise ValueError(f"{length} text tokens exceed the {kind} position table ({table.shape[0]} rows)")
+        hidden = text.embeddings.token_embedding(input_ids) + table[:length]
+        # SDPA/flash take causality as a flag (fast kernels); eager attention needs an additive mask.
+        attention_mask = None
+        if text.config._attn_implementation == "eager":
+            attention_mask = torch.full((length, length), torch.finfo(hidden.dtype).min, device=hidden.device,
+                                        dtype=hidden.dtype).triu(1)[None, None]
+        for layer in text.encoder.layers:
+            hidden = self._run_layer(layer, hidden, attention_mask, is_causal=True)
+        hidden = text.final_layer_norm(hidden)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), self._eos_positions(input_ids)]
+        return F.normalize(self.clip.text_projection(pooled), dim=-1)
+
+    def _eos_positions(self, input_ids: Tensor) -> Tensor:
+        """Where each sequence's end-of-text token is, with the same rule as transformers' CLIP."""
+        eos_token_id = self.clip.text_model.eos_token_id
+        if eos_token_id == 2:
+            # Old OpenAI configs carry eos_token_id=2; their end token is the highest id in the vocab.
+            return input_ids.to(torch.int).argmax(dim=-1)
+        return (input_ids == eos_token_id).to(torch.int).argmax(dim=-1)
+
+    # --- temperatures ---------------------------------------------------------------------------
+
+    def temperatures(self) -> dict[str, Tensor]:
+        """{"global", "region", "hard"}: exp(log scale), clamped at 100 (CLIP's cap)."""
+        return {name: scale.exp().clamp(max=MAX_LOGIT_SCALE) for name, scale in self.logit_scales.items()}

@@ -1,0 +1,207 @@
+"""New model directories from scratch: a CLIP config of a preset size plus a BPE tokenizer.
+
+The result is an ordinary Hugging Face CLIP directory (config.json, model.safetensors,
+tokenizer.json + tokenizer_config.json, preprocessor_config.json), so `FGCLIPVideo.from_pretrained`,
+`CLIPModel.from_pretrained` and `AutoTokenizer.from_pretrained` load it exactly like a copy of
+`openai/clip-vit-base-patch16`: one loading path for the embedded default and real checkpoints.
+
+Presets:
+* `tiny`: the embedded default's model, sized to train on 2 CPU cores at 112 px.
+* `vit-b16`: random weights of ViT-B/16 CLIP shape, for benchmarks (no real weights offline).
+
+The tokenizer is byte-level BPE trained with `tokenizers` on the captions: every byte is in
+the vocabulary, so any text (unknown words, Chinese) tokenizes; nothing is ever "unknown".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from fgclip.text import SHORT_TEXT_LENGTH
+
+START_TOKEN = "<|startoftext|>"
+END_TOKEN = "<|endoftext|>"  # also the padding token, as in OpenAI's CLIP tokenizer
+
+# Normalisation of the embedded default frames (CLIP's own statistics; the synthetic scenes
+# have no better-founded values, and real checkpoints bring their own).
+IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
+IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
+
+# Used when the embedded dataset has not been generated yet: UCF-Crime classes and common
+# caption words, so the tokenizer still has sensible merges (any other text falls back to bytes).
+BUILTIN_CAPTIONS = [
+    "Abuse", "Arrest", "Arson", "Assault", "Burglary", "Explosion", "Fighting", "Normal",
+    "Road Accident", "RoadAccidents", "Robbery", "Shooting", "Shoplifting", "Stealing", "Vandalism",
+    "A man in a black shirt walks across the street while a car drives past.",
+    "A woman in a red coat runs away from two people fighting near a parked car.",
+    "A person is setting fire to a building at night and flames spread quickly.",
+    "Police officers arrest a man and push him against the wall of a shop.",
+    "A normal surveillance scene with people walking and cars moving on the road.",
+    "Someone breaks the window of a store, steals goods and leaves the scene.",
+    "An explosion happens in the parking lot and smoke fills the camera view.",
+    "Two men punch and kick each other in the hallway; a bystander watches.",
+    "A vehicle crashes into another car at the intersection and stops suddenly.",
+    "A robber points a gun at the cashier and takes money from the counter.",
+    "A man hides items in his bag and walks out of the shop without paying.",
+    "A person sprays paint on the wall and damages the door of the building.",
+    "An actor moves from the left to the right of the frame, the background stays static.",
+    "white blue green yellow orange purple gray brown pink small large fast slow indoor outdoor",
+]
+
+
+@dataclass(frozen=True)
+class Preset:
+    vision_width: int
+    vision_layers: int
+    vision_heads: int
+    patch_size: int
+    image_size: int
+    text_width: int
+    text_layers: int
+    text_heads: int
+    projection_dim: int
+    vocab_size: int  # target of BPE training; the trained vocabulary may be smaller
+
+
+PRESETS: dict[str, Preset] = {
+    # 112 px / patch 16 = 7x7 patches + CLS = 50 tokens per frame: cheap on CPU, still a grid
+    # for RoIAlign. Widths and depths measured for CPU speed (docs in the report of issue 3).
+    "tiny": Preset(vision_width=192, vision_layers=4, vision_heads=3, patch_size=16, image_size=112,
+                   text_width=192, text_layers=4, text_heads=3, projection_dim=128, vocab_size=4096),
+    "vit-b16": Preset(vision_width=768, vision_layers=12, vision_heads=12, patch_size=16, image_size=224,
+                      text_width=512, text_layers=12, text_heads=8, projection_dim=512, vocab_size=49408),
+}
+
+
+def default_captions() -> list[str]:
+    """Captions of the embedded default dataset if it exists, else the built-in word list."""
+    from pipeline import embedded
+
+    if embedded.TRAIN_JSON.is_file():
+        return captions_from_annotations(embedded.TRAIN_JSON)
+    return list(BUILTIN_CAPTIONS)
+
+
+def captions_from_annotations(path: Path) -> list[str]:
+    """Every caption of an annotation JSON (global, region, hard negatives), in file order."""
+    try:
+        records = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read captions ({err})") from err
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    captions: list[str] = []
+    for record in records:
+        if not isinstance(record, dict):
+            continue
+        captions.extend(_strings([record.get("global_caption")]))
+        captions.extend(_strings(record.get("region_captions") or []))
+        for negatives in record.get("hard_negatives") or []:
+            captions.extend(_strings(negatives if isinstance(negatives, list) else []))
+    return captions
+
+
+def _strings(values: Iterable) -> list[str]:
+    return [value for value in values if isinstance(value, str) and value.strip()]
+
+
+def train_tokenizer(captions: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer wrapped for transformers (CLIP conventions: lower case,
+    start/end tokens around every caption, end token used as padding)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Lowercase(), normalizers.Replace(r"\s+", " "), normalizers.Strip()]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[START_TOKEN, END_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte: no unknown input
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(captions or BUILTIN_CAPTIONS, trainer=trainer)
+    start_id, end_id = tokenizer.token_to_id(START_TOKEN), tokenizer.token_to_id(END_TOKEN)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{START_TOKEN} $A {END_TOKEN}",
+        pair=f"{START_TOKEN} $A {END_TOKEN} $B {END_TOKEN}",
+        special_tokens=[(START_TOKEN, start_id), (END_TOKEN, end_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=START_TOKEN,
+        eos_token=END_TOKEN,
+        pad_token=END_TOKEN,
+        model_max_length=SHORT_TEXT_LENGTH,
+        padding_side="right",
+    )
+
+
+def clip_config(preset: Preset, *, vocab_size: int, bos_token_id: int, eos_token_id: int, pad_token_id: int):
+    from transformers import CLIPConfig
+
+    text = dict(
+        vocab_size=vocab_size, hidden_size=preset.text_width, intermediate_size=4 * preset.text_width,
+        num_hidden_layers=preset.text_layers, num_attention_heads=preset.text_heads,
+        max_position_embeddings=SHORT_TEXT_LENGTH, hidden_act="quick_gelu",
+        bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+    )
+    vision = dict(
+        hidden_size=preset.vision_width, intermediate_size=4 * preset.vision_width,
+        num_hidden_layers=preset.vision_layers, num_attention_heads=preset.vision_heads,
+        image_size=preset.image_size, patch_size=preset.patch_size, hidden_act="quick_gelu",
+    )
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=preset.projection_dim)
+
+
+def preprocessor_config(image_size: int) -> dict:
+    """The image processor file of a CLIP directory (what CLIPImageProcessor would write)."""
+    return {
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": image_size},
+        "resample": 3,
+        "do_center_crop": True,
+        "crop_size": {"height": image_size, "width": image_size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": IMAGE_MEAN,
+        "image_std": IMAGE_STD,
+        "do_convert_rgb": True,
+    }
+
+
+def init_model(preset: str, out_dir: Path, *, captions: list[str] | None = None, seed: int = 0) -> Path:
+    """Write a new random CLIP of `preset` size with a tokenizer trained on `captions` to `out_dir`."""
+    import torch
+    from transformers import CLIPModel
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    spec = PRESETS[preset]
+    out_dir = Path(out_dir)
+    if captions is None:
+        captions = default_captions()
+    tokenizer = train_tokenizer(captions, spec.vocab_size)
+    config = clip_config(
+        spec,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = CLIPModel(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(spec.image_size), indent=2) + "\n")
+    return out_dir
