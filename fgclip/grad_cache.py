@@ -1,0 +1,118 @@
+"""Whole-window contrastive gradients at the memory of one micro-batch (gradient caching).
+
+With 2 videos per micro-batch the global loss has a single negative; accumulating gradients
+over micro-batches does not add negatives. Here the loss sees every sample of the optimizer
+step's window (micro-batch x accumulation steps x ranks), exactly:
+
+1. embed every micro-batch without a graph (activation memory of one micro-batch);
+2. gather the window's embeddings from all ranks, compute the loss once, and its gradient with
+   respect to this rank's embeddings (every rank computes the same full loss);
+3. re-run each micro-batch with a graph and back-propagate the cached embedding gradients,
+   which accumulates exactly d(window loss)/d(parameters) into `.grad`.
+
+Cost: one extra forward pass. It relies on a deterministic forward (the model has no dropout).
+The temperatures receive their gradient directly from step 2 (on rank 0 only, so that the
+gradient sum of `distributed.all_reduce_gradients` counts it once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor
+
+from fgclip import distributed
+from fgclip.losses import LossWeights, WindowEmbeddings, concat_embeddings, fgclip_losses, full_precision
+from fgclip.model import FGCLIPVideo
+
+
+def embed_micro_batch(model: FGCLIPVideo, batch: dict[str, Tensor]) -> WindowEmbeddings:
+    """A loader micro-batch (see interfaces: pixels, boxes, ... negative_valid) -> its embeddings."""
+    video = model.encode_video(batch["pixels"], batch["boxes"], batch["box_mask"])
+    global_text = model.encode_text(batch["global_ids"], long=True)
+    # Regions that exist and are visible somewhere; the others have no embedding to contrast.
+    visible = batch["region_valid"].to(torch.bool) & batch["box_mask"].to(torch.bool).any(dim=-1)
+    region = video.region_embeds[visible]
+    negative_valid = batch["negative_valid"].to(torch.bool)[visible]  # (M, K)
+    region_ids = batch["region_ids"][visible]
+    negative_ids = batch["negative_ids"][visible][negative_valid]  # (number of negatives, L)
+    short_ids = torch.cat([region_ids, negative_ids])
+    dim = video.video_embeds.shape[1]
+    if short_ids.shape[0]:
+        short_text = model.encode_text(short_ids, long=False)  # one text pass for captions and negatives
+    else:
+        short_text = video.video_embeds.new_zeros((0, dim))
+    region_text = short_text[: region_ids.shape[0]]
+    negative_text = short_text.new_zeros((*negative_valid.shape, dim))
+    if negative_ids.shape[0]:
+        negative_text = negative_text.index_put(negative_valid.nonzero(as_tuple=True), short_text[region_ids.shape[0]:])
+    return WindowEmbeddings(
+        video=video.video_embeds,
+        global_text=global_text,
+        global_key=batch["global_key"],
+        region=region,
+        region_text=region_text,
+        region_key=batch["region_key"][visible],
+        negative_text=negative_text,
+        negative_valid=negative_valid,
+    )
+
+
+def gather_window(local: WindowEmbeddings) -> WindowEmbeddings:
+    """All ranks' samples in rank order; gradient flows only to this rank's part."""
+    if not distributed.is_distributed():
+        return local
+    device = local.video.device
+    local = local.with_negative_slots(distributed.all_reduce_max(local.negative_valid.shape[1], device))
+    gathered = {name: distributed.gather_rows_with_local_grad(value) for name, value in local.embeddings().items()}
+    for key in ("global_key", "region_key"):
+        gathered[key] = distributed.gather_rows_with_local_grad(getattr(local, key))
+    # Bool tensors travel as uint8 (NCCL has no bool all-gather).
+    gathered["negative_valid"] = distributed.gather_rows_with_local_grad(local.negative_valid.to(torch.uint8)).bool()
+    return WindowEmbeddings(**gathered)
+
+
+def _detached_leaves(emb: WindowEmbeddings) -> WindowEmbeddings:
+    """A copy (at least float32) whose embedding tensors are leaves that collect the loss gradient."""
+    leaves = {name: full_precision(value.detach()).requires_grad_(True) for name, value in emb.embeddings().items()}
+    return emb.replace(**leaves)
+
+
+def grad_cached_window(model: FGCLIPVideo, micro_batches: list[dict], weights: LossWeights, *,
+                       autocast: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
+    """Accumulate one optimizer step's gradients into `.grad` with the loss over the whole window.
+
+    `autocast` (e.g. `torch.autocast("cuda", dtype=torch.bfloat16)`) wraps every forward pass and
+    is entered once per micro-batch and pass, so it must be re-enterable (torch.autocast is).
+    Returns the window's losses (identical on every rank). Under torch.distributed, call
+    `distributed.all_reduce_gradients(model)` afterwards: the sum over ranks is the exact gradient.
+    """
+    if not micro_batches:
+        raise ValueError("grad_cached_window needs at least one micro-batch")
+    amp = autocast if autocast is not None else contextlib.nullcontext()
+
+    # 1. Embeddings of the whole window, without graph.
+    cached: list[WindowEmbeddings] = []
+    with torch.no_grad():
+        for batch in micro_batches:
+            with amp:
+                cached.append(_detached_leaves(embed_micro_batch(model, batch)))
+
+    # 2. The loss over all ranks' samples and its gradient w.r.t. this rank's embeddings.
+    window = gather_window(concat_embeddings(cached))
+    temperatures = model.temperatures()
+    if distributed.rank() != 0:
+        temperatures = {name: value.detach() for name, value in temperatures.items()}
+    losses = fgclip_losses(window, temperatures, weights)
+    losses["total"].backward()
+
+    # 3. Each micro-batch again, with graph, back-propagating its cached embedding gradients.
+    for batch, leaves in zip(micro_batches, cached):
+        with amp:
+            emb = embed_micro_batch(model, batch)
+        pairs = [(value, leaves.embeddings()[name].grad) for name, value in emb.embeddings().items()]
+        surrogate = sum((full_precision(value) * grad).sum() for value, grad in pairs if grad is not None and value.numel())
+        if isinstance(surrogate, Tensor) and surrogate.requires_grad:
+            surrogate.backward()
+    return {name: float(value.detach()) for name, value in losses.items()}

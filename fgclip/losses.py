@@ -1,0 +1,121 @@
+"""FG-CLIP's training losses over the embeddings of a whole contrastive window.
+
+* global: symmetric InfoNCE between video embeddings and their global captions;
+* region: symmetric InfoNCE between region embeddings and their region captions, over all
+  regions of the window;
+* hard: for each region that carries hard-negative captions (the same sentence with one detail
+  changed), cross-entropy of its caption against those negatives;
+* total = global_weight * global + region_weight * region + hard_weight * hard.
+
+Identical captions (equal `fgclip.text.caption_key`) are not negatives of each other: for a
+sample whose caption also belongs to other samples of the window, those other pairs are removed
+from its softmax in both directions (video -> caption and caption -> video); the sample's own
+pair stays the positive. So a window in which every caption is the same has nothing to
+contrast and its loss is exactly 0 (each softmax is over one candidate), and a window of two
+identical and one different caption behaves, for each duplicate, like a window of two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class LossWeights:
+    global_weight: float = 1.0
+    region_weight: float = 0.1
+    hard_weight: float = 0.5
+
+
+@dataclass
+class WindowEmbeddings:
+    """Everything the losses need, for any number of samples (a micro-batch or a whole window).
+
+    Regions are flattened over samples and keep only real regions that are visible on at least
+    one frame (M of them); hard negatives are padded to K per region with `negative_valid`.
+    """
+
+    video: Tensor  # (N, D) L2-normalised
+    global_text: Tensor  # (N, D)
+    global_key: Tensor  # (N,) int64 caption keys
+    region: Tensor  # (M, D)
+    region_text: Tensor  # (M, D)
+    region_key: Tensor  # (M,) int64
+    negative_text: Tensor  # (M, K, D), zeros where not valid
+    negative_valid: Tensor  # (M, K) bool
+
+    # The fields that carry gradient back to the model.
+    EMBEDDING_FIELDS = ("video", "global_text", "region", "region_text", "negative_text")
+
+    def embeddings(self) -> dict[str, Tensor]:
+        return {name: getattr(self, name) for name in self.EMBEDDING_FIELDS}
+
+    def replace(self, **changes: Tensor) -> "WindowEmbeddings":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return WindowEmbeddings(**values)
+
+    def with_negative_slots(self, slots: int) -> "WindowEmbeddings":
+        """The same embeddings with the negative axis padded to `slots` (differentiable)."""
+        missing = slots - self.negative_valid.shape[1]
+        if missing <= 0:
+            return self
+        return self.replace(
+            negative_text=F.pad(self.negative_text, (0, 0, 0, missing)),
+            negative_valid=F.pad(self.negative_valid, (0, missing), value=False),
+        )
+
+
+def concat_embeddings(parts: list[WindowEmbeddings]) -> WindowEmbeddings:
+    """Samples of several micro-batches as one window (negative slots padded to the largest)."""
+    slots = max(part.negative_valid.shape[1] for part in parts)
+    parts = [part.with_negative_slots(slots) for part in parts]
+    return WindowEmbeddings(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(WindowEmbeddings)})
+
+
+def full_precision(x: Tensor) -> Tensor:
+    """bf16/fp16 embeddings (autocast) in float32 for the loss; float32/float64 unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def contrastive_loss(first: Tensor, second: Tensor, keys: Tensor, scale: Tensor) -> Tensor:
+    """Symmetric InfoNCE of row i of `first` with row i of `second`; rows with the same key are
+    removed from each other's softmax (they are positives, not negatives). Mean over rows."""
+    count = first.shape[0]
+    if count == 0:
+        return first.new_zeros(())
+    logits = scale * full_precision(first) @ full_precision(second).t()
+    duplicate = (keys[:, None] == keys[None, :]) & ~torch.eye(count, dtype=torch.bool, device=keys.device)
+    logits = logits.masked_fill(duplicate, float("-inf"))
+    targets = torch.arange(count, device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+
+
+def hard_negative_loss(region: Tensor, region_text: Tensor, negative_text: Tensor, negative_valid: Tensor,
+                       scale: Tensor) -> Tensor:
+    """Mean over regions with at least one negative of -log softmax(caption | caption + negatives)."""
+    has_negatives = negative_valid.any(dim=1)
+    if not bool(has_negatives.any()):
+        return full_precision(region).new_zeros(())
+    region = full_precision(region[has_negatives])
+    positive = (region * full_precision(region_text[has_negatives])).sum(dim=-1, keepdim=True)  # (M', 1)
+    negative = torch.einsum("md,mkd->mk", region, full_precision(negative_text[has_negatives]))
+    logits = scale * torch.cat([positive, negative], dim=1)
+    # Mask after scaling: -inf * scale would give the temperature a NaN gradient.
+    missing = F.pad(~negative_valid[has_negatives], (1, 0), value=False)
+    logits = logits.masked_fill(missing, float("-inf"))
+    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
+
+
+def fgclip_losses(emb: WindowEmbeddings, temperatures: dict[str, Tensor], weights: LossWeights) -> dict[str, Tensor]:
+    """{"total", "global", "region", "hard"} for one window (hard = 0 without negatives)."""
+    global_loss = contrastive_loss(emb.video, emb.global_text, emb.global_key, temperatures["global"])
+    region_loss = contrastive_loss(emb.region, emb.region_text, emb.region_key, temperatures["region"])
+    hard_loss = hard_negative_loss(emb.region, emb.region_text, emb.negative_text, emb.negative_valid,
+                                   temperatures["hard"])
+    total = weights.global_weight * global_loss + weights.region_weight * region_loss + weights.hard_weight * hard_loss
+    return {"total": total, "global": global_loss, "region": region_loss, "hard": hard_loss}

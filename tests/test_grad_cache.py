@@ -1,0 +1,74 @@
+"""Gradient caching is exact: one window of k micro-batches = one big batch, gradient for gradient."""
+
+from __future__ import annotations
+
+import torch
+
+from fgclip.grad_cache import embed_micro_batch, grad_cached_window
+from fgclip.losses import LossWeights, fgclip_losses
+from tiny_fgclip import concatenate_micro_batches, random_micro_batch, tiny_model
+
+WEIGHTS = LossWeights(global_weight=1.0, region_weight=0.7, hard_weight=0.5)
+
+
+def _gradients(model) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def _big_batch_reference(micro_batches):
+    """The plain computation: one forward of all samples with graph, loss, backward."""
+    model = tiny_model(perturb_temporal=True)
+    emb = embed_micro_batch(model, concatenate_micro_batches(micro_batches))
+    losses = fgclip_losses(emb, model.temperatures(), WEIGHTS)
+    losses["total"].backward()
+    return {name: float(value.detach()) for name, value in losses.items()}, _gradients(model)
+
+
+def test_window_of_micro_batches_equals_one_big_batch():
+    # Different region counts per micro-batch and some shared caption keys across micro-batches.
+    micro_batches = [
+        random_micro_batch(1, regions=2, negatives=2, key_pool=6),
+        random_micro_batch(2, regions=3, negatives=1, key_pool=6),
+        random_micro_batch(3, regions=1, negatives=3, key_pool=6),
+    ]
+    expected_losses, expected_grads = _big_batch_reference(micro_batches)
+
+    model = tiny_model(perturb_temporal=True)
+    losses = grad_cached_window(model, micro_batches, WEIGHTS)
+    grads = _gradients(model)
+
+    assert expected_losses["hard"] > 0 and expected_losses["region"] > 0
+    for name in ("total", "global", "region", "hard"):
+        assert abs(losses[name] - expected_losses[name]) < 1e-12, name
+    assert grads.keys() == expected_grads.keys()
+    # Every part of the model is trained: both towers, the temporal module, the long table, temperatures.
+    for must_have in ("clip.vision_model.encoder.layers.1.mlp.fc2.weight", "clip.text_model.encoder.layers.0.self_attn.q_proj.weight",
+                      "long_position_embedding", "temporal.query", "temporal.blocks.0.qkv.weight",
+                      "logit_scales.global", "logit_scales.region", "logit_scales.hard"):
+        assert must_have in grads and grads[must_have].abs().max() > 0, must_have
+    for name, expected in expected_grads.items():
+        torch.testing.assert_close(grads[name], expected, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
+
+
+def test_gradient_accumulates_over_windows():
+    """.grad is summed (the trainer zeroes it per step); two windows = sum of their gradients."""
+    first, second = [random_micro_batch(4)], [random_micro_batch(5)]
+    model = tiny_model()
+    grad_cached_window(model, first, WEIGHTS)
+    after_first = _gradients(model)
+    grad_cached_window(model, second, WEIGHTS)
+    both = _gradients(model)
+    alone = tiny_model()
+    grad_cached_window(alone, second, WEIGHTS)
+    for name, value in _gradients(alone).items():
+        torch.testing.assert_close(both[name], after_first[name] + value, rtol=1e-10, atol=1e-13)
+
+
+def test_window_sees_more_negatives_than_a_micro_batch():
+    """The point of the exercise: the window loss is not the mean of per-micro-batch losses."""
+    micro_batches = [random_micro_batch(6), random_micro_batch(7)]
+    model = tiny_model()
+    window = grad_cached_window(model, micro_batches, WEIGHTS)
+    with torch.no_grad():
+        per_batch = [fgclip_losses(embed_micro_batch(model, b), model.temperatures(), WEIGHTS)["global"] for b in micro_batches]
+    assert abs(window["global"] - float(sum(per_batch)) / 2) > 1e-3
