@@ -17,6 +17,7 @@ help:
 	@echo "make demo    - whole chain on the embedded default (stage 1, training, evaluation)"
 	@echo "make test    - the test suite"
 	@echo "make frames  - stage 1: decode videos into HDF5 shards (embedded default without arguments)"
+	@echo "make eval    - frame-level AUC of the latest debug checkpoint vs its starting model (report, plots)"
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +34,12 @@ frames: venv
 	$(FGCLIP) frames
 
 demo: frames
+
+# Evaluation: the latest debug checkpoint vs the model it started from, on the embedded test split.
+# Other checkpoints or data: make eval EVAL_ARGS="--checkpoint DIR --test-shards DIR --annotations FILE --out DIR"
+.PHONY: eval
+eval: venv
+	$(FGCLIP) eval $(EVAL_ARGS)
 
 clean-data:
 	rm -rf data/synth data/shards data/models
