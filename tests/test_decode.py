@@ -1,8 +1,6 @@
 """ffmpeg probing and selective decoding, checked against independent ffmpeg decodes.
 
-The reference decodes here do not use `pipeline.decode`'s command builder: they run ffmpeg
-directly, either decoding every frame (`-vf scale`) and indexing the result, or asking for one
-frame with `select=eq(n\\,K)`.
+The references (`ffmpeg_reference`) run ffmpeg directly, not through `pipeline.decode`.
 """
 
 from __future__ import annotations
@@ -13,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ffmpeg_reference import reference_frames, single_frame
 from pipeline.decode import (
-    CropRegion,
     VideoError,
     center_crop,
     crop_for,
@@ -29,25 +27,6 @@ REAL_CLIPS = {  # name: (width, height, fps)
     "vtest_campus_cctv.mp4": (480, 360, 10.0),
     "car_traffic.mp4": (640, 360, 30.19),
 }
-
-
-def reference_frames(path: Path, size: int, crop: CropRegion | None = None) -> np.ndarray:
-    """Every frame of the video, cropped and scaled like stage 1 does, by a plain ffmpeg call."""
-    chain = f"crop={crop.width}:{crop.height}:{crop.x}:{crop.y}:exact=1," if crop else ""
-    cmd = [find_ffmpeg(), "-v", "error", "-nostdin", "-i", str(path), "-map", "0:v:0",
-           "-vf", chain + f"scale={size}:{size}:flags=bicubic", "-fps_mode", "passthrough",
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-    raw = subprocess.run(cmd, capture_output=True, check=True).stdout
-    return np.frombuffer(raw, dtype=np.uint8).reshape(-1, size, size, 3)
-
-
-def single_frame(path: Path, frame_number: int, size: int) -> np.ndarray:
-    """Frame `frame_number` (0-based decode order) alone, via ffmpeg's select."""
-    cmd = [find_ffmpeg(), "-v", "error", "-nostdin", "-i", str(path), "-map", "0:v:0",
-           "-vf", f"select=eq(n\\,{frame_number}),scale={size}:{size}:flags=bicubic", "-fps_mode", "passthrough",
-           "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-    raw = subprocess.run(cmd, capture_output=True, check=True).stdout
-    return np.frombuffer(raw, dtype=np.uint8).reshape(size, size, 3)
 
 
 def make_video(path: Path, *args: str) -> Path:

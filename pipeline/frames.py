@@ -1,0 +1,660 @@
+"""Stage 1: annotation records + videos -> HDF5 shards and a manifest per sampling setting.
+
+Flow: records are grouped by video; one worker process per video probes it, works out every
+frame that any of its records needs under any requested sampling (e.g. T = 64 and T = 256 at
+once), decodes the video once keeping only those frames (`pipeline.decode`), and returns one
+`ShardRecord` per record and sampling, with its box tracks (`pipeline.tracks`). The parent
+collects them and writes shard k of each output directory as soon as the k-th group of
+`records_per_shard` input records is resolved.
+
+Determinism and resume: shard k always holds the k-th group of input records minus the
+skipped ones, so a rerun produces the same files. Each shard is written atomically
+(`pipeline.shards.write_shard`) and the manifest is rewritten after every shard; a rerun keeps
+a shard whose file exists and whose manifest entry matches, and redoes the rest. Temp files
+(`*.h5.tmp`) are never read, only deleted.
+
+Bad input does not stop the run: a missing, empty or undecodable video, a window past the
+video's end or an invalid box skips the record, with its reason in the manifest's `skipped`
+list and in the summary. `strict=True` turns the first of these into an error. A region whose
+track meets no sampled frame is dropped from its record (listed under `dropped_regions`).
+
+Memory: a worker holds the sampled frames of one video (all its records, all samplings), the
+parent the records of the shards still being filled; never a whole decoded video.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import multiprocessing
+import os
+import threading
+import time
+from collections import Counter, OrderedDict
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline import embedded
+from pipeline.annotations import AnnotationRecord, read_split_list, validate_annotations
+from pipeline.decode import VideoError, VideoInfo, crop_for, decode_selected, probe_video
+from pipeline.sampling import SamplingSpec, WindowError, window_frames
+from pipeline.shards import (
+    RESIZE_MODES,
+    SCHEMA_VERSION,
+    SHARD_SUFFIX,
+    TMP_SUFFIX,
+    ShardAttrs,
+    ShardFormatError,
+    ShardRecord,
+    manifest_path,
+    read_manifest,
+    shard_name,
+    write_manifest,
+    write_shard,
+)
+from pipeline.tracks import TrackError, region_tracks
+
+
+class FramesError(RuntimeError):
+    """Stage 1 cannot go on (strict mode hit a bad record, nothing usable, incompatible output dir)."""
+
+
+# --- work items -------------------------------------------------------------------------------
+
+
+@dataclass
+class VideoJob:
+    """Everything a worker needs for one video: its records and the samplings each one needs."""
+
+    path: Path
+    records: list[AnnotationRecord]
+    specs: dict[int, list[SamplingSpec]]  # record index -> samplings still to build
+    size: int
+    resize_mode: str
+
+
+@dataclass
+class Skip:
+    record_index: int
+    video: str
+    kind: str  # short stable code: video-missing, video-unreadable, window-past-end, ...
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"record_index": self.record_index, "video": self.video, "kind": self.kind, "reason": self.reason}
+
+
+@dataclass
+class VideoResult:
+    path: Path
+    built: dict[tuple[int, SamplingSpec], ShardRecord] = field(default_factory=dict)
+    skipped: list[Skip] = field(default_factory=list)
+    dropped_regions: list[dict] = field(default_factory=list)
+    decoded_frames: int = 0  # frames the decoder went through (0 if the video was not decoded)
+    kept_frames: int = 0  # distinct frames kept and scaled
+    decode_passes: int = 0
+    seconds: float = 0.0
+
+
+# --- the worker: one video --------------------------------------------------------------------
+
+
+def _video_skip_kind(err: VideoError, path: Path) -> str:
+    if not path.is_file():
+        return "video-missing"
+    if path.stat().st_size == 0:
+        return "video-empty"
+    return "no-frames" if "no frames" in str(err) else "video-unreadable"
+
+
+@dataclass
+class _RecordPlan:
+    record: AnnotationRecord
+    start: int
+    stop: int
+    samples: dict[SamplingSpec, tuple[np.ndarray, float]]  # spec -> (frame numbers, half stride)
+
+
+def _plan_records(job: VideoJob, num_frames: int, fps: float) -> tuple[list[_RecordPlan], list[Skip]]:
+    plans, skips = [], []
+    for record in job.records:
+        try:
+            start, stop = window_frames(record.window_s, fps, num_frames)
+        except WindowError as err:
+            skips.append(Skip(record.index, record.video, "window-past-end", f"{job.path}: {err}"))
+            continue
+        samples = {spec: spec.sample(start, stop, num_frames) for spec in job.specs[record.index]}
+        plans.append(_RecordPlan(record, start, stop, samples))
+    return plans, skips
+
+
+def _wanted_frames(plans: Iterable[_RecordPlan]) -> np.ndarray:
+    wanted = [frames for plan in plans for frames, _ in plan.samples.values()]
+    return np.unique(np.concatenate(wanted)) if wanted else np.zeros(0, dtype=np.int64)
+
+
+def process_video(job: VideoJob) -> VideoResult:
+    """Probe and decode one video once; build the shard records of all its records and samplings."""
+    started = time.perf_counter()
+    result = VideoResult(path=job.path)
+
+    def skip_all(records: Iterable[AnnotationRecord], kind: str, reason: str) -> VideoResult:
+        result.skipped.extend(Skip(r.index, r.video, kind, reason) for r in records)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    try:
+        info = probe_video(job.path)
+    except VideoError as err:
+        return skip_all(job.records, _video_skip_kind(err, job.path), str(err))
+    crop = crop_for(info, job.resize_mode)
+
+    num_frames = info.num_frames
+    plans, window_skips = _plan_records(job, num_frames, info.fps)
+    try:
+        decoded = None
+        # The packet count can disagree with what the decoder delivers (damaged files): then the
+        # decoder's count is the truth, and the sampling is redone with it (a second pass only
+        # when the frames it needs were not decoded in the first).
+        for _ in range(2):
+            wanted = _wanted_frames(plans)
+            if len(wanted) == 0:
+                break
+            if decoded is None or not np.isin(wanted, decoded.frame_numbers).all():
+                decoded = decode_selected(job.path, wanted, size=job.size, crop=crop)
+                result.decode_passes += 1
+                result.decoded_frames += decoded.decoded_count
+            if decoded.decoded_count == num_frames:
+                break
+            num_frames = decoded.decoded_count
+            if num_frames == 0:
+                return skip_all(job.records, "no-frames", f"{job.path}: the decoder produced no frames")
+            plans, window_skips = _plan_records(job, num_frames, info.fps)
+    except VideoError as err:
+        return skip_all(job.records, "video-unreadable", str(err))
+    result.skipped.extend(window_skips)
+    if decoded is None:
+        result.seconds = time.perf_counter() - started
+        return result
+    result.kept_frames = len(decoded.frame_numbers)
+
+    for plan in plans:
+        _build_record(plan, decoded.frames_uint8, decoded.frame_numbers, info, num_frames, crop, result)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _build_record(plan: _RecordPlan, frames_uint8: np.ndarray, frame_numbers: np.ndarray, info: VideoInfo,
+                  num_frames: int, crop, result: VideoResult) -> None:
+    record = plan.record
+    built: dict[SamplingSpec, ShardRecord] = {}
+    dropped: dict[int, str] = {}
+    for spec, (frame_index, half_stride) in plan.samples.items():
+        rows = np.searchsorted(frame_numbers, frame_index)
+        if np.any(rows >= len(frame_numbers)) or np.any(frame_numbers[np.minimum(rows, len(frame_numbers) - 1)] != frame_index):
+            missing = int(frame_index[np.argmax(rows >= len(frame_numbers))]) if np.any(rows >= len(frame_numbers)) else -1
+            result.skipped.append(Skip(record.index, record.video, "truncated",
+                                       f"{info.path}: decoding stopped before frame {missing} ({num_frames} frames decoded)"))
+            return
+        try:
+            boxes, box_mask = region_tracks(record.regions, frame_index, half_stride,
+                                            crop.normalised if crop is not None else None)
+        except TrackError as err:
+            result.skipped.append(Skip(record.index, record.video, "invalid-box", f"{info.path}: {err}"))
+            return
+        keep = [r for r in range(len(record.regions)) if box_mask[r].any()]
+        for r in range(len(record.regions)):
+            if r not in keep:
+                dropped.setdefault(r, f"no sampled frame within half a sampling stride of its keyframes ({spec})")
+        regions = [record.regions[r] for r in keep]
+        built[spec] = ShardRecord(
+            frames_uint8=frames_uint8[rows],
+            frame_index=frame_index.astype(np.int64),
+            boxes=boxes[keep],
+            box_mask=box_mask[keep],
+            global_caption=record.global_caption,
+            region_captions=[region.caption for region in regions],
+            hard_negatives=[list(region.hard_negatives) for region in regions],
+            video=record.video,
+            label=record.label,
+            is_anomaly=record.is_anomaly,
+            window_s=(plan.start / info.fps, plan.stop / info.fps),
+            fps=info.fps,
+            num_source_frames=num_frames,
+            record_index=record.index,
+        )
+    for spec, shard_record in built.items():
+        result.built[(record.index, spec)] = shard_record
+    for r, reason in sorted(dropped.items()):
+        keyframes = [kf.frame for kf in record.regions[r].keyframes]
+        result.dropped_regions.append({
+            "record_index": record.index, "video": record.video, "region": r,
+            "caption": record.regions[r].caption, "keyframes": keyframes, "reason": reason,
+        })
+
+
+# --- worker processes -------------------------------------------------------------------------
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: end this worker if the parent dies (a SIGKILLed run leaves no orphans)."""
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def _run_jobs(jobs: Sequence[VideoJob], workers: int, on_result: Callable[[VideoResult], None]) -> None:
+    """process_video over `jobs` in up to `workers` processes (inline for one), results as they come."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            on_result(process_video(job))
+        return
+    context = multiprocessing.get_context("spawn")  # no fork: the parent holds threads and HDF5 state
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_exit_with_parent,
+                               initargs=(os.getpid(),))
+    try:
+        queue = iter(jobs)
+        in_flight: set[Future] = set()
+        # Submit a little ahead, in video order, so finished shards leave memory early.
+        for job in queue:
+            in_flight.add(pool.submit(process_video, job))
+            if len(in_flight) >= 2 * workers:
+                break
+        while in_flight:
+            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                on_result(future.result())
+                next_job = next(queue, None)
+                if next_job is not None:
+                    in_flight.add(pool.submit(process_video, next_job))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --- one output directory ---------------------------------------------------------------------
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+@dataclass
+class _ShardDir:
+    """One output directory (one sampling): its manifest, finished groups and groups being filled."""
+
+    path: Path
+    spec: SamplingSpec
+    attrs: ShardAttrs
+    records_per_shard: int
+    source_json: str
+    manifest: dict
+    complete: dict[int, dict] = field(default_factory=dict)  # group -> manifest shard entry (kept)
+    old_skips: dict[int, list[dict]] = field(default_factory=dict)  # group -> skipped entries (kept)
+    open_groups: dict[int, dict[int, ShardRecord | None]] = field(default_factory=dict)  # group -> record -> result
+    skipped: dict[int, list[dict]] = field(default_factory=dict)  # group -> skipped entries of this run
+    dropped_regions: list[dict] = field(default_factory=list)
+    shards_written: int = 0
+
+    def settings(self) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "sampling": self.spec.mode,
+            "num_frames": self.spec.num_frames,
+            "stride": self.spec.stride,
+            "size": self.attrs.height,
+            "resize_mode": self.attrs.resize_mode,
+            "records_per_shard": self.records_per_shard,
+            "source_sha256": self.attrs.source_sha256,
+        }
+
+    @classmethod
+    def open(cls, path: Path, spec: SamplingSpec, attrs: ShardAttrs, records_per_shard: int, source_json: str,
+             groups: list[list[AnnotationRecord]]) -> "_ShardDir":
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*" + TMP_SUFFIX):  # left by a killed run; never read
+            stale.unlink(missing_ok=True)
+        shard_dir = cls(path, spec, attrs, records_per_shard, source_json, manifest={})
+        settings = shard_dir.settings()
+        old = None
+        if manifest_path(path).is_file():
+            try:
+                old = read_manifest(path)
+            except (ShardFormatError, ValueError) as err:
+                raise FramesError(f"{path}: existing manifest cannot be used ({err}); delete the directory or choose another --out") from err
+            differing = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+            if differing:
+                details = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differing.items())
+                raise FramesError(
+                    f"{path} holds shards built with other settings ({details}); "
+                    f"choose another --out or delete that directory to rebuild it"
+                )
+        shard_dir.manifest = {**settings, "created": old.get("created", _now()) if old else _now(), "source": source_json}
+        if old:
+            shard_dir._keep_finished(old, groups)
+        return shard_dir
+
+    def _keep_finished(self, old: dict, groups: list[list[AnnotationRecord]]) -> None:
+        """Groups whose shard file exists and matches its manifest entry are done; the rest are redone."""
+        entries = {entry["file"]: entry for entry in old.get("shards", [])}
+        old_skips: dict[int, dict] = {s["record_index"]: s for s in old.get("skipped", []) if s.get("record_index") is not None}
+        for k, group in enumerate(groups):
+            name = shard_name(k)
+            entry = entries.get(name)
+            if entry is None or not (self.path / name).is_file():
+                continue
+            indices = [r.index for r in group]
+            written = list(entry["records"])
+            skipped_here = [i for i in indices if i not in written]
+            if written != [i for i in indices if i in written] or not written or any(i not in old_skips for i in skipped_here):
+                continue  # the group changed since: rebuild it
+            self.complete[k] = entry
+            self.old_skips[k] = [old_skips[i] for i in skipped_here]
+        kept = {entry["file"] for entry in self.complete.values()}
+        self.dropped_regions = [d for d in old.get("dropped_regions", [])
+                                if shard_name(self._group_of_record(groups, d["record_index"])) in kept]
+
+    @staticmethod
+    def _group_of_record(groups: list[list[AnnotationRecord]], index: int) -> int:
+        for k, group in enumerate(groups):
+            if any(r.index == index for r in group):
+                return k
+        return -1
+
+    def open_group(self, k: int, group: list[AnnotationRecord]) -> None:
+        self.open_groups[k] = {r.index: None for r in group}
+
+    def resolve(self, k: int, record_index: int, shard_record: ShardRecord | None, skip: Skip | None) -> None:
+        self.open_groups[k][record_index] = shard_record if shard_record is not None else False  # False = skipped
+        if skip is not None:
+            self.skipped.setdefault(k, []).append(skip.to_dict())
+
+    def flush(self, k: int, order: list[int]) -> bool:
+        """Write group k's shard if all its records are resolved; True if the group is closed."""
+        results = self.open_groups[k]
+        if any(value is None for value in results.values()):
+            return False
+        shard_records = [results[i] for i in order if results[i] is not False]
+        if shard_records:
+            write_shard(self.path / shard_name(k), shard_records, self.attrs)
+            self.shards_written += 1
+            self.complete[k] = {
+                "file": shard_name(k),
+                "records": [r.record_index for r in shard_records],
+                "num_frames": int(sum(r.num_frames for r in shard_records)),
+            }
+        else:  # every record of the group was skipped: no file; retried on the next run
+            stale = self.path / shard_name(k)
+            stale.unlink(missing_ok=True)
+        del self.open_groups[k]
+        self.write_manifest(finished=False)
+        return True
+
+    def all_skips(self) -> list[dict]:
+        skips = [s for group in self.old_skips.values() for s in group]
+        skips += [s for group in self.skipped.values() for s in group]
+        return sorted(skips, key=lambda s: (s["record_index"] is None, s["record_index"] or 0))
+
+    def write_manifest(self, *, finished: bool, extra_skips: Sequence[dict] = ()) -> dict:
+        shards = [self.complete[k] for k in sorted(self.complete)]
+        skips = list(extra_skips) + self.all_skips()
+        summary = {
+            "records": sum(len(entry["records"]) for entry in shards),
+            "shards": len(shards),
+            "frames": sum(int(entry["num_frames"]) for entry in shards),
+            "skipped": len(skips),
+            "skipped_by_kind": dict(sorted(Counter(s["kind"] for s in skips).items())),
+            "dropped_regions": len(self.dropped_regions),
+            "complete": finished,
+        }
+        manifest = {
+            **self.manifest,
+            "updated": _now(),
+            "shards": shards,
+            "skipped": skips,
+            "dropped_regions": sorted(self.dropped_regions, key=lambda d: (d["record_index"], d["region"])),
+            "summary": summary,
+        }
+        write_manifest(self.path, manifest)
+        return manifest
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+def _check_settings(size: int, resize_mode: str, records_per_shard: int) -> None:
+    if resize_mode not in RESIZE_MODES:
+        raise FramesError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, got {resize_mode!r}")
+    if size <= 0:
+        raise FramesError(f"frame size must be positive, got {size}")
+    if records_per_shard <= 0:
+        raise FramesError(f"records per shard must be positive, got {records_per_shard}")
+
+
+def build(
+    records: Sequence[AnnotationRecord], *, video_root: Path, outputs: dict[SamplingSpec, Path], size: int,
+    resize_mode: str, records_per_shard: int, workers: int | None, strict: bool, source_json: str,
+    source_sha256: str, skipped: Sequence[dict] = (), progress: bool = True,
+) -> dict:
+    """The stage for any mix of samplings (one decode per video); see build_shards / build_test_shards."""
+    _check_settings(size, resize_mode, records_per_shard)
+    if not outputs:
+        raise FramesError("no output directory given")
+    indices = [r.index for r in records]
+    if len(set(indices)) != len(indices):
+        raise FramesError("record indices are not unique; pass the records of one annotation file")
+    if strict and skipped:
+        first = skipped[0]
+        raise FramesError(f"--strict: record {first['record_index']} ({first['video']}) is unusable: {first['reason']}")
+    started = time.perf_counter()
+    video_root = Path(video_root)
+    groups = [list(records[i:i + records_per_shard]) for i in range(0, len(records), records_per_shard)]
+    group_of = {r.index: k for k, group in enumerate(groups) for r in group}
+    order_of = {k: [r.index for r in group] for k, group in enumerate(groups)}
+
+    dirs: dict[SamplingSpec, _ShardDir] = {}
+    for spec, path in outputs.items():
+        attrs = ShardAttrs(sampling=spec.mode, num_frames=spec.num_frames, stride=spec.stride, height=size, width=size,
+                           resize_mode=resize_mode, source_json=source_json, source_sha256=source_sha256)
+        dirs[spec] = _ShardDir.open(Path(path), spec, attrs, records_per_shard, source_json, groups)
+
+    # Which record needs which samplings, grouped by video in order of first appearance.
+    needs: dict[int, list[SamplingSpec]] = {}
+    for spec, shard_dir in dirs.items():
+        for k, group in enumerate(groups):
+            if k in shard_dir.complete:
+                continue
+            shard_dir.open_group(k, group)
+            for record in group:
+                needs.setdefault(record.index, []).append(spec)
+    by_video: OrderedDict[Path, list[AnnotationRecord]] = OrderedDict()
+    for record in records:
+        if record.index in needs:
+            by_video.setdefault(video_root / record.video, []).append(record)
+    jobs = [VideoJob(path, recs, {r.index: needs[r.index] for r in recs}, size, resize_mode) for path, recs in by_video.items()]
+
+    stats = Counter()
+    run_skips: list[dict] = []
+    bar = tqdm(total=len(jobs), unit="video", desc="frames", disable=not progress or not jobs, dynamic_ncols=True)
+
+    def on_result(result: VideoResult) -> None:
+        stats["videos"] += 1
+        stats["decoded_frames"] += result.decoded_frames
+        stats["kept_frames"] += result.kept_frames
+        stats["decode_passes"] += result.decode_passes
+        skipped_now = {s.record_index: s for s in result.skipped}
+        if strict and (skipped_now or result.dropped_regions):
+            if skipped_now:
+                first = next(iter(skipped_now.values()))
+                raise FramesError(f"--strict: record {first.record_index} ({first.video}) skipped: {first.reason}")
+            d = result.dropped_regions[0]
+            raise FramesError(f"--strict: record {d['record_index']} ({d['video']}) region {d['region']} dropped: {d['reason']}")
+        run_skips.extend(s.to_dict() for s in skipped_now.values())
+        touched: set[tuple[SamplingSpec, int]] = set()
+        for spec, shard_dir in dirs.items():
+            for record_index, skip in skipped_now.items():
+                k = group_of[record_index]
+                if k in shard_dir.open_groups:
+                    shard_dir.resolve(k, record_index, None, skip)
+                    touched.add((spec, k))
+        for (record_index, spec), shard_record in result.built.items():
+            k = group_of[record_index]
+            dirs[spec].resolve(k, record_index, shard_record, None)
+            touched.add((spec, k))
+        for dropped in result.dropped_regions:
+            for spec, shard_dir in dirs.items():
+                if group_of[dropped["record_index"]] in shard_dir.open_groups:
+                    shard_dir.dropped_regions.append(dropped)
+        for spec, k in sorted(touched, key=lambda t: (t[1], str(t[0]))):
+            dirs[spec].flush(k, order_of[k])
+        bar.update(1)
+        bar.set_postfix(skipped=len(run_skips), refresh=False)
+
+    try:
+        _run_jobs(jobs, workers if workers is not None else default_workers(), on_result)
+    finally:
+        bar.close()
+
+    manifests = {}
+    for spec, shard_dir in dirs.items():
+        manifests[spec] = shard_dir.write_manifest(finished=True, extra_skips=skipped)
+    elapsed = time.perf_counter() - started
+    summary = {
+        "outputs": {str(spec): str(shard_dir.path) for spec, shard_dir in dirs.items()},
+        "records": len(records),
+        "videos_decoded": stats["videos"],
+        "decoded_frames": stats["decoded_frames"],
+        "kept_frames": stats["kept_frames"],
+        "decode_passes": stats["decode_passes"],
+        "shards_written": sum(d.shards_written for d in dirs.values()),
+        "shards_kept": sum(len(d.complete) for d in dirs.values()) - sum(d.shards_written for d in dirs.values()),
+        "per_output": {str(spec): m["summary"] for spec, m in manifests.items()},
+        "skipped": list(skipped) + sorted(run_skips, key=lambda s: s["record_index"]),
+        "elapsed_s": round(elapsed, 3),
+    }
+    usable = min(m["summary"]["records"] for m in manifests.values())
+    if usable == 0:
+        kinds = Counter(s["kind"] for s in summary["skipped"])
+        raise FramesError(
+            f"no usable records: all {len(records) + len(skipped)} were skipped "
+            f"({', '.join(f'{n} {k}' for k, n in kinds.most_common()) or 'none given'}); "
+            f"see 'skipped' in {manifest_path(next(iter(dirs.values())).path)}"
+        )
+    return summary
+
+
+def build_shards(records: list[AnnotationRecord], *, video_root: Path, out_dirs: dict[int, Path], size: int = 224,
+                 resize_mode: str = "squash", records_per_shard: int = 8, workers: int | None = None,
+                 strict: bool = False, source_json: str = "", source_sha256: str = "",
+                 skipped: Sequence[dict] = (), progress: bool = True) -> dict:
+    """Training shards: T uniform samples per record for every T in `out_dirs` (T -> directory).
+
+    Each video is decoded once for all T. `skipped` lists records dropped before stage 1 (e.g.
+    by validation: dicts with record_index, video, kind, reason); they go into every manifest.
+    Returns the run's summary; raises FramesError if nothing usable remains or, with `strict`,
+    at the first skipped record.
+    """
+    outputs = {SamplingSpec.uniform(t): Path(path) for t, path in out_dirs.items()}
+    return build(records, video_root=video_root, outputs=outputs, size=size, resize_mode=resize_mode,
+                 records_per_shard=records_per_shard, workers=workers, strict=strict, source_json=source_json,
+                 source_sha256=source_sha256, skipped=skipped, progress=progress)
+
+
+def split_list_records(test_list: Path) -> list[AnnotationRecord]:
+    """Records of the videos of an official split list: label from the folder, no captions, no regions."""
+    return [
+        AnnotationRecord(index=i, video=entry.path, global_caption="", regions=(), window_s=None,
+                         label=entry.label, is_anomaly=entry.is_anomaly)
+        for i, entry in enumerate(read_split_list(Path(test_list)))
+    ]
+
+
+def build_test_shards(test_list: Path, *, video_root: Path, out_dir: Path, stride: int = 16, size: int = 224,
+                      resize_mode: str = "squash", records_per_shard: int = 4, workers: int | None = None,
+                      strict: bool = False, progress: bool = True) -> dict:
+    """Evaluation shards: every video of `test_list` sampled once per `stride` source frames."""
+    test_list = Path(test_list)
+    try:
+        records = split_list_records(test_list)
+        sha256 = hashlib.sha256(test_list.read_bytes()).hexdigest()
+    except (OSError, ValueError) as err:
+        raise FramesError(f"test list {test_list} cannot be read: {err}") from err
+    return build(records, video_root=video_root, outputs={SamplingSpec.strided(stride): Path(out_dir)}, size=size,
+                 resize_mode=resize_mode, records_per_shard=records_per_shard, workers=workers, strict=strict,
+                 source_json=str(test_list), source_sha256=sha256, progress=progress)
+
+
+def validation_skips(report) -> list[dict]:
+    """Manifest entries for the records validation dropped (one per record, its first problem)."""
+    skips: dict[int, dict] = {}
+    dropped = set(report.dropped)
+    for problem in report.problems:
+        index = problem.record_index
+        if index is None or index not in dropped or index in skips:
+            continue
+        skips[index] = {"record_index": index, "video": problem.video, "kind": f"validation-{problem.kind}",
+                        "reason": f"{problem.field}: {problem.message}" if problem.field else problem.message}
+    return [skips[i] for i in sorted(skips)]
+
+
+def embedded_output_dirs(shard_root: Path | None = None) -> tuple[dict[int, Path], Path]:
+    """(T -> train shard dir, test shard dir) of the embedded default, under `shard_root` if given."""
+    train = {t: embedded.train_shard_dir(t) for t in embedded.TRAIN_FRAME_COUNTS}
+    test = embedded.test_shard_dir(embedded.TEST_STRIDE)
+    if shard_root is None:
+        return train, test
+    return {t: Path(shard_root) / d.name for t, d in train.items()}, Path(shard_root) / test.name
+
+
+def build_embedded_default(*, shard_root: Path | None = None, workers: int | None = None, strict: bool = False,
+                           progress: bool = True) -> dict:
+    """The embedded default: generate the synthetic dataset if missing, then its train and test shards.
+
+    Train shards for every T in `embedded.TRAIN_FRAME_COUNTS` (one decode per video), test
+    shards at `embedded.TEST_STRIDE`, frames at `embedded.FRAME_SIZE`, into the directories
+    `pipeline.embedded` names (or the same names under `shard_root`). What is already complete
+    is kept.
+    """
+    if not embedded.TRAIN_JSON.is_file():
+        from pipeline.synth import generate_dataset
+
+        generate_dataset()
+    report = validate_annotations(embedded.TRAIN_JSON, test_split=embedded.TEST_LIST)
+    if report.errors():
+        first = report.errors()[0]
+        raise FramesError(
+            f"the embedded default {embedded.TRAIN_JSON} fails validation ({len(report.errors())} errors, first: "
+            f"{first.message}); regenerate it with `make clean-data` then `make frames`"
+        )
+    train_dirs, test_dir = embedded_output_dirs(shard_root)
+    train = build_shards(
+        report.records, video_root=embedded.VIDEO_ROOT, out_dirs=train_dirs, size=embedded.FRAME_SIZE,
+        workers=workers, strict=strict, source_json=str(embedded.TRAIN_JSON), source_sha256=report.source_sha256,
+        progress=progress,
+    )
+    test = build_test_shards(
+        embedded.TEST_LIST, video_root=embedded.VIDEO_ROOT, out_dir=test_dir, stride=embedded.TEST_STRIDE,
+        size=embedded.FRAME_SIZE, workers=workers, strict=strict, progress=progress,
+    )
+    return {"train": train, "test": test}
+
+
+def shard_files(shard_dir: Path) -> list[Path]:
+    """Complete shard files present in a directory (temp files excluded), sorted."""
+    return sorted(p for p in Path(shard_dir).glob("shard-*" + SHARD_SUFFIX))

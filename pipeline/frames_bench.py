@@ -1,0 +1,140 @@
+"""Stage 1's speed bar, measured: the embedded default vs a bare ffmpeg decode of the same videos.
+
+`fgclip-vad frames --benchmark` (or `make bench-frames`) times, in one run on one machine:
+
+* bare decode, the bar: `ffmpeg -i VIDEO -f null -` for every video the embedded default
+  uses (training and test), one after another (ffmpeg's own threads use all cores);
+* bare decode, parallel: the same commands, `workers` at a time, as stage 1 runs its workers
+  (a stricter reference, reported alongside);
+* stage 1: `build_embedded_default` into a fresh temporary shard root: validation, probing,
+  one decode per video for all T, test shards, HDF5 writes, manifests.
+
+The three alternate over `repeats` rounds so load changes on a shared machine hit all of
+them; medians are compared. The bar (DESIGN / docs/PERFORMANCE.md): stage 1 <= 1.5 x bare.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from pipeline import embedded
+from pipeline.annotations import read_split_list
+from pipeline.decode import bare_decode_command, find_ffmpeg
+from pipeline.frames import build_embedded_default, default_workers
+
+SPEED_BAR = 1.5  # stage 1 may take at most this many times the bare decode
+
+
+def embedded_videos() -> list[Path]:
+    """Every distinct video file the embedded default's stage 1 decodes."""
+    import json
+
+    records = json.loads(embedded.TRAIN_JSON.read_text(encoding="utf-8"))
+    names = [r["video"] for r in records] + [entry.path for entry in read_split_list(embedded.TEST_LIST)]
+    return list(dict.fromkeys(embedded.VIDEO_ROOT / name for name in names))
+
+
+def _bare_decode(videos: list[Path], parallel: int) -> float:
+    def decode(video: Path) -> None:
+        subprocess.run(bare_decode_command(video), check=True, stdout=subprocess.DEVNULL)
+
+    started = time.perf_counter()
+    if parallel <= 1:
+        for video in videos:
+            decode(video)
+    else:
+        with ThreadPoolExecutor(parallel) as pool:
+            list(pool.map(decode, videos))
+    return time.perf_counter() - started
+
+
+def _stage1(workers: int, scratch: Path) -> float:
+    shard_root = Path(tempfile.mkdtemp(prefix="stage1-", dir=scratch))
+    try:
+        started = time.perf_counter()
+        build_embedded_default(shard_root=shard_root, workers=workers, progress=False)
+        return time.perf_counter() - started
+    finally:
+        shutil.rmtree(shard_root, ignore_errors=True)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def benchmark_stage1(*, repeats: int = 3, workers: int | None = None, scratch: Path | None = None) -> dict:
+    """Time stage 1 on the embedded default against bare decodes; returns all figures."""
+    if not embedded.TRAIN_JSON.is_file():
+        from pipeline.synth import generate_dataset
+
+        generate_dataset()
+    workers = workers or default_workers()
+    videos = embedded_videos()
+    scratch = Path(scratch) if scratch else Path(tempfile.gettempdir())
+    scratch.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    rounds = []
+    _bare_decode(videos[:1], 1)  # warm the page cache and the binary, untimed
+    for _ in range(repeats):
+        rounds.append({
+            "bare_sequential_s": _bare_decode(videos, 1),
+            "stage1_s": _stage1(workers, scratch),
+            "bare_parallel_s": _bare_decode(videos, workers),
+        })
+    median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    return {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": f"{platform.node()}: {_cpu_model()}, {os.cpu_count()} CPUs ({default_workers()} usable), {platform.system()} {platform.release()}",
+        "ffmpeg": find_ffmpeg(),
+        "videos": len(videos),
+        "video_bytes": sum(v.stat().st_size for v in videos),
+        "workers": workers,
+        "repeats": repeats,
+        "rounds": rounds,
+        "median": median,
+        "ratio_vs_bare_sequential": median["stage1_s"] / median["bare_sequential_s"],
+        "ratio_vs_bare_parallel": median["stage1_s"] / median["bare_parallel_s"],
+        "bar": SPEED_BAR,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+    }
+
+
+def format_benchmark(result: dict) -> str:
+    lines = [
+        f"stage 1 benchmark, {result['date']}",
+        f"machine: {result['machine']}",
+        f"videos:  {result['videos']} ({result['video_bytes'] / 1e6:.1f} MB), workers {result['workers']}, "
+        f"{result['repeats']} rounds",
+        f"load average before {tuple(round(x, 2) for x in result['load_average_before'])}, "
+        f"after {tuple(round(x, 2) for x in result['load_average_after'])}",
+        "",
+        f"  {'round':>5} {'bare seq (s)':>13} {'stage 1 (s)':>12} {'bare par (s)':>13}",
+    ]
+    for i, r in enumerate(result["rounds"]):
+        lines.append(f"  {i:>5} {r['bare_sequential_s']:>13.2f} {r['stage1_s']:>12.2f} {r['bare_parallel_s']:>13.2f}")
+    m = result["median"]
+    lines.append(f"  {'median':>5} {m['bare_sequential_s']:>13.2f} {m['stage1_s']:>12.2f} {m['bare_parallel_s']:>13.2f}")
+    ratio = result["ratio_vs_bare_sequential"]
+    verdict = "PASS" if ratio <= result["bar"] else "FAIL"
+    lines += [
+        "",
+        f"stage 1 / bare decode (sequential): {ratio:.2f}x  (bar {result['bar']}x: {verdict})",
+        f"stage 1 / bare decode ({result['workers']} in parallel): {result['ratio_vs_bare_parallel']:.2f}x",
+    ]
+    return "\n".join(lines)

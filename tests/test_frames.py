@@ -1,0 +1,367 @@
+"""Stage 1 end to end on the real clips: stored frames, sampling, tracks, manifests, bad input, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from ffmpeg_reference import reference_frames
+
+from fgclip.cli import main as cli
+from pipeline.annotations import AnnotationRecord, Keyframe, Region
+from pipeline.decode import find_ffmpeg, probe_video
+from pipeline.frames import FramesError, build_shards, build_test_shards
+from pipeline.shards import ShardReader, list_shards, read_manifest
+
+REPO = Path(__file__).resolve().parent.parent
+FGCLIP = str(Path(sys.executable).parent / "fgclip-vad")
+
+# The real clips under UCF-Crime-like names (symlinks), so labels come from the folders.
+CLIP_NAMES = {
+    "Abuse/Abuse901_x264.mp4": "vtest_campus_cctv.mp4",  # 480x360, 10 fps, 795 frames
+    "Training_Normal_Videos_Anomaly/Normal_Videos901_x264.mp4": "car_traffic.mp4",  # 640x360, 30.19 fps, 917
+    "Arrest/Arrest901_x264.avi": "megamind_xvid.avi",  # 720x528 XVID, 23.98 fps, 270
+}
+VTEST, CAR, FILM = list(CLIP_NAMES)
+BOX_A = (0.1, 0.2, 0.4, 0.6)
+BOX_B = (0.5, 0.3, 0.9, 0.9)
+
+
+@pytest.fixture(scope="module")
+def video_root(shared_data, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ucf")
+    for name, real in CLIP_NAMES.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).symlink_to(shared_data / "videos" / real)
+    return root
+
+
+@pytest.fixture(scope="module")
+def references(video_root):
+    """Every frame of each clip at 32 px (plain ffmpeg), decoded once per test module."""
+    cache: dict[tuple[str, int], np.ndarray] = {}
+
+    def get(name: str, size: int = 32, crop=None) -> np.ndarray:
+        key = (name, size, crop)
+        if key not in cache:
+            cache[key] = reference_frames(video_root / name, size, crop)
+        return cache[key]
+
+    return get
+
+
+def record(index: int, video: str, window_s=None, regions=(), caption: str | None = None) -> AnnotationRecord:
+    label = video.split("/")[0].replace("Training_Normal_Videos_Anomaly", "Normal")
+    return AnnotationRecord(index, video, caption or f"caption {index}", tuple(regions), window_s, label, label != "Normal")
+
+
+def read_all(shard_dir: Path) -> dict[int, object]:
+    out = {}
+    for path in list_shards(shard_dir):
+        with ShardReader(path) as reader:
+            for i in range(reader.num_records):
+                rec = reader.read_record(i)
+                out[rec.record_index] = rec
+    return out
+
+
+def shard_contents(path: Path) -> dict:
+    with h5py.File(path, "r") as f:
+        contents = {f"attr:{k}": f.attrs[k] for k in f.attrs}
+        for name, dataset in f.items():
+            contents[name] = dataset.asstr()[()] if dataset.dtype.kind == "O" else dataset[()]
+    return contents
+
+
+def assert_same_shard_dirs(a: Path, b: Path) -> None:
+    files_a = sorted(p.name for p in a.glob("*.h5"))
+    assert files_a == sorted(p.name for p in b.glob("*.h5")) and files_a
+    for name in files_a:
+        ca, cb = shard_contents(a / name), shard_contents(b / name)
+        assert ca.keys() == cb.keys()
+        for key in ca:
+            np.testing.assert_array_equal(ca[key], cb[key], err_msg=f"{name}: {key}")
+    ma, mb = read_manifest(a), read_manifest(b)
+    for volatile in ("created", "updated", "source"):
+        ma.pop(volatile), mb.pop(volatile)
+    assert ma == mb
+
+
+# --- sampling and stored frames ---------------------------------------------------------------
+
+
+def test_uniform_shards_hold_the_frames_ffmpeg_decodes(video_root, references, tmp_path):
+    regions = (Region("a person walks", (Keyframe(300, BOX_A), Keyframe(500, BOX_B)), ("a person runs",)),
+               Region("the whole scene", ()))
+    records = [
+        record(0, VTEST, None, regions),
+        record(1, CAR),
+        record(2, FILM),
+        record(3, VTEST, (20.0, 45.5)),
+        record(4, CAR, (3.3, 7.0)),
+        record(5, FILM, (1.0, 2.0)),  # 25 source frames for T = 32: frames repeat
+    ]
+    out = {8: tmp_path / "t8", 32: tmp_path / "t32"}
+    summary = build_shards(records, video_root=video_root, out_dirs=out, size=32, records_per_shard=4, workers=2,
+                           source_json="x.json", source_sha256="abc", progress=False)
+    assert summary["videos_decoded"] == 3 and summary["decode_passes"] == 3  # one decode per video for both T
+    assert summary["skipped"] == []
+
+    for t, shard_dir in out.items():
+        manifest = read_manifest(shard_dir)
+        assert manifest["sampling"] == "uniform" and manifest["num_frames"] == t and manifest["size"] == 32
+        assert [e["records"] for e in manifest["shards"]] == [[0, 1, 2, 3], [4, 5]]
+        assert [e["num_frames"] for e in manifest["shards"]] == [4 * t, 2 * t]
+        assert manifest["source_sha256"] == "abc" and manifest["summary"]["complete"]
+        stored = read_all(shard_dir)
+        for index, rec in stored.items():
+            assert rec.num_frames == t
+            # the frame stored for sample k is the frame ffmpeg decodes at frame_index[k]
+            np.testing.assert_array_equal(rec.frames_uint8, references(records[index].video)[rec.frame_index])
+            assert rec.num_source_frames == len(references(records[index].video))
+        # whole video: start + floor((k + 0.5) * n / T) over all n frames
+        k = np.arange(t)
+        np.testing.assert_array_equal(stored[0].frame_index, np.floor((k + 0.5) * 795 / t).astype(int))
+        np.testing.assert_array_equal(stored[1].frame_index, np.floor((k + 0.5) * 917 / t).astype(int))
+        # window [20, 45.5] s at 10 fps = frames [200, 455)
+        np.testing.assert_array_equal(stored[3].frame_index, 200 + np.floor((k + 0.5) * 255 / t).astype(int))
+        assert stored[3].window_s == pytest.approx((20.0, 45.5))
+        assert stored[0].window_s == pytest.approx((0.0, 79.5))
+        fi = stored[5].frame_index
+        # window [1, 2] s at 23.98 fps touches frames 23 (23.98 s*fps = 23.98) .. 47 (47.96)
+        assert fi.min() >= 23 and fi.max() <= 47 and np.all(np.diff(fi) >= 0)
+        if t == 32:
+            assert len(np.unique(fi)) == 25  # every window frame, some twice
+        # metadata
+        assert stored[0].label == "Abuse" and stored[0].is_anomaly and not stored[1].is_anomaly
+        assert stored[0].region_captions == ["a person walks", "the whole scene"]
+        assert stored[0].hard_negatives == [["a person runs"], []]
+        assert stored[0].fps == pytest.approx(10.0)
+
+    # box tracks on the stored samples of record 0 (T = 32: stride 795/32 ~ 24.8 frames)
+    rec = read_all(out[32])[0]
+    fi = rec.frame_index
+    inside = (fi >= 300) & (fi <= 500)
+    held = ((fi < 300) & (fi >= 300 - math.ceil(795 / 32) / 2)) | ((fi > 500) & (fi <= 500 + math.ceil(795 / 32) / 2))
+    np.testing.assert_array_equal(rec.box_mask[0], inside | held)
+    for s in np.flatnonzero(inside):
+        w = (fi[s] - 300) / 200
+        np.testing.assert_allclose(rec.boxes[0, s], [(1 - w) * a + w * b for a, b in zip(BOX_A, BOX_B)], atol=1e-5)
+    assert (rec.boxes[0, ~rec.box_mask[0]] == 0).all()
+    assert rec.box_mask[1].all() and (rec.boxes[1] == np.array([0, 0, 1, 1], dtype=np.float32)).all()
+
+
+def test_stride_shards_for_test_videos(video_root, references, tmp_path):
+    test_list = tmp_path / "Anomaly_Test.txt"
+    test_list.write_text("".join(f"{name}\n" for name in CLIP_NAMES))
+    out = tmp_path / "test_stride16"
+    summary = build_test_shards(test_list, video_root=video_root, out_dir=out, stride=16, size=32,
+                                records_per_shard=2, workers=1, progress=False)
+    assert summary["skipped"] == []
+    manifest = read_manifest(out)
+    assert manifest["sampling"] == "stride" and manifest["stride"] == 16
+    assert [e["records"] for e in manifest["shards"]] == [[0, 1], [2]]
+    stored = read_all(out)
+    for index, name in enumerate(CLIP_NAMES):
+        rec, reference = stored[index], references(name)
+        n = len(reference)
+        k = np.arange(math.ceil(n / 16))
+        np.testing.assert_array_equal(rec.frame_index, np.minimum(k * 16 + 8, n - 1))
+        np.testing.assert_array_equal(rec.frames_uint8, reference[rec.frame_index])
+        assert rec.num_source_frames == n and rec.region_captions == [] and rec.global_caption == ""
+    assert (stored[0].label, stored[0].is_anomaly) == ("Abuse", True)
+    assert (stored[1].label, stored[1].is_anomaly) == ("Normal", False)
+
+
+def test_center_crop_frames_and_boxes(video_root, references, tmp_path):
+    info = probe_video(video_root / CAR)  # 640x360: crop x 140..500
+    from pipeline.decode import center_crop
+
+    crop = center_crop(info)
+    box = (0.25, 0.2, 0.5, 0.8)  # x 160..320 px -> (20..180) / 360 of the crop
+    edge = (0.05, 0.1, 0.3, 0.5)  # x 32..192 px: cut at the crop's left edge -> 0 .. 52/360
+    outside = (0.0, 0.1, 0.2, 0.5)  # x 0..128 px: entirely left of the crop
+    regions = (Region("car", (Keyframe(0, box), Keyframe(916, box))), Region("edge", (Keyframe(0, edge), Keyframe(916, edge))),
+               Region("outside", (Keyframe(0, outside), Keyframe(916, outside))))
+    out = tmp_path / "t8"
+    summary = build_shards([record(0, CAR, None, regions)], video_root=video_root, out_dirs={8: out}, size=32,
+                           resize_mode="center-crop", workers=1, progress=False)
+    rec = read_all(out)[0]
+    np.testing.assert_array_equal(rec.frames_uint8, references(CAR, 32, crop)[rec.frame_index])
+    np.testing.assert_allclose(rec.boxes[0], np.tile([20 / 360, 0.2, 180 / 360, 0.8], (8, 1)), atol=1e-5)
+    np.testing.assert_allclose(rec.boxes[1], np.tile([0.0, 0.1, 52 / 360, 0.5], (8, 1)), atol=1e-5)
+    # the region that lies outside the crop on every sample is dropped and listed
+    assert rec.region_captions == ["car", "edge"]
+    dropped = read_manifest(out)["dropped_regions"]
+    assert [(d["record_index"], d["region"], d["caption"]) for d in dropped] == [(0, 2, "outside")]
+    assert summary["per_output"]["T=8"]["dropped_regions"] == 1
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bad_root(video_root, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bad")
+    for name in CLIP_NAMES:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).symlink_to(video_root / name)
+    (root / "Abuse" / "Abuse902_x264.mp4").write_bytes(b"")
+    (root / "Abuse" / "Abuse903_x264.mp4").write_bytes(np.random.default_rng(1).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    # a cut-off file: the container lists one packet more than the decoder can deliver
+    remuxed = root / "remuxed.mp4"
+    subprocess.run([find_ffmpeg(), "-v", "error", "-nostdin", "-i", str(video_root / VTEST), "-c", "copy",
+                    "-movflags", "+faststart", str(remuxed)], check=True)
+    (root / "Abuse" / "Abuse904_x264.mp4").write_bytes(remuxed.read_bytes()[:1_000_000])
+    remuxed.unlink()
+    return root
+
+
+def bad_records() -> list[AnnotationRecord]:
+    return [
+        record(0, VTEST),
+        record(1, "Abuse/Abuse900_x264.mp4"),  # missing
+        record(2, "Abuse/Abuse902_x264.mp4"),  # zero bytes
+        record(3, "Abuse/Abuse903_x264.mp4"),  # random bytes
+        record(4, FILM, (5.0, 30.0)),  # window ends 18.7 s past the end
+        record(5, FILM, (2.0, 3.0)),
+        record(6, "Abuse/Abuse904_x264.mp4"),  # truncated: usable, shorter
+    ]
+
+
+def test_bad_records_are_skipped_with_reasons(bad_root, tmp_path):
+    out = tmp_path / "t8"
+    summary = build_shards(bad_records(), video_root=bad_root, out_dirs={8: out}, size=24, records_per_shard=3,
+                           workers=2, progress=False)
+    kinds = {s["record_index"]: s["kind"] for s in summary["skipped"]}
+    assert kinds == {1: "video-missing", 2: "video-empty", 3: "video-unreadable", 4: "window-past-end"}
+    manifest = read_manifest(out)
+    assert {s["record_index"]: s["kind"] for s in manifest["skipped"]} == kinds
+    reasons = {s["record_index"]: s["reason"] for s in manifest["skipped"]}
+    assert "Abuse900_x264.mp4: video file not found" in reasons[1]
+    assert "ends 18.74 s past the end of the video (11.26 s" in reasons[4]
+    # shard k = group k minus the skipped records; group 1 (records 3, 4, 5) keeps record 5 only
+    assert [e["records"] for e in manifest["shards"]] == [[0], [5], [6]]
+    assert manifest["summary"]["skipped_by_kind"] == {"video-empty": 1, "video-missing": 1, "video-unreadable": 1,
+                                                      "window-past-end": 1}
+    truncated = read_all(out)[6]
+    reference = reference_frames(bad_root / "Abuse" / "Abuse904_x264.mp4", 24)
+    assert truncated.num_source_frames == len(reference) == probe_video(bad_root / "Abuse" / "Abuse904_x264.mp4").num_frames - 1
+    np.testing.assert_array_equal(truncated.frames_uint8, reference[truncated.frame_index])
+
+
+def test_strict_fails_and_nothing_usable_fails(bad_root, tmp_path):
+    with pytest.raises(FramesError, match=r"--strict: record 1 \(Abuse/Abuse900_x264.mp4\) skipped: .*not found"):
+        build_shards(bad_records(), video_root=bad_root, out_dirs={8: tmp_path / "a"}, size=24, workers=1,
+                     strict=True, progress=False)
+    with pytest.raises(FramesError, match="no usable records: all 2 were skipped"):
+        build_shards(bad_records()[1:3], video_root=bad_root, out_dirs={8: tmp_path / "b"}, size=24, workers=1,
+                     progress=False)
+
+
+def write_annotations(path: Path, records: list[dict]) -> Path:
+    path.write_text(json.dumps(records))
+    return path
+
+
+def raw_record(video: str, timestamps=None, boxes=()) -> dict:
+    return {"video": video, "global_caption": "people walk by", "region_captions": ["a person"],
+            "box_infos": [[{"frame": f, "bbox": list(b)} for f, b in boxes]], "timestamps": timestamps}
+
+
+def test_cli_skips_bad_videos_and_strict_exits_non_zero(bad_root, shared_data, tmp_path):
+    annotations = write_annotations(tmp_path / "train.json", [
+        raw_record(VTEST, boxes=[(100, BOX_A)]), raw_record("Abuse/Abuse902_x264.mp4"), raw_record(FILM, [5.0, 30.0])])
+    common = [str(annotations), "--video-root", str(bad_root), "--size", "16", "-t", "4", "--workers", "1",
+              "--test-split", str(shared_data / "ucf" / "Anomaly_Test.txt")]
+    runner = CliRunner()
+    result = runner.invoke(cli, ["frames", *common, "--out", str(tmp_path / "ok")])
+    assert result.exit_code == 0, result.output
+    assert "1 records in 1 shards (T=4), 2 skipped (1 video-empty, 1 window-past-end)" in result.output
+    result = runner.invoke(cli, ["frames", *common, "--out", str(tmp_path / "strict"), "--strict"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith("Error: --strict: record 1 (Abuse/Abuse902_x264.mp4)")
+    assert "Traceback" not in result.output
+
+
+def test_cli_refuses_test_split_overlap(video_root, shared_data, tmp_path):
+    annotations = write_annotations(tmp_path / "train.json", [raw_record("Abuse/Abuse028_x264.mp4")])
+    result = CliRunner().invoke(cli, ["frames", str(annotations), "--video-root", str(video_root), "--out",
+                                      str(tmp_path / "out"), "--test-split", str(shared_data / "ucf" / "Anomaly_Test.txt")])
+    assert result.exit_code == 1
+    assert "test-split-overlap" in result.output and "nothing was built" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+# --- resume -----------------------------------------------------------------------------------
+
+
+def resume_annotations(tmp_path: Path) -> Path:
+    # records of one video share a decode; the first shard appears after the first video
+    return write_annotations(tmp_path / "train.json", [
+        raw_record(FILM, [0.0, 5.0], boxes=[(30, BOX_A), (90, BOX_B)]),
+        raw_record(VTEST, [10.0, 40.0]),
+        raw_record(CAR, [1.0, 12.0], boxes=[(60, BOX_B)]),
+        raw_record(FILM, [5.0, 11.0]),
+        raw_record(VTEST, None, boxes=[(700, BOX_A)]),
+        raw_record(CAR, [12.0, 30.0]),
+    ])
+
+
+def frames_command(annotations: Path, video_root: Path, out: Path, shared_data: Path) -> list[str]:
+    return [FGCLIP, "frames", str(annotations), "--video-root", str(video_root), "--out", str(out), "-t", "8", "-t", "16",
+            "--size", "32", "--records-per-shard", "1", "--workers", "1",
+            "--test-split", str(shared_data / "ucf" / "Anomaly_Test.txt")]
+
+
+def test_resume_after_sigkill_gives_identical_shards(video_root, shared_data, tmp_path):
+    annotations = resume_annotations(tmp_path)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    reference_out, resumed_out = tmp_path / "uninterrupted", tmp_path / "resumed"
+    subprocess.run(frames_command(annotations, video_root, reference_out, shared_data), check=True, env=env,
+                   capture_output=True)
+
+    process = subprocess.Popen(frames_command(annotations, video_root, resumed_out, shared_data), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_shard = resumed_out / "train_t8" / "shard-00000.h5"
+    deadline = time.monotonic() + 60
+    while not first_shard.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    manifest = read_manifest(resumed_out / "train_t8")
+    assert not manifest["summary"]["complete"]
+    assert len(list((resumed_out / "train_t16").glob("*.h5"))) < 6  # really cut off mid-way
+
+    # a stale temp file from the kill must not matter
+    (resumed_out / "train_t16" / "shard-00005.h5.tmp").write_bytes(b"half a shard")
+    result = subprocess.run(frames_command(annotations, video_root, resumed_out, shared_data), env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "kept from an earlier run" in result.stdout and " 0 kept" not in result.stdout
+    for t in (8, 16):
+        assert_same_shard_dirs(reference_out / f"train_t{t}", resumed_out / f"train_t{t}")
+        assert not list((resumed_out / f"train_t{t}").glob("*.tmp"))
+
+    # a third run finds everything complete and decodes nothing
+    result = subprocess.run(frames_command(annotations, video_root, resumed_out, shared_data), env=env,
+                            capture_output=True, text=True, check=True)
+    assert "decoded 0 videos" in result.stdout
+
+
+def test_output_dir_with_other_settings_is_refused(video_root, tmp_path):
+    out = {8: tmp_path / "t8"}
+    build_shards([record(0, FILM)], video_root=video_root, out_dirs=out, size=16, workers=1, progress=False)
+    with pytest.raises(FramesError, match="size: 16 there, 24 now"):
+        build_shards([record(0, FILM)], video_root=video_root, out_dirs=out, size=24, workers=1, progress=False)
