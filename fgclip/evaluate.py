@@ -1,0 +1,539 @@
+"""UCF-Crime evaluation: score test shards with one or more models, compare, report.
+
+The flow of `evaluate` (what `fgclip-vad eval` / `make eval` runs):
+
+1. Ground truth from the official temporal annotation file (`fgclip.ground_truth`), and the
+   test videos present in the stride-mode test shards (one stored frame per 16 source frames).
+   Annotated videos missing from the shards and shard videos without annotation are listed in
+   the report; a partial evaluation says so in its headline.
+2. Each model (the checkpoints, then the baseline) scores every stored frame: frame embedding
+   vs prompt embeddings of {normal, each anomaly class} (several templates averaged in
+   embedding space), logits scaled by the model's global temperature, and
+   score = 1 - softmax(...)[normal].
+3. Optional temporal smoothing over snippets (off by default), then each snippet's score is
+   given to the `stride` source frames it covers, cut or padded to the video's true length.
+4. Frame-level metrics (`fgclip.metrics`) and the report (`fgclip.report`).
+
+Scoring speed: readers in other processes (`fgclip.eval_reader`) put whole records into one
+shared block, pinned for asynchronous copies; frames go to the device as uint8 and are
+preprocessed there, in batches that span videos, under bf16 autocast on CUDA (float32 on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from fgclip.eval_reader import RecordSource, UnitReader, plan_units
+from fgclip.ground_truth import (
+    CONVENTION_DOC,
+    DEFAULT_CONVENTION,
+    anomaly_class_names,
+    camel_case_to_words,
+    frame_labels,
+    frame_ranges,
+    parse_temporal_annotations,
+    ranges_past_end,
+    video_key,
+)
+from fgclip.metrics import DEFAULT_THRESHOLD, VideoFrames, compute_metrics
+from fgclip.text import SHORT_TEXT_LENGTH, load_tokenizer, tokenize
+from pipeline.shards import ShardReader, list_shards, read_manifest
+
+log = logging.getLogger(__name__)
+
+# Averaged in embedding space per class; "{}" becomes the class phrase ("road accidents").
+PROMPT_TEMPLATES = (
+    "a video frame of {}.",
+    "a surveillance camera frame of {}.",
+    "a cctv image showing {}.",
+    "a photo of {}.",
+)
+NORMAL_PHRASE = "normal activity"
+
+
+class EvaluationError(RuntimeError):
+    """Inputs that cannot be evaluated (no checkpoint, no test videos, ...); the message says what to do."""
+
+
+# --- test videos in the shards -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TestVideo:
+    """A test video as the stride-mode shards hold it."""
+
+    key: str  # `video_key`: file name without folder and extension
+    video: str  # as stored in the shard
+    label: str
+    is_anomaly: bool
+    shard: str
+    local_index: int
+    stored_frames: int  # snippets: one stored frame per `stride` source frames
+    num_source_frames: int  # true length of the video
+    stride: int
+    height: int
+    width: int
+
+
+@dataclass
+class TestSet:
+    videos: list[TestVideo]  # unique keys, shard order
+    duplicates: list[dict]  # later copies of a key already seen (not scored)
+    skipped: list[dict]  # records stage 1 could not decode (from the manifest)
+
+
+def list_test_videos(test_shard_dir: Path) -> TestSet:
+    """Every record of a stride-mode shard directory, plus what its manifest says was skipped."""
+    test_shard_dir = Path(test_shard_dir)
+    videos: list[TestVideo] = []
+    duplicates: list[dict] = []
+    seen: dict[str, TestVideo] = {}
+    for path in list_shards(test_shard_dir):
+        with ShardReader(path) as reader:
+            attrs = reader.attrs
+            if attrs.sampling != "stride":
+                raise EvaluationError(
+                    f"{path}: a '{attrs.sampling}'-sampled shard (training data); evaluation needs test shards in "
+                    f"stride mode, built by stage 1 from the test split list (`make frames` writes them)")
+            for meta in reader.metas():
+                video = TestVideo(
+                    key=video_key(meta.video), video=meta.video, label=meta.label, is_anomaly=meta.is_anomaly,
+                    shard=str(path), local_index=meta.local_index, stored_frames=meta.num_frames,
+                    num_source_frames=meta.num_source_frames, stride=attrs.stride,
+                    height=attrs.height, width=attrs.width,
+                )
+                if video.key in seen:
+                    duplicates.append({"video": video.video, "shard": str(path), "record": meta.local_index,
+                                       "first_in": seen[video.key].shard})
+                    continue
+                seen[video.key] = video
+                videos.append(video)
+    skipped = list(read_manifest(test_shard_dir).get("skipped", []))
+    return TestSet(videos=videos, duplicates=duplicates, skipped=skipped)
+
+
+# --- prompts and scores -------------------------------------------------------------------------
+
+
+def class_prompts(class_names: Sequence[str], templates: Sequence[str] = PROMPT_TEMPLATES,
+                  normal_phrase: str = NORMAL_PHRASE) -> list[list[str]]:
+    """Prompt sentences per row: row 0 is normal, row 1 + i is class_names[i]."""
+    if not templates:
+        raise ValueError("at least one prompt template is needed")
+    bad = [t for t in templates if t.count("{}") != 1]
+    if bad:
+        raise ValueError(f"prompt templates need exactly one '{{}}' for the class phrase: {bad}")
+    phrases = [normal_phrase] + [camel_case_to_words(name) for name in class_names]
+    return [[template.format(phrase) for template in templates] for phrase in phrases]
+
+
+@torch.inference_mode()
+def prompt_embeddings(model, tokenizer, class_names: Sequence[str], *, device: torch.device,
+                      templates: Sequence[str] = PROMPT_TEMPLATES, normal_phrase: str = NORMAL_PHRASE) -> torch.Tensor:
+    """(1 + C, D) float32, L2-normalised: each row the normalised mean of its templates' embeddings."""
+    prompts = class_prompts(class_names, templates, normal_phrase)
+    flat = [sentence for row in prompts for sentence in row]
+    ids = tokenize(tokenizer, flat, SHORT_TEXT_LENGTH).to(device)
+    embeds = model.encode_text(ids, long=False).float().view(len(prompts), len(templates), -1)
+    return torch.nn.functional.normalize(embeds.mean(dim=1), dim=-1)
+
+
+def anomaly_scores(frame_embeds: torch.Tensor, prompt_embeds: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """(N, D) frames x (1 + C, D) prompts -> (N,) 1 - P(normal), in float32."""
+    logits = temperature * (frame_embeds.float() @ prompt_embeds.float().t())
+    return 1.0 - logits.softmax(dim=-1)[:, 0]
+
+
+def smooth_snippets(snippet_scores: np.ndarray, window: int) -> np.ndarray:
+    """Moving average over `window` snippets (odd; 1 = unchanged), edges repeated."""
+    if window <= 1:
+        return snippet_scores
+    if window % 2 == 0:
+        raise ValueError(f"the smoothing window must be odd (centred), got {window}")
+    padded = np.pad(snippet_scores.astype(np.float64), window // 2, mode="edge")
+    return np.convolve(padded, np.full(window, 1.0 / window), mode="valid").astype(np.float32)
+
+
+def expand_to_frames(snippet_scores: np.ndarray, num_frames: int, stride: int) -> np.ndarray:
+    """Per-frame scores: frame f gets snippet f // stride; cut to `num_frames`, the last snippet
+    repeated if the shard holds fewer snippets than the true length needs."""
+    if len(snippet_scores) == 0:
+        raise ValueError("a video with no scored snippets cannot be expanded to frames")
+    snippet_of_frame = np.minimum(np.arange(num_frames) // stride, len(snippet_scores) - 1)
+    return snippet_scores[snippet_of_frame]
+
+
+@dataclass
+class VideoScores:
+    """One test video's model output: a score per stored frame (snippet) and the true length."""
+
+    video: str  # as stored in the shard
+    label: str
+    is_anomaly: bool
+    snippet_scores: np.ndarray  # (S,) float32
+    num_frames: int  # source frames of the whole video
+    stride: int  # source frames per snippet
+
+    def frame_scores(self, smoothing_window: int = 1) -> np.ndarray:
+        return expand_to_frames(smooth_snippets(self.snippet_scores, smoothing_window), self.num_frames, self.stride)
+
+
+@contextlib.contextmanager
+def _pinned(buffer, enabled: bool):
+    """Page-lock a host buffer for the duration (cudaHostRegister), so copies from it are asynchronous."""
+    if not enabled:
+        yield False
+        return
+    array = np.frombuffer(buffer, dtype=np.uint8)
+    pointer, size = array.ctypes.data, array.nbytes
+    del array
+    try:
+        code = torch.cuda.cudart().cudaHostRegister(pointer, size, 0)
+        pinned = int(getattr(code, "value", code)) == 0
+    except Exception as err:  # noqa: BLE001 - pageable memory still works, only slower
+        log.warning("could not pin the evaluation buffers (%s); host-to-GPU copies will be slower", err)
+        pinned = False
+    try:
+        yield pinned
+    finally:
+        if pinned:
+            torch.cuda.synchronize()
+            torch.cuda.cudart().cudaHostUnregister(pointer)
+
+
+def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[str], device, batch_frames: int = 512,
+                 videos: Iterable[str] | None = None, num_readers: int = 2, slot_batches: int = 4,
+                 templates: Sequence[str] = PROMPT_TEMPLATES, normal_phrase: str = NORMAL_PHRASE,
+                 progress: bool = True, description: str = "scoring") -> dict[str, VideoScores]:
+    """Score every stored frame of the test shards (or only `videos`, by `video_key`).
+
+    Returns {video_key: VideoScores}. `batch_frames` frames go through the model at once;
+    readers fill slots of `slot_batches` batches each, whole videos back to back.
+    """
+    from tqdm import tqdm
+
+    device = torch.device(device)
+    test_set = list_test_videos(Path(test_shard_dir))
+    wanted = None if videos is None else set(videos)
+    chosen = [v for v in test_set.videos if wanted is None or v.key in wanted]
+    if not chosen:
+        return {}
+    sizes = {(v.height, v.width) for v in chosen}
+    if len(sizes) != 1:
+        raise EvaluationError(f"{test_shard_dir}: shards of different frame sizes {sorted(sizes)}; rebuild them with one --size")
+    height, width = sizes.pop()
+
+    sources = [RecordSource(v.shard, v.local_index, v.stored_frames) for v in chosen]
+    units = plan_units(sources, slot_rows=batch_frames * max(1, slot_batches))
+    snippet_scores = [np.empty(v.stored_frames, dtype=np.float32) for v in chosen]
+
+    model.eval()
+    on_cuda = device.type == "cuda"
+    prompts = prompt_embeddings(model, tokenizer, class_names, device=device, templates=templates,
+                                normal_phrase=normal_phrase)
+    with torch.inference_mode():
+        temperature = model.temperatures()["global"].float().to(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext()
+    bar = tqdm(total=sum(v.stored_frames for v in chosen), unit="frame", desc=description, disable=not progress,
+               dynamic_ncols=True)
+
+    def finish(unit_number: int, slot: int, unit_scores: torch.Tensor) -> None:
+        host_scores = unit_scores.cpu().numpy()  # waits for this unit's compute, hence for its copy too
+        for piece in units[unit_number].pieces:
+            rows = host_scores[piece.slot_row:piece.slot_row + piece.num_rows]
+            snippet_scores[piece.source_number][piece.first_row:piece.first_row + piece.num_rows] = rows
+        reader.release(slot)
+        bar.update(len(host_scores))
+
+    def run(slots: torch.Tensor, pinned: bool) -> None:
+        pending = None
+        for unit_number, slot in reader:
+            rows = units[unit_number].num_rows
+            frames = slots[slot, :rows].to(device, non_blocking=pinned)
+            unit_scores = torch.empty(rows, dtype=torch.float32, device=device)
+            with torch.inference_mode(), autocast:
+                for start in range(0, rows, batch_frames):
+                    pixels = model.preprocess(frames[start:start + batch_frames])
+                    unit_scores[start:start + batch_frames] = anomaly_scores(model.encode_frames(pixels), prompts, temperature)
+            # Collect the previous unit only now: the device already has this unit's work queued.
+            if pending is not None:
+                finish(*pending)
+            pending = (unit_number, slot, unit_scores)
+        if pending is not None:
+            finish(*pending)
+
+    try:
+        with UnitReader(sources, units, height=height, width=width, slot_rows=batch_frames * max(1, slot_batches),
+                        num_readers=num_readers) as reader:
+            with _pinned(reader.shared_buffer, on_cuda) as pinned:
+                run(torch.from_numpy(reader.slots), pinned)
+    finally:
+        bar.close()
+    return {
+        v.key: VideoScores(video=v.video, label=v.label, is_anomaly=v.is_anomaly, snippet_scores=scores,
+                           num_frames=v.num_source_frames, stride=v.stride)
+        for v, scores in zip(chosen, snippet_scores)
+    }
+
+
+# --- which models ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A model to evaluate: its directory and where that came from."""
+
+    name: str  # unique display name in the report
+    role: str  # "checkpoint" or "baseline"
+    path: Path  # the model directory loaded
+    given: Path  # what the user named (a model dir or a training output dir)
+    step: int | None  # training step, when known from the directory name
+
+
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(
+        (path / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
+
+
+def latest_model_dir(training_dir: Path) -> Path | None:
+    """A training output dir's newest model: `final/` unless a `checkpoint-STEP/` was written after it."""
+    checkpoints = [(int(m.group(1)), p) for p in training_dir.glob("checkpoint-*")
+                   if (m := _CHECKPOINT_NAME.match(p.name)) and _is_model_dir(p)]
+    latest = max(checkpoints)[1] if checkpoints else None
+    final = training_dir / "final"
+    if _is_model_dir(final) and (latest is None or final.stat().st_mtime >= latest.stat().st_mtime):
+        return final
+    return latest
+
+
+def resolve_model_dir(path: Path) -> Path:
+    """A model directory as given, or the newest model of a training output directory."""
+    path = Path(path)
+    if not path.exists():
+        raise EvaluationError(f"{path}: no such checkpoint or training output directory")
+    if path.is_dir() and not _is_model_dir(path):
+        latest = latest_model_dir(path)
+        if latest is None:
+            raise EvaluationError(f"{path}: neither a model directory (config.json + weights) nor a training output "
+                                  f"directory with checkpoint-STEP/ or final/ inside")
+        return latest
+    if not _is_model_dir(path):
+        raise EvaluationError(f"{path}: not a model directory (needs config.json and model.safetensors)")
+    return path
+
+
+def starting_model(training_dir: Path) -> Path | None:
+    """The model a training run started from, as its `config.json` records under "model"."""
+    config_file = Path(training_dir) / "config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    model = config.get("model") if isinstance(config, dict) else None
+    if not model or "model_type" in config:  # a model's own config.json has no "model" key
+        return None
+    model_path = Path(model)
+    if not model_path.is_absolute() and not model_path.exists() and (training_dir / model_path).exists():
+        model_path = training_dir / model_path
+    return model_path
+
+
+def choose_models(checkpoints: Sequence[Path], baseline: Path | None) -> list[ModelChoice]:
+    """ModelChoices for the checkpoints (training dirs resolved to their newest model) and the baseline."""
+    if not checkpoints:
+        raise EvaluationError("no checkpoint to evaluate; give --checkpoint DIR (a model or a training output dir)")
+    choices: list[ModelChoice] = []
+    names: set[str] = set()
+
+    def unique(name: str) -> str:
+        candidate, n = name, 2
+        while candidate in names:
+            candidate, n = f"{name} #{n}", n + 1
+        names.add(candidate)
+        return candidate
+
+    for given in checkpoints:
+        path = resolve_model_dir(Path(given))
+        match = _CHECKPOINT_NAME.match(path.name)
+        display = f"{path.parent.name}/{path.name}" if match or path.name == "final" else path.name
+        choices.append(ModelChoice(unique(display), "checkpoint", path, Path(given),
+                                   int(match.group(1)) if match else None))
+    if baseline is not None:
+        path = resolve_model_dir(Path(baseline))
+        choices.append(ModelChoice(unique(f"baseline ({path.name})"), "baseline", path, Path(baseline), 0))
+    return choices
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise EvaluationError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return chosen
+
+
+# --- the whole evaluation --------------------------------------------------------------------------
+
+
+def _coverage(annotations: dict, test_set: TestSet) -> dict:
+    in_shards = {v.key for v in test_set.videos}
+    skipped_reason = {video_key(s.get("video", "")): s.get("reason", "") for s in test_set.skipped}
+    missing = [
+        {"video": key, "label": a.label, "reason": skipped_reason.get(key) or "not in the test shards"}
+        for key, a in annotations.items() if key not in in_shards
+    ]
+    unannotated = [{"video": v.video, "label": v.label} for v in test_set.videos if v.key not in annotations]
+    return {
+        "annotated_videos": len(annotations),
+        "videos_in_shards": len(test_set.videos),
+        "evaluated_videos": len(annotations) - len(missing),
+        "missing_from_shards": missing,
+        "not_annotated": unannotated,
+        "duplicates_in_shards": test_set.duplicates,
+        "skipped_by_stage1": test_set.skipped,
+    }
+
+
+def evaluate(checkpoints: list[Path], test_shard_dir: Path, annotations: Path, out_dir: Path, *,
+             baseline: Path | None = None, convention: str = DEFAULT_CONVENTION, smoothing_window: int = 1,
+             threshold: float = DEFAULT_THRESHOLD, device: str | None = None, batch_frames: int = 512,
+             num_readers: int = 2, templates: Sequence[str] = PROMPT_TEMPLATES,
+             normal_phrase: str = NORMAL_PHRASE, video_plots: bool = True, progress: bool = True) -> dict:
+    """Score the test shards with every checkpoint and the baseline; write report.json, report.md,
+    plots/, scores/ and TensorBoard scalars under `out_dir`. Returns the report dict."""
+    from fgclip import report as report_writer
+    from fgclip.model import FGCLIPVideo
+
+    if smoothing_window < 1 or smoothing_window % 2 == 0:
+        raise EvaluationError(f"--smooth {smoothing_window}: the smoothing window must be an odd number of snippets "
+                              f"(1 = no smoothing)")
+    test_shard_dir, annotations, out_dir = Path(test_shard_dir), Path(annotations), Path(out_dir)
+    models = choose_models(checkpoints, baseline)
+    ground_truth = parse_temporal_annotations(annotations)
+    class_names = anomaly_class_names(ground_truth)
+    test_set = list_test_videos(test_shard_dir)
+    coverage = _coverage(ground_truth, test_set)
+    videos = [v for v in test_set.videos if v.key in ground_truth]
+    if not videos:
+        raise EvaluationError(f"{test_shard_dir}: none of its {len(test_set.videos)} videos is in {annotations}; "
+                              f"are these the test shards of this annotation file?")
+    frame_gt = {v.key: frame_labels(ground_truth[v.key], v.num_source_frames, convention) for v in videos}
+    cut_intervals = [
+        {"video": v.key, "num_frames": v.num_source_frames, "ranges": ranges_past_end(ground_truth[v.key], v.num_source_frames, convention)}
+        for v in videos if ranges_past_end(ground_truth[v.key], v.num_source_frames, convention)
+    ]
+    torch_device = pick_device(device)
+
+    results: list[dict] = []
+    frame_results: dict[str, list[VideoFrames]] = {}
+    raw_scores: dict[str, dict[str, np.ndarray]] = {}
+    for choice in models:
+        started = time.perf_counter()
+        model = FGCLIPVideo.from_pretrained(choice.path).to(torch_device)
+        tokenizer = load_tokenizer(choice.path)
+        load_s = time.perf_counter() - started
+        started = time.perf_counter()
+        scores = score_videos(model, tokenizer, test_shard_dir, class_names=class_names, device=torch_device,
+                              batch_frames=batch_frames, videos=[v.key for v in videos], num_readers=num_readers,
+                              templates=templates, normal_phrase=normal_phrase, progress=progress,
+                              description=choice.name)
+        score_s = time.perf_counter() - started
+        temperature = float(model.temperatures()["global"].detach())
+        del model
+        if torch_device.type == "cuda":
+            torch.cuda.empty_cache()
+        per_video = [
+            VideoFrames(video=v.key, label=ground_truth[v.key].label, is_anomaly=ground_truth[v.key].is_anomaly,
+                        scores=scores[v.key].frame_scores(smoothing_window), gt=frame_gt[v.key])
+            for v in videos
+        ]
+        frame_results[choice.name] = per_video
+        raw_scores[choice.name] = {v.key: scores[v.key].snippet_scores for v in videos}
+        stored = sum(v.stored_frames for v in videos)
+        results.append({
+            "name": choice.name, "role": choice.role, "path": str(choice.path), "given": str(choice.given),
+            "step": choice.step, "temperature": temperature,
+            "metrics": compute_metrics(per_video, threshold=threshold),
+            "timing": {"load_s": round(load_s, 3), "scoring_s": round(score_s, 3), "stored_frames": stored,
+                       "stored_frames_per_s": round(stored / score_s, 1) if score_s > 0 else None},
+        })
+
+    partial = coverage["evaluated_videos"] < coverage["annotated_videos"]
+    report = {
+        "headline": _headline(results, coverage, partial),
+        "partial": partial,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": {
+            "test_shards": str(test_shard_dir), "annotations": str(annotations), "out_dir": str(out_dir),
+            "device": str(torch_device),
+            "precision": "bf16 autocast" if torch_device.type == "cuda" else "float32",
+            "batch_frames": batch_frames, "readers": num_readers,
+            "stride": sorted({v.stride for v in videos}),
+            "prompt_templates": list(templates), "normal_phrase": normal_phrase, "class_names": class_names,
+            "class_phrases": {name: camel_case_to_words(name) for name in class_names},
+            "score": "1 - softmax(global temperature * cosine(frame, prompts))[normal], prompts = {normal} + classes, "
+                     "templates averaged in embedding space",
+            "smoothing": ("none" if smoothing_window == 1 else
+                          f"moving average over {smoothing_window} snippets (edges repeated), before expansion"),
+            "smoothing_window": smoothing_window,
+            "expansion": "each stored frame's score covers the `stride` source frames of its snippet; "
+                         "cut to the video's true length, last snippet repeated if the shard holds too few",
+        },
+        "ground_truth": {
+            "convention": convention, "meaning": CONVENTION_DOC[convention],
+            "frame_counts": "num_source_frames of each shard record (stage 1's decode)",
+            "intervals_cut_at_video_end": cut_intervals,
+            "per_class_auc": "frames of the class's videos plus all frames of normal videos",
+            "false_alarm_rate": f"fraction of normal-video frames with score > {threshold}",
+        },
+        "coverage": coverage,
+        "models": results,
+        "videos": _per_video_summary(videos, ground_truth, frame_gt, frame_results, convention),
+    }
+    report_writer.write_report(out_dir, report, frame_results, raw_scores, video_plots=video_plots)
+    return report
+
+
+def _headline(results: list[dict], coverage: dict, partial: bool) -> str:
+    def auc(value):
+        return "n/a" if value is None else f"{value:.4f}"
+
+    parts = [f"{r['name']}: frame AUC {auc(r['metrics']['auc'])}" for r in results]
+    scope = f"{coverage['evaluated_videos']} of {coverage['annotated_videos']} annotated test videos"
+    text = "; ".join(parts) + f" ({scope})"
+    if partial:
+        text = f"PARTIAL EVALUATION, {len(coverage['missing_from_shards'])} annotated videos missing from the shards. " + text
+    return text
+
+
+def _per_video_summary(videos: list[TestVideo], ground_truth: dict, frame_gt: dict,
+                       frame_results: dict[str, list[VideoFrames]], convention: str) -> list[dict]:
+    summary = []
+    for i, v in enumerate(videos):
+        entry = {
+            "video": v.key, "label": ground_truth[v.key].label, "num_frames": v.num_source_frames,
+            "stored_frames": v.stored_frames, "anomalous_frames": int(frame_gt[v.key].sum()),
+            "anomalous_ranges": frame_ranges(ground_truth[v.key], convention),
+            "scores": {},
+        }
+        for name, per_video in frame_results.items():
+            scores = per_video[i].scores
+            entry["scores"][name] = {"mean": float(scores.mean()), "max": float(scores.max())}
+        summary.append(entry)
+    return summary

@@ -1,0 +1,257 @@
+"""Evaluation: scoring real stride-mode shards with a real tiny model, expansion, the report."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fgclip.eval_reader import RecordSource, UnitReader, plan_units
+from fgclip.evaluate import (
+    anomaly_scores,
+    class_prompts,
+    evaluate,
+    expand_to_frames,
+    latest_model_dir,
+    prompt_embeddings,
+    score_videos,
+    smooth_snippets,
+    starting_model,
+)
+from fgclip.text import load_tokenizer
+from pipeline.shards import SCHEMA_VERSION, ShardAttrs, ShardReader, ShardRecord, shard_name, write_manifest, write_shard
+
+STRIDE = 16
+SIZE = 40  # stored frames smaller than the tiny model's 112 px: preprocess resizes on the way
+
+# (video path as the split list writes it, class, source frames)
+VIDEOS = [
+    ("Arson/Arson011_x264.mp4", "Arson", 300),
+    ("RoadAccidents/RoadAccidents021_x264.mp4", "RoadAccidents", 155),
+    ("Testing_Normal_Videos_Anomaly/Normal_Videos_872_x264.mp4", "Normal", 530),  # 34 snippets: split over slots
+    ("Testing_Normal_Videos_Anomaly/Normal_Videos_873_x264.mp4", "Normal", 90),
+    ("Shooting/Shooting015_x264.mp4", "Shooting", 64),  # in the shards, not annotated
+]
+ANNOTATIONS = """\
+Arson011_x264.mp4  Arson  20  80  200  310
+RoadAccidents021_x264.mp4  RoadAccidents  30  90  -1  -1
+Normal_Videos_872_x264.mp4  Normal  -1  -1  -1  -1
+Normal_Videos_873_x264.mp4  Normal  -1  -1  -1  -1
+Explosion008_x264.mp4  Explosion  1005  1245  -1  -1
+"""
+
+
+def write_test_shards(shard_dir, videos=VIDEOS, records_per_shard=2, seed=0):
+    """Stride-mode test shards in the real format: one stored frame per 16 source frames."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for index, (video, label, num_source) in enumerate(videos):
+        stored = math.ceil(num_source / STRIDE)
+        frames = rng.integers(0, 256, size=(stored, SIZE, SIZE, 3), dtype=np.uint8)
+        records.append(ShardRecord(
+            frames_uint8=frames,
+            frame_index=np.minimum(np.arange(stored) * STRIDE + STRIDE // 2, num_source - 1).astype(np.int64),
+            boxes=np.zeros((0, stored, 4), np.float32), box_mask=np.zeros((0, stored), bool),
+            global_caption="", region_captions=[], video=video, label=label, is_anomaly=label != "Normal",
+            window_s=(0.0, num_source / 30.0), fps=30.0, num_source_frames=num_source, record_index=index,
+        ))
+    attrs = ShardAttrs(sampling="stride", num_frames=0, stride=STRIDE, height=SIZE, width=SIZE, resize_mode="squash")
+    entries = []
+    for shard_id, start in enumerate(range(0, len(records), records_per_shard)):
+        chunk = records[start:start + records_per_shard]
+        write_shard(shard_dir / shard_name(shard_id), chunk, attrs)
+        entries.append({"file": shard_name(shard_id), "records": [r.record_index for r in chunk],
+                        "num_frames": sum(r.num_frames for r in chunk)})
+    write_manifest(shard_dir, {"schema_version": SCHEMA_VERSION, "sampling": "stride", "stride": STRIDE, "size": SIZE,
+                               "shards": entries,
+                               "skipped": [{"record_index": 99, "video": "Explosion/Explosion008_x264.mp4",
+                                            "reason": "unreadable video (test fixture)"}]})
+    return records
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from fgclip.model_factory import init_model
+
+    return init_model("tiny", tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    shard_dir = tmp_path_factory.mktemp("test_shards")
+    return shard_dir, write_test_shards(shard_dir)
+
+
+def test_expand_cut_and_pad():
+    snippets = np.array([0.1, 0.5, 0.9], dtype=np.float32)
+    # 40 frames need ceil(40/16) = 3 snippets: frames 32..39 get the third, cut at 40.
+    frames = expand_to_frames(snippets, 40, 16)
+    assert frames.shape == (40,)
+    assert (frames[:16] == 0.1).all() and (frames[16:32] == 0.5).all() and (frames[32:] == 0.9).all()
+    # A true length needing more snippets than stored repeats the last one.
+    padded = expand_to_frames(snippets, 70, 16)
+    assert padded.shape == (70,) and (padded[48:] == 0.9).all()
+    assert expand_to_frames(snippets, 5, 16).tolist() == pytest.approx([0.1] * 5)
+    with pytest.raises(ValueError):
+        expand_to_frames(np.zeros(0, np.float32), 10, 16)
+
+
+def test_smoothing_is_a_centred_moving_average():
+    x = np.array([0, 0, 3, 0, 0], dtype=np.float32)
+    assert smooth_snippets(x, 1) is x
+    assert smooth_snippets(x, 3).tolist() == pytest.approx([0, 1, 1, 1, 0])
+    with pytest.raises(ValueError, match="odd"):
+        smooth_snippets(x, 4)
+
+
+def test_prompts():
+    rows = class_prompts(["RoadAccidents"], templates=["a photo of {}.", "cctv: {}"], normal_phrase="nothing")
+    assert rows == [["a photo of nothing.", "cctv: nothing"], ["a photo of road accidents.", "cctv: road accidents"]]
+    with pytest.raises(ValueError, match="exactly one"):
+        class_prompts(["Arson"], templates=["no placeholder"])
+
+
+def test_plan_units_packs_and_splits():
+    sources = [RecordSource("a.h5", 0, 5), RecordSource("a.h5", 1, 20), RecordSource("b.h5", 0, 3)]
+    units = plan_units(sources, slot_rows=8)
+    assert [u.num_rows for u in units] == [8, 8, 8, 4]
+    covered = {}
+    for unit in units:
+        slot_rows = [p.slot_row for p in unit.pieces]
+        assert slot_rows == sorted(slot_rows) and unit.pieces[0].slot_row == 0
+        for p in unit.pieces:
+            covered.setdefault(p.source_number, []).extend(range(p.first_row, p.first_row + p.num_rows))
+    assert {k: sorted(v) for k, v in covered.items()} == {0: list(range(5)), 1: list(range(20)), 2: list(range(3))}
+
+
+@pytest.mark.parametrize("num_readers", [0, 1])
+def test_unit_reader_returns_the_shard_frames(shards, num_readers):
+    shard_dir, records = shards
+    paths = sorted(shard_dir.glob("shard-*.h5"))
+    sources = []
+    for path in paths:
+        with ShardReader(path) as reader:
+            sources += [RecordSource(str(path), i, m.num_frames) for i, m in enumerate(reader.metas())]
+    units = plan_units(sources, slot_rows=16)
+    rebuilt = [np.zeros_like(r.frames_uint8) for r in records]
+    with UnitReader(sources, units, height=SIZE, width=SIZE, slot_rows=16, num_readers=num_readers) as reader:
+        for unit_number, slot in reader:
+            for p in units[unit_number].pieces:
+                rebuilt[p.source_number][p.first_row:p.first_row + p.num_rows] = \
+                    reader.slots[slot, p.slot_row:p.slot_row + p.num_rows]
+            reader.release(slot)
+    for record, frames in zip(records, rebuilt):
+        np.testing.assert_array_equal(frames, record.frames_uint8)
+
+
+def test_scores_match_one_video_at_a_time(tiny_model, shards):
+    """Batches spanning videos and videos split over slots give each frame its own score."""
+    from fgclip.model import FGCLIPVideo
+
+    shard_dir, records = shards
+    model = FGCLIPVideo.from_pretrained(tiny_model)
+    tokenizer = load_tokenizer(tiny_model)
+    classes = ["Arson", "RoadAccidents", "Shooting"]
+    scores = score_videos(model, tokenizer, shard_dir, class_names=classes, device="cpu", batch_frames=8,
+                          slot_batches=2, num_readers=1, progress=False)
+    assert set(scores) == {"Arson011_x264", "RoadAccidents021_x264", "Normal_Videos_872_x264",
+                           "Normal_Videos_873_x264", "Shooting015_x264"}
+    prompts = prompt_embeddings(model, tokenizer, classes, device=torch.device("cpu"))
+    with torch.inference_mode():
+        temperature = model.temperatures()["global"]
+        for record in records:
+            pixels = model.preprocess(torch.from_numpy(record.frames_uint8))
+            expected = anomaly_scores(model.encode_frames(pixels), prompts, temperature).numpy()
+            got = scores[record.video.split("/")[-1][:-4]]
+            assert got.num_frames == record.num_source_frames and got.stride == STRIDE
+            np.testing.assert_allclose(got.snippet_scores, expected, rtol=1e-4, atol=1e-5)
+            assert ((got.snippet_scores >= 0) & (got.snippet_scores <= 1)).all()
+
+
+def _training_run(tmp_path, tiny_model):
+    """A training output dir as the trainer leaves it: config.json naming the start, checkpoints, no final."""
+    from fgclip.model import FGCLIPVideo
+
+    run = tmp_path / "run"
+    model = FGCLIPVideo.from_pretrained(tiny_model)
+    generator = torch.Generator().manual_seed(0)
+    for step in (5, 10):
+        with torch.no_grad():  # a different model from the start
+            weight = model.clip.visual_projection.weight
+            weight.add_(torch.randn(weight.shape, generator=generator) * weight.std())
+        model.save_pretrained(run / f"checkpoint-{step}")
+    (run / "config.json").write_text(json.dumps({"model": str(tiny_model), "preset": "debug"}))
+    return run
+
+
+def test_latest_checkpoint_and_starting_model(tmp_path, tiny_model):
+    run = _training_run(tmp_path, tiny_model)
+    assert latest_model_dir(run) == run / "checkpoint-10"
+    assert starting_model(run) == tiny_model
+    assert starting_model(run / "checkpoint-10") is None  # a model's own config.json
+    shutil.copytree(run / "checkpoint-10", run / "final")
+    assert latest_model_dir(run) == run / "final"
+
+
+def test_cli_end_to_end_report_plots_and_missing_videos(tmp_path, tiny_model, shards):
+    from fgclip.cli import main
+
+    shard_dir, _ = shards
+    run = _training_run(tmp_path, tiny_model)
+    annotations = tmp_path / "Temporal_Anomaly_Annotation.txt"
+    annotations.write_text(ANNOTATIONS)
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(main, [
+        "eval", "--checkpoint", str(run), "--checkpoint", str(run / "checkpoint-5"), "--test-shards", str(shard_dir),
+        "--annotations", str(annotations), "--out", str(out), "--device", "cpu", "--readers", "1",
+        "--batch-frames", "16", "--quiet",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "PARTIAL" in result.output
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["partial"] and report["headline"].startswith("PARTIAL")
+    assert [m["name"] for m in report["models"]] == ["run/checkpoint-10", "run/checkpoint-5", "baseline (tiny)"]
+    assert report["models"][2]["role"] == "baseline" and report["models"][2]["path"] == str(tiny_model)
+    coverage = report["coverage"]
+    assert coverage["missing_from_shards"] == [
+        {"video": "Explosion008_x264", "label": "Explosion", "reason": "unreadable video (test fixture)"}]
+    assert coverage["not_annotated"] == [{"video": "Shooting/Shooting015_x264.mp4", "label": "Shooting"}]
+    assert coverage["evaluated_videos"] == 4
+    # The true frame counts, and the official intervals under the inclusive default (cut at 300).
+    metrics = report["models"][0]["metrics"]
+    assert metrics["num_frames"] == 300 + 155 + 530 + 90
+    assert metrics["num_anomalous_frames"] == 61 + 100 + 61
+    assert report["ground_truth"]["intervals_cut_at_video_end"] == [
+        {"video": "Arson011_x264", "num_frames": 300, "ranges": [[200, 311]]}]
+    assert 0.0 <= metrics["auc"] <= 1.0 and set(metrics["per_class_auc"]) == {"Arson", "RoadAccidents"}
+    assert report["config"]["smoothing"] == "none"
+    # Checkpoints differ from the baseline, so their scores do too.
+    first_video = report["videos"][0]["scores"]
+    assert first_video["run/checkpoint-10"]["mean"] != pytest.approx(first_video["baseline (tiny)"]["mean"], abs=1e-6)
+
+    markdown = (out / "report.md").read_text()
+    assert "| run/checkpoint-10 | checkpoint |" in markdown and "| baseline (tiny) | baseline |" in markdown
+    assert "Explosion008_x264" in markdown and "Shooting015_x264" in markdown
+    assert "**none**" in markdown  # smoothing stated
+    for png in ["plots/roc.png", "plots/per_class_auc.png", "plots/videos/Arson011_x264.png",
+                "plots/videos/Normal_Videos_872_x264.png"]:
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert len(list((out / "plots" / "videos").glob("*.png"))) == 4
+    assert list((out / "tensorboard" / "run_checkpoint-10").glob("events.out.tfevents.*"))
+    with np.load(out / "scores" / "run_checkpoint-10.npz") as saved:
+        assert saved["Normal_Videos_872_x264"].shape == (34,)
+
+
+def test_cli_without_checkpoint_says_train_first(tmp_path, monkeypatch):
+    from fgclip.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["eval"])
+    assert result.exit_code != 0
+    assert "run make train-debug first" in result.output and "Traceback" not in result.output
