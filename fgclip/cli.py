@@ -105,6 +105,143 @@ def export_captions_command(annotations, out_path, translations) -> None:
 
 # --- stage 1: frames --------------------------------------------------------------------------
 
+
+def _print_frames_summary(summary: dict) -> None:
+    for spec, out in summary["outputs"].items():
+        per = summary["per_output"][spec]
+        kinds = ", ".join(f"{n} {k}" for k, n in per["skipped_by_kind"].items())
+        line = f"{out}: {per['records']} records in {per['shards']} shards ({spec}), {per['skipped']} skipped"
+        click.echo(line + (f" ({kinds})" if kinds else "") +
+                   (f", {per['dropped_regions']} regions dropped" if per["dropped_regions"] else ""))
+    click.echo(f"decoded {summary['videos_decoded']} videos ({summary['decoded_frames']} frames, "
+               f"{summary['kept_frames']} kept), {summary['shards_written']} shards written, "
+               f"{summary['shards_kept']} kept from an earlier run, {summary['elapsed_s']:.1f} s")
+    for skip in summary["skipped"][:5]:
+        click.echo(f"  skipped record {skip['record_index']} ({skip['video']}): {skip['reason']}", err=True)
+    if len(summary["skipped"]) > 5:
+        click.echo(f"  ... {len(summary['skipped']) - 5} more skipped records, all listed in each manifest.json", err=True)
+
+
+@main.command("frames")
+@click.argument("annotations", type=click.Path(dir_okay=False), required=False)
+@click.option("--video-root", type=click.Path(file_okay=False), default=None,
+              help="Folder the \"video\" paths are relative to [default: the annotation file's / test list's folder].")
+@click.option("--out", "out_root", type=click.Path(file_okay=False), default=None,
+              help="Shard root: writes OUT/train_t{T}/ per T (or OUT/test_stride{S}/) "
+                   "[default: data/shards/<annotation file name>].")
+@click.option("--num-frames", "-t", type=click.IntRange(min=1), multiple=True,
+              help="Frames per record (uniform over its window); repeat for several T, one decode serves all [default: 256].")
+@click.option("--size", type=click.IntRange(min=8), default=224, show_default=True, help="Stored frame side in pixels.")
+@click.option("--resize", "resize_mode", type=click.Choice(["squash", "center-crop"]), default="squash", show_default=True,
+              help="squash: whole frame to size x size (FG-CLIP); center-crop: square centre crop, boxes clipped to it.")
+@click.option("--records-per-shard", type=click.IntRange(min=1), default=None,
+              help="Records per shard file [default: 8, test mode 4].")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes [default: CPU count].")
+@click.option("--strict", is_flag=True, help="Fail at the first record that cannot be used, instead of skipping it.")
+@click.option("--test-split", type=click.Path(dir_okay=False), default=None,
+              help="Official UCF-Crime Anomaly_Test.txt to check overlap against (default: found like `validate` does).")
+@click.option("--allow-test-overlap", is_flag=True, help="Keep training records of test-split videos (contaminates test AUC).")
+@click.option("--drop-test-overlap", is_flag=True, help="Drop training records of test-split videos.")
+@click.option("--translations", type=click.Path(dir_okay=False), default=None,
+              help="JSON object {original caption: English caption} applied before building.")
+@click.option("--test-list", type=click.Path(dir_okay=False), default=None,
+              help="Test mode: an official split list (Class/Name_x264.mp4 per line), stride sampling, no captions.")
+@click.option("--stride", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Test mode: one sample per this many source frames (the snippet length).")
+@click.option("--benchmark", is_flag=True,
+              help="Time stage 1 on the embedded default against a bare ffmpeg decode of the same videos; builds nothing.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Benchmark rounds.")
+@click.pass_context
+def frames_command(ctx, annotations, video_root, out_root, num_frames, size, resize_mode, records_per_shard, workers,
+                   strict, test_split, allow_test_overlap, drop_test_overlap, translations, test_list, stride,
+                   benchmark, repeats) -> None:
+    """Stage 1: decode each video once into HDF5 shards with box tracks.
+
+    \b
+    fgclip-vad frames                                   the embedded default (train T=64,256 + test)
+    fgclip-vad frames ANNOTATIONS.json --video-root DIR --out DIR [-t 64 -t 256]
+    fgclip-vad frames --test-list Anomaly_Test.txt --video-root DIR --out DIR [--stride 16]
+
+    Validates the annotations first (test-split overlap is an error unless allowed). Records
+    that cannot be used (missing or broken video, window past the end) are skipped and listed
+    in each output's manifest.json; the run fails only if nothing usable remains, or with
+    --strict. Interrupted? Rerun the same command: finished shards are kept.
+    """
+    from pathlib import Path
+
+    from pipeline import embedded
+    from pipeline.decode import VideoError
+    from pipeline.frames import FramesError, build, build_embedded_default, build_test_shards, validation_skips
+
+    given = {name for name, value in ctx.params.items()
+             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT and value not in (None, ())}
+    if allow_test_overlap and drop_test_overlap:
+        raise click.UsageError("--allow-test-overlap and --drop-test-overlap exclude each other; pick one")
+    try:
+        if benchmark:
+            from pipeline.frames_bench import benchmark_stage1, format_benchmark
+
+            click.echo(format_benchmark(benchmark_stage1(repeats=repeats, workers=workers)))
+            return
+        if test_list is not None:
+            if annotations is not None:
+                raise click.UsageError("give either ANNOTATIONS (training shards) or --test-list (test shards), not both")
+            ignored = given & {"num_frames", "test_split", "allow_test_overlap", "drop_test_overlap", "translations"}
+            if ignored:
+                raise click.UsageError(f"{', '.join('--' + n.replace('_', '-') for n in sorted(ignored))} apply to training shards, not --test-list")
+            test_list_path = Path(test_list)
+            root = Path(out_root) if out_root else embedded.SHARD_ROOT / test_list_path.stem
+            summary = build_test_shards(
+                test_list_path, video_root=Path(video_root) if video_root else test_list_path.parent,
+                out_dir=root / embedded.test_shard_dir(stride).name, stride=stride, size=size, resize_mode=resize_mode,
+                records_per_shard=records_per_shard or 4, workers=workers, strict=strict)
+            _print_frames_summary(summary)
+            return
+        if annotations is None:
+            ignored = given - {"workers", "strict"}
+            if ignored:
+                raise click.UsageError(
+                    f"{', '.join('--' + n.replace('_', '-') for n in sorted(ignored))} need ANNOTATIONS or --test-list; "
+                    f"without arguments `frames` builds the embedded default with its fixed settings")
+            result = build_embedded_default(workers=workers, strict=strict)
+            _print_frames_summary(result["train"])
+            _print_frames_summary(result["test"])
+            return
+
+        from pipeline.annotations import FATAL_FILE_KINDS, format_report, validate_annotations
+
+        annotation_path = Path(annotations)
+        report = validate_annotations(
+            annotation_path, test_split=Path(test_split) if test_split else None,
+            allow_test_overlap=allow_test_overlap, drop_test_overlap=drop_test_overlap,
+            translations=_load_translations_option(translations), drop_invalid=not strict)
+        fatal = [p for p in report.problems if p.kind in FATAL_FILE_KINDS]
+        if fatal:
+            raise click.ClickException(fatal[0].message)
+        if report.errors():
+            click.echo(format_report(report), err=True)
+            raise click.ClickException(
+                f"{annotation_path}: {len(report.errors())} validation errors (listed above); nothing was built")
+        if report.warnings():
+            counts = ", ".join(f"{n} {kind}" for (kind, _), n in report.counts_by_severity().items())
+            click.echo(f"validation: {len(report.records)} usable records; warnings: {counts} "
+                       f"(`fgclip-vad validate {annotation_path}` lists them)", err=True)
+        root = Path(out_root) if out_root else embedded.SHARD_ROOT / annotation_path.stem
+        from pipeline.sampling import SamplingSpec
+
+        counts = sorted(set(num_frames)) or [256]
+        summary = build(
+            report.records, video_root=Path(video_root) if video_root else annotation_path.parent,
+            outputs={SamplingSpec.uniform(t): root / embedded.train_shard_dir(t).name for t in counts},
+            size=size, resize_mode=resize_mode, records_per_shard=records_per_shard or 8, workers=workers,
+            strict=strict, source_json=str(annotation_path), source_sha256=report.source_sha256,
+            skipped=validation_skips(report))
+        _print_frames_summary(summary)
+    except (FramesError, VideoError) as err:
+        raise click.ClickException(str(err)) from None
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted; rerun the same command to resume (finished shards are kept)") from None
+
 # --- stage 2: model ---------------------------------------------------------------------------
 
 
