@@ -1,0 +1,549 @@
+"""The training data loader: HDF5 shards -> micro-batches on the training device.
+
+    worker processes ──read whole records──> shared host slots (pinned once, in this process)
+    main process ──uint8 copy on a side stream, a few batches ahead──> GPU
+                 ──model.preprocess + augmentation on the GPU──> the batch dict of interfaces.md
+
+Decoding happened once in stage 1, so a step costs a memory copy per frame. Workers are
+separate processes (h5py serialises all calls of one process behind a lock) started with
+'spawn', so no CUDA context or open HDF5 file is ever inherited. Captions are tokenised once
+for all records and looked up on the device per batch.
+
+Each epoch shuffles the records from (seed, epoch); each rank takes a disjoint, equally long
+part, so all ranks run the same number of steps. `set_epoch(epoch, start_batch)` positions the
+loader exactly where a checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from fgclip.augment import crop_flip_boxes, crop_flip_frames, sample_crop_flip
+from fgclip.loader_worker import (
+    RecordSource,
+    SlotLayout,
+    WorkerSetup,
+    read_record_into,
+    subsample_rows,
+    worker_main,
+)
+from fgclip.text import LONG_TEXT_LENGTH, SHORT_TEXT_LENGTH, caption_key, tokenize
+from pipeline.shards import RecordMeta, ShardFormatError, ShardReader, list_shards
+
+log = logging.getLogger(__name__)
+
+# Seconds between liveness checks of the workers while the loader waits for a record.
+_RESULT_POLL_S = 1.0
+
+
+class LoaderError(RuntimeError):
+    """Reading the training data failed; the message names the shard, record and remedy."""
+
+
+@dataclass(frozen=True)
+class CaptionTables:
+    """Token ids and keys of every record, indexed by dataset position (kept on the device)."""
+
+    global_ids: torch.Tensor  # (N, 248)
+    global_key: torch.Tensor  # (N,)
+    region_ids: torch.Tensor  # (N, Rmax, 77)
+    region_key: torch.Tensor  # (N, Rmax)
+    region_count: torch.Tensor  # (N,)
+    negative_ids: torch.Tensor  # (N, Rmax, Kmax, 77)
+    negative_valid: torch.Tensor  # (N, Rmax, Kmax)
+    record_index: torch.Tensor  # (N,)
+
+    def to(self, device) -> "CaptionTables":
+        return CaptionTables(**{k: getattr(self, k).to(device) for k in self.__dataclass_fields__})
+
+
+def build_caption_tables(metas: list[RecordMeta], tokenizer) -> CaptionTables:
+    """Tokenise all captions once: global captions long (248), regions and negatives short (77)."""
+    n = len(metas)
+    r_max = max(1, max(len(m.region_captions) for m in metas))
+    k_max = max((len(neg) for m in metas for neg in m.hard_negatives), default=0)
+    global_ids = tokenize(tokenizer, [m.global_caption for m in metas], LONG_TEXT_LENGTH)
+    region_ids = torch.zeros((n, r_max, SHORT_TEXT_LENGTH), dtype=torch.long)
+    region_key = torch.zeros((n, r_max), dtype=torch.long)
+    negative_ids = torch.zeros((n, r_max, k_max, SHORT_TEXT_LENGTH), dtype=torch.long)
+    negative_valid = torch.zeros((n, r_max, k_max), dtype=torch.bool)
+    for i, meta in enumerate(metas):
+        r = len(meta.region_captions)
+        if r:
+            region_ids[i, :r] = tokenize(tokenizer, list(meta.region_captions), SHORT_TEXT_LENGTH)
+            region_key[i, :r] = torch.tensor([caption_key(c) for c in meta.region_captions], dtype=torch.long)
+        for j, negatives in enumerate(meta.hard_negatives):
+            if negatives:
+                negative_ids[i, j, : len(negatives)] = tokenize(tokenizer, list(negatives), SHORT_TEXT_LENGTH)
+                negative_valid[i, j, : len(negatives)] = True
+    return CaptionTables(
+        global_ids=global_ids,
+        global_key=torch.tensor([caption_key(m.global_caption) for m in metas], dtype=torch.long),
+        region_ids=region_ids,
+        region_key=region_key,
+        region_count=torch.tensor([len(m.region_captions) for m in metas], dtype=torch.long),
+        negative_ids=negative_ids,
+        negative_valid=negative_valid,
+        record_index=torch.tensor([m.record_index for m in metas], dtype=torch.long),
+    )
+
+
+def read_training_metas(shard_dir: os.PathLike | str, max_records: int | None = None) -> tuple[list[RecordMeta], tuple[int, int]]:
+    """All records of a uniform (training) shard directory in manifest order, and the frame size.
+
+    `max_records` keeps the first records only (the debug preset's "first 10 videos").
+    """
+    metas: list[RecordMeta] = []
+    size: tuple[int, int] | None = None
+    for path in list_shards(shard_dir):
+        with ShardReader(path) as reader:
+            if reader.attrs.sampling != "uniform":
+                raise ShardFormatError(
+                    f"{path}: {reader.attrs.sampling} sampling (test shards); training needs uniformly "
+                    f"sampled shards, e.g. data/shards/train_t256 from `fgclip-vad frames`"
+                )
+            this_size = (reader.attrs.height, reader.attrs.width)
+            if size is not None and this_size != size:
+                raise ShardFormatError(f"{path}: frames of {this_size} px, earlier shards of {shard_dir} hold {size}")
+            size = this_size
+            metas.extend(reader.metas())
+        if max_records is not None and len(metas) >= max_records:
+            break
+    if max_records is not None:
+        metas = metas[:max_records]
+    if not metas or size is None:
+        raise ShardFormatError(f"{shard_dir}: no training records in the shards")
+    return metas, size
+
+
+def epoch_positions(num_records: int, *, seed: int, epoch: int, rank: int, world_size: int, drop_last: bool) -> np.ndarray:
+    """This rank's dataset positions for `epoch`, in reading order.
+
+    One permutation from (seed, epoch) is cut into `world_size` disjoint parts of equal length
+    (the remainder is dropped for training; without drop_last it is padded by wrapping around so
+    that every rank still runs the same number of batches).
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(num_records)
+    if drop_last:
+        per_rank = num_records // world_size
+    else:
+        per_rank = -(-num_records // world_size)
+        order = np.resize(order, per_rank * world_size)
+    return order[rank * per_rank : (rank + 1) * per_rank]
+
+
+class ShardLoader:
+    """Iterable of training micro-batches (dicts of device tensors, see interfaces.md).
+
+    Records are read by `num_workers` processes (0 = read in this process, for debugging) into
+    `prefetch` + `num_workers` + 1 shared slots; batches are copied to the device `prefetch`
+    batches ahead. `data_wait_s` accumulates the time the consumer waited for data.
+    """
+
+    def __init__(
+        self,
+        shard_dir,
+        *,
+        model,
+        tokenizer,
+        batch_size: int,
+        num_frames: int,
+        num_workers: int,
+        device,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        augment: bool = False,
+        prefetch: int = 3,
+        drop_last: bool = True,
+        max_records: int | None = None,
+        skip_damaged: bool = False,
+    ):
+        if batch_size < 1 or num_frames < 1 or num_workers < 0 or prefetch < 1:
+            raise ValueError(
+                f"batch_size ({batch_size}), num_frames ({num_frames}) and prefetch ({prefetch}) must be >= 1, "
+                f"num_workers ({num_workers}) >= 0"
+            )
+        self.shard_dir = Path(shard_dir)
+        self.metas, (self.frame_height, self.frame_width) = read_training_metas(shard_dir, max_records)
+        stored = min(m.num_frames for m in self.metas)
+        if num_frames > stored:
+            raise ShardFormatError(
+                f"{shard_dir}: records store {stored} frames, {num_frames} asked; use shards with at least "
+                f"{num_frames} frames (e.g. `fgclip-vad frames --num-frames {num_frames}`) or ask for fewer frames"
+            )
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.num_frames = num_frames
+        self.num_workers = num_workers
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.augment = augment
+        self.prefetch = prefetch
+        self.drop_last = drop_last
+        self.skip_damaged = skip_damaged
+        self.data_wait_s = 0.0
+        self.epoch = 0
+        self.start_batch = 0
+        self._preprocess: Callable[[torch.Tensor], torch.Tensor] = model.preprocess
+
+        per_rank = len(epoch_positions(len(self.metas), seed=seed, epoch=0, rank=rank, world_size=world_size, drop_last=drop_last))
+        self._num_batches = per_rank // batch_size if drop_last else -(-per_rank // batch_size)
+        if self._num_batches == 0:
+            raise ValueError(
+                f"{shard_dir}: {len(self.metas)} records over {world_size} rank(s) in batches of {batch_size} "
+                f"leave no full batch; use a smaller batch size or more records"
+            )
+        self.sources = tuple(
+            RecordSource(m.shard, m.local_index, m.num_frames, len(m.region_captions), m.video) for m in self.metas
+        )
+        self.tables = build_caption_tables(self.metas, tokenizer).to(self.device)
+        self._region_count = np.array([len(m.region_captions) for m in self.metas])
+        self._negative_count = np.array([max((len(n) for n in m.hard_negatives), default=0) for m in self.metas])
+        self.layout = SlotLayout(
+            num_slots=prefetch + max(num_workers, 1) + 1,
+            batch_size=batch_size,
+            num_frames=num_frames,
+            height=self.frame_height,
+            width=self.frame_width,
+            region_slots=int(self.tables.region_ids.shape[1]),
+        )
+        self._ring: _SlotRing | None = None
+        self._warned_skips: set[int] = set()
+
+    # --- public -------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Micro-batches per epoch for this rank (a resumed epoch yields len - start_batch)."""
+        return self._num_batches
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Shuffle for `epoch` and start at its batch `start_batch` (resuming mid-epoch)."""
+        if not 0 <= start_batch <= self._num_batches:
+            raise ValueError(f"start_batch {start_batch} outside 0..{self._num_batches}")
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def batch_positions(self, epoch: int) -> list[np.ndarray]:
+        """The dataset positions of each micro-batch of `epoch` on this rank."""
+        positions = epoch_positions(
+            len(self.metas), seed=self.seed, epoch=epoch, rank=self.rank, world_size=self.world_size, drop_last=self.drop_last
+        )
+        return [positions[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self._num_batches)]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        plan = self.batch_positions(self.epoch)
+        first = self.start_batch
+        self.start_batch = 0  # the next epoch starts from its beginning
+        if self._ring is None:
+            self._ring = _SlotRing(self)
+        return self._ring.run(plan, first, self.epoch)
+
+    def close(self) -> None:
+        """Stop the workers and free the shared buffers (also done at exit)."""
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+
+    def __enter__(self) -> "ShardLoader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- building a batch on the device ---------------------------------------------------------
+
+    def _finish_batch(
+        self,
+        frames_uint8: torch.Tensor,
+        boxes: torch.Tensor,
+        box_mask: torch.Tensor,
+        positions_host: list[int],
+        positions: torch.Tensor,
+        epoch: int,
+        batch_number: int,
+    ) -> dict[str, torch.Tensor]:
+        """Device uint8 frames + boxes of one batch -> the batch dict (preprocessed, augmented)."""
+        regions = max(1, int(self._region_count[positions_host].max()))
+        negatives = int(self._negative_count[positions_host].max())
+        boxes = boxes[:, :regions]
+        box_mask = box_mask[:, :regions]
+        if self.augment:
+            generator = torch.Generator().manual_seed(
+                int(np.random.default_rng([self.seed, epoch, batch_number, self.rank]).integers(2**62))
+            )
+            pixels, new_boxes, new_mask = [], [], []
+            for b in range(frames_uint8.shape[0]):
+                params = sample_crop_flip(generator, self.frame_height, self.frame_width)
+                pixels.append(self._preprocess(crop_flip_frames(frames_uint8[b], params)))
+                bx, mk = crop_flip_boxes(boxes[b], box_mask[b], params, self.frame_height, self.frame_width)
+                new_boxes.append(bx)
+                new_mask.append(mk)
+            pixel_batch = torch.stack(pixels)
+            boxes, box_mask = torch.stack(new_boxes), torch.stack(new_mask)
+        else:
+            pixel_batch = self._preprocess(frames_uint8)
+        t = self.tables
+        region_valid = torch.arange(regions, device=positions.device) < t.region_count[positions].unsqueeze(1)
+        return {
+            "pixels": pixel_batch,
+            "boxes": boxes.float(),
+            "box_mask": box_mask & region_valid.unsqueeze(-1),
+            "region_valid": region_valid,
+            "global_ids": t.global_ids[positions],
+            "global_key": t.global_key[positions],
+            "region_ids": t.region_ids[positions, :regions],
+            "region_key": t.region_key[positions, :regions],
+            "negative_ids": t.negative_ids[positions, :regions, :negatives],
+            "negative_valid": t.negative_valid[positions, :regions, :negatives],
+            "record_index": t.record_index[positions],
+        }
+
+    def _report_skips(self, skipped: list[tuple[int, str]]) -> None:
+        for position, message in skipped:
+            if position not in self._warned_skips:
+                self._warned_skips.add(position)
+                log.warning("skipping a damaged record (--skip-damaged): %s", message)
+
+
+class _SlotRing:
+    """Shared slots, the worker processes that fill them and the transfers out of them."""
+
+    def __init__(self, loader: ShardLoader):
+        self.loader = loader
+        self.layout = loader.layout
+        self.on_cuda = loader.device.type == "cuda"
+        self.shm = shared_memory.SharedMemory(create=True, size=self.layout.nbytes)
+        self.views = self.layout.views(self.shm.buf)
+        self.tensors = {name: torch.from_numpy(view) for name, view in self.views.items()}
+        self.pinned = False
+        self.copy_stream = None
+        if self.on_cuda:
+            # "frames" sits at offset 0, so its pointer is the block's start
+            self.pinned = _pin(self.tensors["frames"].data_ptr(), self.layout.nbytes)
+            self.copy_stream = torch.cuda.Stream(device=loader.device)
+        self.workers: list[multiprocessing.Process] = []
+        self.tasks = self.results = None
+        if loader.num_workers > 0:
+            ctx = multiprocessing.get_context("spawn")
+            self.tasks, self.results = ctx.Queue(), ctx.Queue()
+            setup = WorkerSetup(self.shm.name, self.layout, loader.sources, loader.skip_damaged)
+            for _ in range(loader.num_workers):
+                proc = ctx.Process(target=worker_main, args=(setup, self.tasks, self.results, os.getpid()), daemon=True)
+                proc.start()
+                self.workers.append(proc)
+        else:
+            self._local_readers: dict[str, ShardReader] = {}
+            self._local_scratch: dict[int, np.ndarray] = {}
+        self._local_done: list[tuple[int, int, int]] = []
+        self._in_flight = 0
+        self._active = False
+        self._finalizer = weakref.finalize(self, _release, self.workers, self.tasks, self.shm, self.pinned, self.tensors)
+
+    def close(self) -> None:
+        self.views = {}
+        self._finalizer()
+
+    # --- the pipeline ---------------------------------------------------------------------------
+
+    def run(self, plan: list[np.ndarray], first: int, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        if self._active:
+            raise RuntimeError("this loader is already being iterated; finish or close the previous epoch first")
+        self._active = True
+        try:
+            yield from self._pipeline(plan, first, epoch)
+        finally:
+            self._active = False
+            self._drain()
+
+    def _pipeline(self, plan, first, epoch):
+        loader = self.loader
+        batch_ids = range(first, len(plan))
+        free_slots = deque(range(self.layout.num_slots))
+        slot_of: dict[int, int] = {}
+        arrived: dict[int, list] = {}  # batch -> per-row positions used (None until read)
+        self._in_flight = 0
+        issue = iter(batch_ids)
+        on_device: deque = deque()  # (batch, tensors, event or None)
+        to_transfer = iter(batch_ids)
+        release_events: dict[int, object] = {}
+
+        def issue_more():
+            while free_slots:
+                batch = next(issue, None)
+                if batch is None:
+                    return
+                slot = free_slots.popleft()
+                event = release_events.pop(slot, None)
+                if event is not None:
+                    event.synchronize()  # the copy out of this slot finished long ago, in practice
+                slot_of[batch] = slot
+                arrived[batch] = [None] * len(plan[batch])
+                for row, position in enumerate(plan[batch]):
+                    self._read(batch, slot, row, int(position))
+
+        def transfer_next():
+            batch = next(to_transfer, None)
+            if batch is None:
+                return False
+            waited = time.perf_counter()
+            while any(p is None for p in arrived[batch]):
+                self._collect(arrived)
+            loader.data_wait_s += time.perf_counter() - waited
+            slot = slot_of.pop(batch)
+            rows = len(plan[batch])
+            positions_host = arrived.pop(batch)
+            frames = self.tensors["frames"][slot, :rows]
+            boxes = self.tensors["boxes"][slot, :rows]
+            mask = self.tensors["box_mask"][slot, :rows]
+            positions = self.tensors["positions"][slot, :rows]
+            if self.on_cuda:
+                with torch.cuda.stream(self.copy_stream):
+                    moved = tuple(t.to(loader.device, non_blocking=self.pinned) for t in (frames, boxes, mask, positions))
+                    event = torch.cuda.Event()
+                    event.record(self.copy_stream)
+                release_events[slot] = event
+            else:
+                moved = tuple(t.clone() for t in (frames, boxes, mask, positions))
+                event = None
+            free_slots.append(slot)
+            on_device.append((batch, moved, positions_host, event))
+            return True
+
+        issue_more()
+        for _ in range(loader.prefetch):
+            transfer_next()
+            issue_more()
+        while on_device:
+            batch, moved, positions_host, event = on_device.popleft()
+            if event is not None:
+                current = torch.cuda.current_stream(loader.device)
+                current.wait_event(event)
+                for tensor in moved:
+                    tensor.record_stream(current)
+            out = loader._finish_batch(*moved[:3], positions_host, moved[3], epoch, batch)
+            transfer_next()
+            issue_more()
+            yield out
+
+    def _read(self, batch: int, slot: int, row: int, position: int) -> None:
+        if self.workers:
+            self.tasks.put((batch, slot, row, position))
+            self._in_flight += 1
+            return
+        # num_workers == 0: the same read, in this process (debugging, profiling)
+        source = self.loader.sources[position]
+        reader = self._local_readers.get(source.shard)
+        if reader is None:
+            reader = self._local_readers[source.shard] = ShardReader(source.shard)
+        try:
+            read_record_into(
+                reader, source, subsample_rows(source.stored_frames, self.layout.num_frames),
+                self.views["frames"][slot, row], self.views["boxes"][slot, row], self.views["box_mask"][slot, row],
+                self._local_scratch,
+            )
+        except Exception as err:
+            raise LoaderError(f"{source.shard}: record {source.local_index} (video {source.video}): {err}") from err
+        self.views["positions"][slot, row] = position
+        self._local_done.append((batch, row, position))
+
+    def _collect(self, arrived: dict[int, list]) -> None:
+        """Wait for one worker reply and file it (raise on a read error)."""
+        if not self.workers:
+            done, self._local_done = self._local_done, []
+            for batch, row, position in done:
+                arrived[batch][row] = position
+            return
+        while True:
+            try:
+                reply = self.results.get(timeout=_RESULT_POLL_S)
+                break
+            except queue.Empty:
+                dead = [p for p in self.workers if not p.is_alive()]
+                if dead:
+                    raise LoaderError(
+                        f"{len(dead)} loader worker(s) died (exit code {dead[0].exitcode}), e.g. killed for memory; "
+                        f"lower --workers or the batch size, or check the system log"
+                    )
+        self._in_flight -= 1
+        if reply[0] == "error":
+            _, batch, slot, row, message = reply
+            raise LoaderError(
+                f"{message}\nThe shard is damaged: delete it and rerun `fgclip-vad frames` to rebuild it, "
+                f"or pass --skip-damaged to train on without this record."
+            )
+        _, batch, slot, row, position, skipped = reply
+        if skipped:
+            self.loader._report_skips(skipped)
+        if batch in arrived:
+            arrived[batch][row] = position
+
+    def _drain(self) -> None:
+        """After an epoch ends (or stops early): wait for outstanding reads so slots are quiet."""
+        if not self.workers:
+            self._local_done = []
+            return
+        while self._in_flight > 0:
+            try:
+                self.results.get(timeout=_RESULT_POLL_S)
+                self._in_flight -= 1
+            except queue.Empty:
+                if not any(p.is_alive() for p in self.workers):
+                    break
+        if self.copy_stream is not None:
+            self.copy_stream.synchronize()
+
+
+def _pin(ptr: int, nbytes: int) -> bool:
+    """Page-lock the shared block for the GPU (cudaHostRegister); False if the driver refuses."""
+    try:
+        code = torch.cuda.cudart().cudaHostRegister(ptr, nbytes, 0)
+    except Exception as err:  # noqa: BLE001 - an unpinned buffer still works, only slower
+        log.warning("could not pin the loader's shared buffers (%s); copies to the GPU will be slower", err)
+        return False
+    if int(getattr(code, "value", code)) != 0:
+        log.warning("cudaHostRegister refused the loader's shared buffers (error %s); copies will be slower", code)
+        return False
+    return True
+
+
+def _release(workers, tasks, shm, pinned: bool, tensors: dict) -> None:
+    """Stop workers, unpin and free the shared block. Safe to call twice (weakref.finalize)."""
+    for _ in workers:
+        try:
+            tasks.put(None)
+        except (OSError, ValueError):
+            pass
+    for proc in workers:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=5)
+    if pinned:
+        try:
+            torch.cuda.cudart().cudaHostUnregister(tensors["frames"].data_ptr())
+        except Exception:  # noqa: BLE001 - the process is shutting down anyway
+            pass
+    tensors.clear()
+    try:
+        shm.close()
+    except BufferError:
+        pass  # a tensor view is still alive somewhere; the unlink below still frees the name
+    try:
+        shm.unlink()
+    except FileNotFoundError:
+        pass

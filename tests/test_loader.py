@@ -1,0 +1,256 @@
+"""The training loader: right records, frames and boxes; deterministic shuffles; disjoint ranks;
+frame subsampling; augmentation that moves boxes with the pixels; damaged shards reported."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from fgclip.augment import CropFlip, crop_flip_boxes, crop_flip_frames, sample_crop_flip
+from fgclip.loader import LoaderError, ShardLoader, epoch_positions
+from fgclip.loader_worker import subsample_rows
+from fgclip.model import FGCLIPVideo
+from fgclip.text import LONG_TEXT_LENGTH, SHORT_TEXT_LENGTH, caption_key, load_tokenizer, tokenize
+from pipeline.shards import ShardReader, list_shards
+from train_data import BACKGROUND, session_micro_model, write_square_shards
+
+NUM_RECORDS = 10
+STORED_FRAMES = 8
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return session_micro_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return FGCLIPVideo.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir):
+    return load_tokenizer(model_dir)
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory):
+    return write_square_shards(tmp_path_factory.mktemp("shards"), num_records=NUM_RECORDS, num_frames=STORED_FRAMES)
+
+
+def records_by_index(shard_dir):
+    out = {}
+    for path in list_shards(shard_dir):
+        with ShardReader(path) as reader:
+            for i in range(reader.num_records):
+                record = reader.read_record(i)
+                out[record.record_index] = record
+    return out
+
+
+def make_loader(shard_dir, model, tokenizer, **kwargs):
+    options = dict(model=model, tokenizer=tokenizer, batch_size=3, num_frames=4, num_workers=2, device="cpu", seed=7)
+    options.update(kwargs)
+    return ShardLoader(shard_dir, **options)
+
+
+def test_subsample_rows_keeps_uniform_centres():
+    assert subsample_rows(8, 4).tolist() == [1, 3, 5, 7]
+    assert subsample_rows(64, 16).tolist() == list(range(2, 64, 4))
+    assert subsample_rows(256, 128).tolist() == list(range(1, 256, 2))
+    assert subsample_rows(256, 256).tolist() == list(range(256))
+    rows = subsample_rows(256, 100)
+    assert len(rows) == 100 and np.all(np.diff(rows) > 0) and rows[0] >= 0 and rows[-1] <= 255
+    with pytest.raises(ValueError):
+        subsample_rows(64, 128)
+
+
+def test_batches_carry_the_right_records_frames_boxes_and_captions(shard_dir, model, tokenizer):
+    records = records_by_index(shard_dir)
+    rows = subsample_rows(STORED_FRAMES, 4)
+    seen = []
+    with make_loader(shard_dir, model, tokenizer) as loader:
+        assert len(loader) == NUM_RECORDS // 3  # drop_last
+        expected_order = loader.batch_positions(0)
+        batches = list(loader)
+    assert len(batches) == 3
+    for batch, positions in zip(batches, expected_order):
+        assert batch["record_index"].tolist() == [loader.metas[p].record_index for p in positions]
+        for b, index in enumerate(batch["record_index"].tolist()):
+            record = records[index]
+            seen.append(index)
+            # the subsampled stored frames, preprocessed by the model itself
+            assert torch.equal(batch["pixels"][b], model.preprocess(torch.from_numpy(record.frames_uint8[rows])))
+            r = record.num_regions
+            assert torch.equal(batch["boxes"][b, :r], torch.from_numpy(record.boxes[:, rows]))
+            assert torch.equal(batch["box_mask"][b, :r], torch.from_numpy(record.box_mask[:, rows]))
+            assert batch["region_valid"][b].tolist() == [True] * r + [False] * (batch["boxes"].shape[1] - r)
+            assert torch.equal(batch["global_ids"][b], tokenize(tokenizer, [record.global_caption], LONG_TEXT_LENGTH)[0])
+            assert batch["global_key"][b].item() == caption_key(record.global_caption)
+            assert torch.equal(batch["region_ids"][b, :r], tokenize(tokenizer, record.region_captions, SHORT_TEXT_LENGTH))
+            negatives = record.hard_negatives[0]
+            assert batch["negative_valid"][b, 0].sum().item() == len(negatives)
+            if negatives:
+                assert torch.equal(batch["negative_ids"][b, 0, : len(negatives)],
+                                   tokenize(tokenizer, negatives, SHORT_TEXT_LENGTH))
+        assert batch["pixels"].shape == (3, 4, 3, model.image_size, model.image_size)
+        assert batch["pixels"].dtype == torch.float32 and batch["boxes"].dtype == torch.float32
+        assert batch["global_ids"].shape == (3, LONG_TEXT_LENGTH) and batch["region_ids"].shape[-1] == SHORT_TEXT_LENGTH
+    assert len(set(seen)) == 9  # 9 distinct records: one epoch without repeats, one left over
+
+
+def test_in_process_reading_gives_the_same_batches(shard_dir, model, tokenizer):
+    with make_loader(shard_dir, model, tokenizer, num_workers=0) as local, make_loader(shard_dir, model, tokenizer) as workers:
+        for a, b in zip(local, workers):
+            assert a.keys() == b.keys()
+            assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_epochs_reshuffle_deterministically_and_resume_mid_epoch(shard_dir, model, tokenizer):
+    first = [p.tolist() for p in make_loader(shard_dir, model, tokenizer, num_workers=0).batch_positions(0)]
+    second = [p.tolist() for p in make_loader(shard_dir, model, tokenizer, num_workers=0).batch_positions(1)]
+    assert first != second
+    again = make_loader(shard_dir, model, tokenizer, num_workers=0)
+    assert [p.tolist() for p in again.batch_positions(0)] == first
+    other_seed = make_loader(shard_dir, model, tokenizer, num_workers=0, seed=8)
+    assert [p.tolist() for p in other_seed.batch_positions(0)] != first
+    with make_loader(shard_dir, model, tokenizer, num_workers=1) as loader:
+        loader.set_epoch(1)
+        full = [b["record_index"].tolist() for b in loader]
+        loader.set_epoch(1, start_batch=1)
+        tail = [b["record_index"].tolist() for b in loader]
+        assert tail == full[1:]
+        assert [b["record_index"].tolist() for b in loader] == full  # start_batch applies once
+        loader.set_epoch(0)
+        assert [b["record_index"].tolist() for b in loader] == [[loader.metas[p].record_index for p in ps] for ps in first]
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_get_disjoint_equal_parts(world_size):
+    for epoch in range(3):
+        parts = [epoch_positions(NUM_RECORDS, seed=1, epoch=epoch, rank=r, world_size=world_size, drop_last=True)
+                 for r in range(world_size)]
+        assert len({len(p) for p in parts}) == 1 and len(parts[0]) == NUM_RECORDS // world_size
+        flat = np.concatenate(parts)
+        assert len(set(flat.tolist())) == len(flat)
+        padded = [epoch_positions(NUM_RECORDS, seed=1, epoch=epoch, rank=r, world_size=world_size, drop_last=False)
+                  for r in range(world_size)]
+        assert set(np.concatenate(padded).tolist()) == set(range(NUM_RECORDS))
+        assert len({len(p) for p in padded}) == 1
+
+
+def test_rank_loaders_read_disjoint_records(shard_dir, model, tokenizer):
+    seen = []
+    for rank in range(2):
+        with make_loader(shard_dir, model, tokenizer, batch_size=2, num_workers=1, rank=rank, world_size=2) as loader:
+            assert len(loader) == 2
+            seen.append({i for b in loader for i in b["record_index"].tolist()})
+    assert not seen[0] & seen[1] and len(seen[0]) == len(seen[1]) == 4
+
+
+def test_flip_maps_a_drawn_box_onto_the_flipped_drawing():
+    frame = np.zeros((1, 20, 30, 3), dtype=np.uint8)
+    box = torch.tensor([[[0.1, 0.25, 0.4, 0.75]]])  # x1 3..12, y1 5..15
+    frame[0, 5:15, 3:12] = 255
+    for params in (CropFlip(0, 0, 20, 30, True), CropFlip(2, 4, 16, 20, True), CropFlip(4, 0, 12, 15, False)):
+        out = crop_flip_frames(torch.from_numpy(frame), params)[0].numpy()
+        new_box, visible = crop_flip_boxes(box, torch.ones(1, 1, dtype=torch.bool), params, 20, 30)
+        assert visible.item()
+        x1, y1, x2, y2 = new_box[0, 0].tolist()
+        height, width = out.shape[:2]
+        drawn = np.argwhere(out[..., 0] == 255)
+        assert drawn[:, 1].min() == round(x1 * width) and drawn[:, 1].max() + 1 == round(x2 * width)
+        assert drawn[:, 0].min() == round(y1 * height) and drawn[:, 0].max() + 1 == round(y2 * height)
+    # a crop that misses the box hides it on that frame
+    hidden_box, hidden = crop_flip_boxes(box, torch.ones(1, 1, dtype=torch.bool), CropFlip(0, 15, 20, 15, False), 20, 30)
+    assert not hidden.item() and torch.all(hidden_box == 0)
+
+
+def test_augmented_batches_keep_boxes_on_the_square(shard_dir, model, tokenizer):
+    """Random crops and flips of whole videos: the box still covers the coloured square."""
+    mean = model.image_mean[None, :, None, None]
+    std = model.image_std[None, :, None, None]
+    generator = torch.Generator().manual_seed(0)
+    assert len({sample_crop_flip(generator, 32, 32) for _ in range(20)}) > 10
+    flips = 0
+    with make_loader(shard_dir, model, tokenizer, augment=True, num_frames=8) as loader:
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            for batch in loader:
+                for b in range(batch["pixels"].shape[0]):
+                    pixels = (batch["pixels"][b] * std + mean) * 255  # (T, 3, S, S)
+                    size = pixels.shape[-1]
+                    for t in range(pixels.shape[0]):
+                        if not batch["box_mask"][b, 0, t]:
+                            continue
+                        x1, y1, x2, y2 = (batch["boxes"][b, 0, t] * size).tolist()
+                        inner = pixels[t, :, math.ceil(y1) + 1 : math.floor(y2) - 1, math.ceil(x1) + 1 : math.floor(x2) - 1]
+                        assert inner.numel() > 0
+                        # inside the box: the square's colour, far from the grey background
+                        assert (inner - BACKGROUND).abs().amax(dim=0).float().mean() > 60
+                    # the square moves right on even records: a flip reverses its track
+                    track = batch["boxes"][b, 0, :, 0]
+                    moving_right = batch["record_index"][b].item() % 2 == 0
+                    flips += int((track[-1] > track[0]).item() != moving_right)
+        # identical augmentation for identical (seed, epoch, batch)
+        loader.set_epoch(1)
+        again = list(loader)
+    assert flips > 0
+    assert torch.equal(again[-1]["pixels"], batch["pixels"]) and torch.equal(again[-1]["boxes"], batch["boxes"])
+
+
+def _damage_record(shard_path, record: int) -> None:
+    """Flip bytes inside one record's frame chunk on disk (Fletcher-32 will catch it)."""
+    with h5py.File(shard_path, "r") as f:
+        offset = f["frames"].id.get_chunk_info(record).byte_offset
+    with open(shard_path, "r+b") as handle:
+        handle.seek(offset + 100)
+        data = bytearray(handle.read(16))
+        handle.seek(offset + 100)
+        handle.write(bytes(b ^ 0xFF for b in data))
+
+
+def test_damaged_record_stops_with_its_name_or_is_skipped(tmp_path, model, tokenizer, caplog):
+    shards = write_square_shards(tmp_path / "shards", num_records=6, num_frames=4, records_per_shard=3)
+    damaged = list_shards(shards)[1]
+    _damage_record(damaged, 1)  # record_index 4
+    with make_loader(shards, model, tokenizer, batch_size=2, num_frames=4) as loader:
+        with pytest.raises(LoaderError) as info:
+            for _ in range(2):
+                loader.set_epoch(_)
+                list(loader)
+    message = str(info.value)
+    assert str(damaged) in message and "record 1" in message and "fgclip-vad frames" in message
+    with caplog.at_level(logging.WARNING, logger="fgclip.loader"):
+        with make_loader(shards, model, tokenizer, batch_size=2, num_frames=4, skip_damaged=True) as loader:
+            indices = []
+            for epoch in range(3):
+                loader.set_epoch(epoch)
+                indices += [i for b in loader for i in b["record_index"].tolist()]
+    assert 4 not in indices and len(indices) == 18
+    assert any(str(damaged) in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_batches_equal_cpu_batches(shard_dir, model, tokenizer):
+    """Pinned shared slots, side-stream copies and GPU preprocessing give the CPU path's batches."""
+    gpu_model = model.to("cuda")
+    try:
+        with make_loader(shard_dir, gpu_model, tokenizer, device="cuda") as gpu_loader:
+            gpu_batches = [{k: v.cpu() for k, v in b.items()} for b in gpu_loader]
+            assert gpu_loader._ring.pinned
+    finally:
+        model.to("cpu")
+    with make_loader(shard_dir, model, tokenizer) as cpu_loader:
+        for g, c in zip(gpu_batches, cpu_loader):
+            for key in c:
+                if key == "pixels":
+                    torch.testing.assert_close(g[key], c[key], atol=1e-5, rtol=1e-5)
+                else:
+                    assert torch.equal(g[key], c[key]), key
