@@ -33,6 +33,11 @@ test: venv
 frames: venv
 	$(FGCLIP) frames
 
+# Stage 1's speed bar: the embedded default vs a bare `ffmpeg -i VIDEO -f null -` of the same videos.
+.PHONY: bench-frames
+bench-frames: venv
+	$(FGCLIP) frames --benchmark --repeats 3
+
 demo: frames
 
 # Evaluation: the latest debug checkpoint vs the model it started from, on the embedded test split.

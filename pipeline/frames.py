@@ -260,15 +260,29 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _run_jobs(jobs: Sequence[VideoJob], workers: int, on_result: Callable[[VideoResult], None]) -> None:
-    """process_video over `jobs` in up to `workers` processes (inline for one), results as they come."""
+def _start_method() -> str:
+    """fork where it exists: workers start at once and a user's script needs no __main__ guard.
+
+    The workers are forked before the parent starts any thread of its own or opens a shard,
+    and they only run ffmpeg and numpy; elsewhere (macOS, Windows) spawn.
+    """
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def _run_jobs(jobs: Sequence[VideoJob], workers: int, on_result: Callable[[VideoResult], None],
+              on_start: Callable[[], None] = lambda: None) -> None:
+    """process_video over `jobs` in up to `workers` processes (inline for one), results as they come.
+
+    `on_start` runs once the workers exist (the caller starts its progress thread there).
+    """
     if workers <= 1 or len(jobs) <= 1:
+        on_start()
         for job in jobs:
             on_result(process_video(job))
         return
-    context = multiprocessing.get_context("spawn")  # no fork: the parent holds threads and HDF5 state
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_exit_with_parent,
-                               initargs=(os.getpid(),))
+    context = multiprocessing.get_context(_start_method())
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
+                               initializer=_exit_with_parent, initargs=(os.getpid(),))
     try:
         queue = iter(jobs)
         in_flight: set[Future] = set()
@@ -277,6 +291,7 @@ def _run_jobs(jobs: Sequence[VideoJob], workers: int, on_result: Callable[[Video
             in_flight.add(pool.submit(process_video, job))
             if len(in_flight) >= 2 * workers:
                 break
+        on_start()
         while in_flight:
             done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
@@ -491,7 +506,11 @@ def build(
 
     stats = Counter()
     run_skips: list[dict] = []
-    bar = tqdm(total=len(jobs), unit="video", desc="frames", disable=not progress or not jobs, dynamic_ncols=True)
+    bar: tqdm | None = None
+
+    def start_progress() -> None:
+        nonlocal bar
+        bar = tqdm(total=len(jobs), unit="video", desc="frames", disable=not progress or not jobs, dynamic_ncols=True)
 
     def on_result(result: VideoResult) -> None:
         stats["videos"] += 1
@@ -527,9 +546,10 @@ def build(
         bar.set_postfix(skipped=len(run_skips), refresh=False)
 
     try:
-        _run_jobs(jobs, workers if workers is not None else default_workers(), on_result)
+        _run_jobs(jobs, workers if workers is not None else default_workers(), on_result, start_progress)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
 
     manifests = {}
     for spec, shard_dir in dirs.items():
@@ -649,7 +669,7 @@ def build_embedded_default(*, shard_root: Path | None = None, workers: int | Non
         progress=progress,
     )
     test = build_test_shards(
-        embedded.TEST_LIST, video_root=embedded.VIDEO_ROOT, out_dir=test_dir, stride=embedded.TEST_STRIDE,
+        embedded.TEST_LIST, video_root=embedded.TEST_VIDEO_ROOT, out_dir=test_dir, stride=embedded.TEST_STRIDE,
         size=embedded.FRAME_SIZE, workers=workers, strict=strict, progress=progress,
     )
     return {"train": train, "test": test}

@@ -39,8 +39,9 @@ def embedded_videos() -> list[Path]:
     import json
 
     records = json.loads(embedded.TRAIN_JSON.read_text(encoding="utf-8"))
-    names = [r["video"] for r in records] + [entry.path for entry in read_split_list(embedded.TEST_LIST)]
-    return list(dict.fromkeys(embedded.VIDEO_ROOT / name for name in names))
+    paths = [embedded.VIDEO_ROOT / r["video"] for r in records]
+    paths += [embedded.TEST_VIDEO_ROOT / entry.path for entry in read_split_list(embedded.TEST_LIST)]
+    return list(dict.fromkeys(paths))
 
 
 def _bare_decode(videos: list[Path], parallel: int) -> float:

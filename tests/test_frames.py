@@ -365,3 +365,66 @@ def test_output_dir_with_other_settings_is_refused(video_root, tmp_path):
     build_shards([record(0, FILM)], video_root=video_root, out_dirs=out, size=16, workers=1, progress=False)
     with pytest.raises(FramesError, match="size: 16 there, 24 now"):
         build_shards([record(0, FILM)], video_root=video_root, out_dirs=out, size=24, workers=1, progress=False)
+
+
+# --- the synthetic dataset: boxes enclose the drawn actors --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synth_data_root(tmp_path_factory) -> Path:
+    """A data root holding the tiny synthetic dataset where the embedded default's would be."""
+    from pipeline.synth import generate_dataset
+
+    data_root = tmp_path_factory.mktemp("data")
+    generate_dataset(data_root / "synth", size="tiny")
+    return data_root
+
+
+@pytest.mark.parametrize("resize_mode, size", [("squash", 112), ("center-crop", 64)])
+def test_stored_boxes_enclose_the_actors_pixels(synth_data_root, tmp_path, resize_mode, size):
+    from pipeline.annotations import validate_annotations
+
+    synth = synth_data_root / "synth"
+    report = validate_annotations(synth / "train.json", test_split=synth / "Anomaly_Test.txt")
+    assert not report.errors()
+    out = tmp_path / "t32"
+    build_shards(report.records, video_root=synth, out_dirs={32: out}, size=size, resize_mode=resize_mode,
+                 workers=2, progress=False)
+    actors = {entry["record_index"]: entry for entry in json.loads((synth / "actors.json").read_text())["records"]}
+    tolerance_px = 1.5  # resize and chroma blur
+    checked = found = 0
+    for rec in read_all(out).values():
+        colours = {region["caption"]: np.array(region["rgb"]) for region in actors[rec.record_index]["regions"]}
+        for r, caption in enumerate(rec.region_captions):
+            for s in np.flatnonzero(rec.box_mask[r]):
+                checked += 1
+                near = np.abs(rec.frames_uint8[s].astype(int) - colours[caption]).max(axis=-1) < 40
+                ys, xs = np.nonzero(near)
+                if len(xs) < 2:
+                    continue  # hidden behind another actor, or cropped away
+                found += 1
+                x1, y1, x2, y2 = rec.boxes[r, s] * size
+                centres_x, centres_y = xs + 0.5, ys + 0.5
+                assert centres_x.min() >= x1 - tolerance_px and centres_x.max() <= x2 + tolerance_px, (
+                    f"record {rec.record_index} {caption!r} frame {rec.frame_index[s]}: x {xs.min()}..{xs.max()} "
+                    f"outside box {x1:.1f}..{x2:.1f}")
+                assert centres_y.min() >= y1 - tolerance_px and centres_y.max() <= y2 + tolerance_px, (
+                    f"record {rec.record_index} {caption!r} frame {rec.frame_index[s]}: y {ys.min()}..{ys.max()} "
+                    f"outside box {y1:.1f}..{y2:.1f}")
+    assert checked > 100 and found > 0.8 * checked  # the check saw the actors, not empty frames
+
+
+def test_no_argument_run_builds_the_embedded_default_and_then_skips_it(synth_data_root):
+    env = {**os.environ, "FGCLIP_DATA_ROOT": str(synth_data_root)}
+    first = subprocess.run([FGCLIP, "frames", "--workers", "2"], env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    shard_root = synth_data_root / "shards"
+    for name, sampling in (("train_t64", "uniform"), ("train_t256", "uniform"), ("test_stride16", "stride")):
+        manifest = read_manifest(shard_root / name)
+        assert manifest["sampling"] == sampling and manifest["size"] == 112 and manifest["summary"]["complete"]
+        assert manifest["skipped"] == [] and manifest["summary"]["records"] > 0
+    test = read_all(shard_root / "test_stride16")
+    assert {rec.label for rec in test.values()} == {"Explosion", "Normal"}
+    again = subprocess.run([FGCLIP, "frames"], env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("decoded 0 videos") == 2  # train and test: nothing left to do
