@@ -274,6 +274,175 @@ def init_model_command(preset: str, out_dir: str | None, captions_json: str | No
 
 # --- stage 2: training --------------------------------------------------------------------------
 
+# Command-line option -> TrainConfig field, for the settings every preset carries. Each is
+# optional: given, it overrides the preset (the Makefile passes its variables through these).
+_TRAIN_OVERRIDES = [
+    ("--shards", "shards", click.Path(file_okay=False), "Training shard directory (uniform sampling) [preset: embedded default]."),
+    ("--model", "model", click.Path(file_okay=False), "Model directory to start from (HF CLIP dir or a checkpoint) [preset: embedded tiny model]."),
+    ("--output-dir", "output_dir", click.Path(file_okay=False), "Where logs and checkpoints go [preset: checkpoints/fgclip_ucf_<preset>]."),
+    ("--max-records", "max_records", click.IntRange(min=0), "Train on the first N records only (0 = all) [debug: 10]."),
+    ("--num-frames", "num_frames", click.IntRange(min=1), "Frames per video, a uniform subset of the stored ones [debug 64, full 256]."),
+    ("--batch-size", "batch_size", click.IntRange(min=1), "Videos per micro-batch per GPU [debug 1, full 2]."),
+    ("--grad-accum", "grad_accum", click.IntRange(min=1), "Micro-batches per optimizer step; the loss sees all of them [debug 4, full 8]."),
+    ("--epochs", "epochs", click.IntRange(min=1), "Passes over the data [debug 2, full 10]."),
+    ("--lr", "lr", click.FloatRange(min=0, min_open=True), "Learning rate of the vision tower, temporal module, temperatures [1e-5]."),
+    ("--text-lr", "text_lr", click.FloatRange(min=0), "Learning rate of the text tower [5e-6]."),
+    ("--weight-decay", "weight_decay", click.FloatRange(min=0), "AdamW weight decay (not on biases, norms, tables, temperatures) [0.01]."),
+    ("--warmup-ratio", "warmup_ratio", click.FloatRange(min=0, max=1, max_open=True), "Share of steps of linear warmup before the cosine decay [0.05]."),
+    ("--max-grad-norm", "max_grad_norm", click.FloatRange(min=0, min_open=True), "Gradient clipping norm [1.0]."),
+    ("--global-weight", "global_weight", click.FloatRange(min=0), "Weight of the video-text loss [1.0]."),
+    ("--region-weight", "region_weight", click.FloatRange(min=0), "Weight of the region-text loss [0.1]."),
+    ("--hard-weight", "hard_weight", click.FloatRange(min=0), "Weight of the hard-negative loss [0.5]."),
+    ("--workers", "workers", click.IntRange(min=0), "Loader worker processes (0 = read in the main process) [4]."),
+    ("--prefetch", "prefetch", click.IntRange(min=1), "Batches copied to the GPU ahead of the step [3]."),
+    ("--seed", "seed", int, "Seed of shuffling, augmentation and initialisation [42]."),
+    ("--save-every", "save_every", click.IntRange(min=1), "Optimizer steps between checkpoints [debug 5, full 100]."),
+    ("--keep-last", "keep_last", click.IntRange(min=0), "Checkpoints kept (0 = all) [3]."),
+    ("--log-every", "log_every", click.IntRange(min=1), "Optimizer steps between trainer_log.txt lines [1]."),
+    ("--max-nonfinite", "max_nonfinite", click.IntRange(min=1), "Non-finite steps in a row before the run stops [5]."),
+]
+_TRAIN_SWITCHES = [
+    ("--bf16/--no-bf16", "bf16", "bf16 autocast [on with a GPU, off on CPU]."),
+    ("--gradient-checkpointing/--no-gradient-checkpointing", "gradient_checkpointing", "Recompute activations in backward [on]."),
+    ("--augment/--no-augment", "augment", "Random resized crop + flip per video, boxes included [off]."),
+    ("--skip-damaged/--stop-on-damaged", "skip_damaged", "On a damaged shard record: warn and train on, or stop [stop]."),
+]
+
+
+def _train_options(command):
+    for flag, name, kind, help_text in reversed(_TRAIN_OVERRIDES):
+        command = click.option(flag, name, type=kind, default=None, help=help_text)(command)
+    for flags, name, help_text in reversed(_TRAIN_SWITCHES):
+        command = click.option(flags, name, default=None, help=help_text)(command)
+    return command
+
+
+@main.command("train")
+@click.option("--preset", type=click.Choice(["debug", "full", "demo"]), default="debug", show_default=True,
+              help="debug: 10 videos, 64 frames; full: all videos, 256 frames; demo: the embedded default on CPU.")
+@click.option("--resume", default=None, metavar="auto|PATH",
+              help="Continue a run exactly: auto = newest checkpoint of the output dir (fresh start if none), or a checkpoint path.")
+@click.option("--stop-after-step", type=click.IntRange(min=1), default=None,
+              help="End early at this step with a checkpoint (the schedule still spans all epochs).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar with ETA.")
+@_train_options
+def train_command(preset: str, resume: str | None, stop_after_step: int | None, progress: bool, **overrides) -> None:
+    """Stage 2: train FG-CLIP on the shards (single GPU, CPU, or torchrun for several GPUs).
+
+    \b
+    fgclip-vad train --preset debug
+    fgclip-vad train --preset full --shards data/shards/ucf/train_t256 --model models/clip-vit-base-patch16
+    fgclip-vad train --preset full --num-frames 128 --batch-size 1 --grad-accum 16    (less GPU memory)
+    fgclip-vad train --preset full --resume auto                                      (continue after a stop)
+    torchrun --nproc_per_node=4 -m fgclip.cli train --preset full                      (4 GPUs)
+
+    Writes trainer_log.txt, metrics.jsonl, tensorboard/, config.json, checkpoint-STEP/ and final/
+    into the output directory. Ctrl-C or `kill` finishes the current step and writes a checkpoint.
+    """
+    import logging
+
+    import torch
+
+    from fgclip import distributed
+    from fgclip.checkpoint import CheckpointError
+    from fgclip.loader import LoaderError
+    from fgclip.model import ModelDirError
+    from fgclip.presets import resolve_config
+    from fgclip.train import Trainer, TrainingError
+    from pipeline.shards import ShardFormatError
+
+    if overrides.get("max_records") == 0:
+        overrides["max_records"] = None
+        explicit_all = True
+    else:
+        explicit_all = False
+    try:
+        config = resolve_config(preset, overrides)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+    if explicit_all:
+        config.max_records = None
+    dist_info = None
+    try:
+        dist_info = distributed.init_from_env()
+        _configure_training_logs(dist_info.rank)
+        trainer = Trainer(config, resume=resume, stop_after_step=stop_after_step, dist_info=dist_info,
+                          show_progress=progress)
+        summary = trainer.run(handle_signals=True)
+    except (TrainingError, LoaderError, CheckpointError, ModelDirError, ShardFormatError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from None
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted without a checkpoint; `--resume auto` continues from the last one") from None
+    finally:
+        if dist_info is not None and dist_info.backend is not None and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if dist_info.is_main:
+        if summary["reason"] == "complete":
+            click.echo(f"training complete: {summary['step']} steps ({summary['skipped_steps']} skipped); "
+                       f"final model in {summary['final']}, log in {config.output_dir}/trainer_log.txt")
+        elif summary["reason"] == "already complete":
+            click.echo(f"{config.output_dir}: this run is already complete ({summary['step']} steps); nothing to do")
+        else:
+            click.echo(f"{summary['reason']}: {summary['step']}/{summary['total_steps']} steps, checkpoint "
+                       f"{summary['last_checkpoint']}; continue with the same command and --resume auto")
+
+
+def _configure_training_logs(rank: int) -> None:
+    """Warnings and notes to stderr (rank 0 only unless they are errors); no HF progress bars."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.ERROR,
+                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
+
+
+@main.command("doctor")
+@click.option("--preset", type=click.Choice(["debug", "full", "demo"]), default="debug", show_default=True,
+              help="Which training preset's shards, model and output dir to check.")
+@click.option("--shards", type=click.Path(), default=None, help="Training shard directory [preset's].")
+@click.option("--model", type=click.Path(), default=None, help="Model directory [preset's].")
+@click.option("--output-dir", type=click.Path(), default=None, help="Output directory (free disk space) [preset's].")
+@click.option("--annotations", type=click.Path(), default=None,
+              help="Annotation JSON: check it and that its videos open (needs --video-root unless relative to it).")
+@click.option("--video-root", type=click.Path(file_okay=False), default=None,
+              help="Folder the annotation's \"video\" paths are relative to [the annotation file's folder].")
+@click.option("--min-free-gb", type=click.FloatRange(min=0), default=20.0, show_default=True,
+              help="Free disk space required in the output directory.")
+@click.option("--num-frames", type=click.IntRange(min=1), default=None,
+              help="Frames per video the training will ask for [preset's]; the shards must store at least as many.")
+def doctor_command(preset, shards, model, output_dir, annotations, video_root, min_free_gb, num_frames) -> None:
+    """Pre-flight checklist before training: data, videos, GPU, disk space, model.
+
+    Prints one verdict per check; exits non-zero when a required check fails (a missing GPU
+    is only a warning: training runs on the CPU, slowly).
+    """
+    from pathlib import Path
+
+    from fgclip.doctor import run_checks
+    from fgclip.presets import preset_config
+
+    config = preset_config(preset)
+    checks = run_checks(
+        shards=Path(shards or config.shards),
+        model=Path(model or config.model),
+        output_dir=Path(output_dir or config.output_dir),
+        annotations=Path(annotations) if annotations else None,
+        video_root=Path(video_root) if video_root else None,
+        min_free_gb=min_free_gb,
+        num_frames=num_frames or config.num_frames,
+    )
+    for check in checks:
+        click.echo(check.line())
+    failed = [c for c in checks if c.status == "FAIL"]
+    warned = [c for c in checks if c.status == "WARN"]
+    if failed:
+        raise click.ClickException(f"{len(failed)} required check(s) failed: {', '.join(c.name for c in failed)}")
+    click.echo(f"ready to train ({len(warned)} warning(s))" if warned else "ready to train")
+
+
 # --- evaluation ---------------------------------------------------------------------------------
 
 from fgclip.ground_truth import CONVENTIONS, DEFAULT_CONVENTION  # noqa: E402 - numpy only, light

@@ -1,0 +1,170 @@
+"""Training presets: the one place their values live.
+
+`debug` and `full` are the two configurations of the group's handbook (MISSION.md), `demo` is
+sized so the embedded default's tiny model learns on 2 CPU cores in a few minutes. Every field
+can be overridden on the command line (`fgclip-vad train --preset full --num-frames 128`) and
+through the Makefile (`make train-full NUM_FRAMES=128 BATCH_SIZE=1 GRAD_ACCUM=16`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline import embedded
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; saved as config.json in the output directory."""
+
+    preset: str
+    # data and model
+    shards: str  # directory of uniformly sampled training shards (stage 1 output)
+    model: str  # model directory to start from (HF CLIP dir or one of our checkpoints)
+    output_dir: str
+    max_records: int | None  # first N records of the shards (None = all)
+    num_frames: int  # frames per video (a uniform subset when the shards store more)
+    # batch
+    batch_size: int  # micro-batch per device
+    grad_accum: int  # micro-batches per optimizer step; the loss sees all of them (gradient caching)
+    epochs: int
+    # optimisation
+    lr: float  # vision tower, temporal module, temperatures
+    text_lr: float  # text tower (and the long position table)
+    weight_decay: float = 0.01  # not applied to biases, norms, embeddings tables, temperatures
+    warmup_ratio: float = 0.05  # share of all steps spent warming up linearly, then cosine to 0
+    max_grad_norm: float = 1.0
+    bf16: bool | None = None  # None: on when training on a GPU
+    gradient_checkpointing: bool = True
+    global_weight: float = 1.0
+    region_weight: float = 0.1
+    hard_weight: float = 0.5
+    # loader
+    workers: int = 4
+    prefetch: int = 3
+    augment: bool = False
+    skip_damaged: bool = False
+    # run control
+    seed: int = 42
+    save_every: int = 100  # optimizer steps between checkpoints
+    keep_last: int = 3
+    log_every: int = 1  # optimizer steps between trainer_log.txt lines
+    max_nonfinite: int = 5  # consecutive skipped (non-finite) steps before the run stops
+    extra: dict = field(default_factory=dict)  # free-form notes (e.g. the command line)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def effective_batch_per_rank(self) -> int:
+        return self.batch_size * self.grad_accum
+
+
+def _debug() -> TrainConfig:
+    return TrainConfig(
+        preset="debug",
+        shards=str(embedded.train_shard_dir(64)),
+        model=str(embedded.MODEL_DIR),
+        output_dir="checkpoints/fgclip_ucf_debug",
+        max_records=10,
+        num_frames=64,
+        batch_size=1,
+        grad_accum=4,
+        epochs=2,
+        lr=1e-5,
+        text_lr=5e-6,
+        save_every=5,
+        keep_last=3,
+    )
+
+
+def _full() -> TrainConfig:
+    return TrainConfig(
+        preset="full",
+        shards=str(embedded.train_shard_dir(256)),
+        model=str(embedded.MODEL_DIR),
+        output_dir="checkpoints/fgclip_ucf_full",
+        max_records=None,
+        num_frames=256,
+        batch_size=2,
+        grad_accum=8,
+        epochs=10,
+        lr=1e-5,
+        text_lr=5e-6,
+        save_every=100,
+        keep_last=3,
+    )
+
+
+def _demo() -> TrainConfig:
+    # The tiny model starts from random weights, so it needs a far higher learning rate than
+    # CLIP fine-tuning, and few frames per video keep a step cheap on 2 CPU cores.
+    return TrainConfig(
+        preset="demo",
+        shards=str(embedded.train_shard_dir(64)),
+        model=str(embedded.MODEL_DIR),
+        output_dir="checkpoints/fgclip_demo",
+        max_records=None,
+        num_frames=16,
+        batch_size=4,
+        grad_accum=4,
+        epochs=12,
+        lr=5e-4,
+        text_lr=5e-4,
+        weight_decay=0.05,
+        warmup_ratio=0.1,
+        gradient_checkpointing=False,
+        workers=1,
+        save_every=50,
+        keep_last=1,
+        log_every=1,
+    )
+
+
+PRESETS = {"debug": _debug, "full": _full, "demo": _demo}
+
+
+def preset_config(name: str) -> TrainConfig:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def resolve_config(preset: str, overrides: dict) -> TrainConfig:
+    """The preset with every non-None override applied (unknown keys are an error)."""
+    config = preset_config(preset)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in overrides.items():
+        if key not in names:
+            raise ValueError(f"unknown training setting {key!r}")
+        if value is not None:
+            setattr(config, key, value)
+    check_config(config)
+    return config
+
+
+def check_config(config: TrainConfig) -> None:
+    """Reject values that cannot work, with the setting named."""
+    positive = ("num_frames", "batch_size", "grad_accum", "epochs", "save_every", "log_every", "max_nonfinite", "prefetch")
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if config.workers < 0 or config.keep_last < 0:
+        raise ValueError("workers and keep_last must be >= 0")
+    if config.max_records is not None and config.max_records < 1:
+        raise ValueError(f"max_records must be >= 1, got {config.max_records}")
+    if config.lr <= 0 or config.text_lr < 0:
+        raise ValueError(f"learning rates must be positive (lr {config.lr}, text_lr {config.text_lr})")
+    if not 0 <= config.warmup_ratio < 1:
+        raise ValueError(f"warmup_ratio must be in [0, 1), got {config.warmup_ratio}")
+    if config.max_grad_norm <= 0:
+        raise ValueError(f"max_grad_norm must be > 0, got {config.max_grad_norm}")
+
+
+def resolve_path(path: str) -> Path:
+    """Relative paths are relative to the working directory (the repo root under make)."""
+    return Path(os.path.expanduser(path))

@@ -1,0 +1,476 @@
+"""The training loop of `fgclip-vad train`.
+
+One optimizer step = one window of `grad_accum` micro-batches per rank. The contrastive loss
+sees every sample of the window on every rank as negatives (`grad_cached_window`), the ranks'
+gradients are summed (`distributed.all_reduce_gradients`), clipped, and AdamW steps with
+separate vision and text learning rates on a warmup + cosine schedule.
+
+A step whose loss or gradient norm is not finite is skipped (no update) and counted; after
+`max_nonfinite` of them in a row the run stops with advice. Checkpoints are written every
+`save_every` steps (atomically, last `keep_last` kept) and at the end, with everything needed
+to continue exactly (`--resume auto`). SIGINT/SIGTERM end the current step, write a
+checkpoint and stop, so `kill` on a background run loses nothing.
+
+Only rank 0 writes files. The host waits for the GPU once per optimizer step (to read the
+losses and the gradient norm that decide whether the step is kept), never per micro-batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fgclip import distributed
+from fgclip.checkpoint import (
+    FINAL_DIR_NAME,
+    capture_rng_state,
+    checkpoint_dir,
+    load_trainer_state,
+    non_finite_tensors,
+    optimizer_tensors,
+    resolve_resume,
+    restore_rng_state,
+    save_checkpoint,
+    write_model_dir,
+)
+from fgclip.grad_cache import grad_cached_window
+from fgclip.loader import ShardLoader
+from fgclip.losses import LossWeights
+from fgclip.model import FGCLIPVideo
+from fgclip.presets import TrainConfig
+from fgclip.text import load_tokenizer
+from fgclip.train_log import TrainLog, gpu_stats
+
+log = logging.getLogger(__name__)
+
+RUN_CONFIG_NAME = "config.json"
+STATE_FORMAT_VERSION = 1
+
+# Settings that fix which samples form which step; resuming with other values cannot continue
+# the same run exactly, so it is refused.
+_RESUME_FIXED = ("shards", "max_records", "num_frames", "batch_size", "grad_accum", "epochs", "seed", "augment")
+
+# Parameters trained at the text learning rate.
+_TEXT_PREFIXES = ("clip.text_model.", "clip.text_projection.", "long_position_embedding")
+# Parameters without weight decay besides biases and norms (ndim < 2): lookup tables, the
+# temporal pooling query and the temperatures.
+_NO_DECAY_NAMES = ("position_embedding", "token_embedding", "class_embedding", "position_table", "temporal.query", "logit_scales.")
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (diverged, incompatible resume, ...); the message says what to do."""
+
+
+@dataclass
+class StepOutcome:
+    losses: dict[str, float]
+    grad_norm: float
+    finite: bool
+    frames: int
+
+
+def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
+    """AdamW groups: vision/text learning rate x with/without weight decay."""
+    groups: dict[tuple[str, bool], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        tower = "text" if name.startswith(_TEXT_PREFIXES) else "vision"
+        decay = param.ndim >= 2 and not any(token in name for token in _NO_DECAY_NAMES)
+        groups.setdefault((tower, decay), []).append(param)
+    out = []
+    for (tower, decay), params in sorted(groups.items()):
+        out.append({
+            "params": params,
+            "lr": config.text_lr if tower == "text" else config.lr,
+            "weight_decay": config.weight_decay if decay else 0.0,
+            "name": f"{tower}{'' if decay else '_no_decay'}",
+        })
+    return out
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int):
+    """LR factor for optimizer step s (0-based): linear warmup to 1, then cosine to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Build everything a run needs from a `TrainConfig`, then `run()` it.
+
+    `resume`: None (start fresh), "auto" (newest checkpoint of the output directory, if any) or
+    a checkpoint path. `stop_after_step` ends the run early at that step with a checkpoint (the
+    schedule still spans all epochs), e.g. to split a long run into sessions.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        resume: str | None = None,
+        stop_after_step: int | None = None,
+        dist_info: distributed.DistInfo | None = None,
+        show_progress: bool = True,
+    ):
+        self.config = config
+        self.dist = dist_info if dist_info is not None else distributed.init_from_env()
+        self.device = self.dist.device
+        self.is_main = self.dist.is_main
+        self.output_dir = Path(config.output_dir)
+        self.stop_after_step = stop_after_step
+        self.show_progress = show_progress and self.is_main
+        self._stop_signal: int | None = None
+
+        seed_everything(config.seed)
+        self.resume_from = resolve_resume(resume, self.output_dir)
+        model_dir = self.resume_from if self.resume_from is not None else Path(config.model)
+        self.model = FGCLIPVideo.from_pretrained(model_dir).to(self.device)
+        self.model.set_gradient_checkpointing(config.gradient_checkpointing)
+        self.model.train()
+        self.tokenizer = load_tokenizer(model_dir)
+
+        use_bf16 = config.bf16 if config.bf16 is not None else self.device.type == "cuda"
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16 else None
+        self.loss_weights = LossWeights(config.global_weight, config.region_weight, config.hard_weight)
+
+        self.loader = ShardLoader(
+            config.shards,
+            model=self.model,
+            tokenizer=self.tokenizer,
+            batch_size=config.batch_size,
+            num_frames=config.num_frames,
+            num_workers=config.workers,
+            device=self.device,
+            seed=config.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            augment=config.augment,
+            prefetch=config.prefetch,
+            drop_last=True,
+            max_records=config.max_records,
+            skip_damaged=config.skip_damaged,
+        )
+        self.batches_per_epoch = len(self.loader)
+        self.steps_per_epoch = -(-self.batches_per_epoch // config.grad_accum)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        warmup_steps = max(1, round(config.warmup_ratio * self.total_steps))
+
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(self.model, config), betas=(0.9, 0.98), eps=1e-6, fused=self.device.type == "cuda"
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(self.total_steps, warmup_steps))
+        self.parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+
+        # Position in the run: optimizer steps done, and micro-batches consumed of the current epoch.
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.skipped_steps = 0
+        self.consecutive_nonfinite = 0
+        self.start_model = str(config.model)
+        if self.resume_from is not None:
+            self._load_state(self.resume_from)
+        self.log: TrainLog | None = None
+
+    # --- resume -------------------------------------------------------------------------------
+
+    def _load_state(self, path: Path) -> None:
+        state = load_trainer_state(path)
+        saved = state["config"]
+        changed = [f"{key}: {saved.get(key)!r} -> {getattr(self.config, key)!r}"
+                   for key in _RESUME_FIXED if saved.get(key) != getattr(self.config, key)]
+        if state["world_size"] != self.dist.world_size:
+            changed.append(f"processes: {state['world_size']} -> {self.dist.world_size}")
+        if changed:
+            raise TrainingError(
+                f"{path}: cannot continue this run exactly with other settings ({'; '.join(changed)}). "
+                f"Use the original settings, or start a new run in another --output-dir with --model {path}"
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        self.epoch = state["epoch"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        self.skipped_steps = state["skipped_steps"]
+        self.consecutive_nonfinite = state["consecutive_nonfinite"]
+        self.start_model = saved.get("model", self.start_model)
+        rng_states = state["rng"]
+        restore_rng_state(rng_states[self.dist.rank] if self.dist.rank < len(rng_states) else rng_states[0])
+
+    def _state(self) -> dict:
+        rng = capture_rng_state()
+        if distributed.is_distributed():
+            gathered: list = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(gathered, rng)
+            rng_states = gathered
+        else:
+            rng_states = [rng]
+        return {
+            "format_version": STATE_FORMAT_VERSION,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "skipped_steps": self.skipped_steps,
+            "consecutive_nonfinite": self.consecutive_nonfinite,
+            "world_size": self.dist.world_size,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_states,
+            "config": self.run_config(),
+        }
+
+    def run_config(self) -> dict:
+        """The resolved configuration as saved (config.json, checkpoints): `model` is the model
+        the run started from (evaluation's baseline), also after resuming."""
+        values = self.config.to_dict()
+        values["model"] = self.start_model
+        values["world_size"] = self.dist.world_size
+        values["effective_batch"] = self.config.batch_size * self.config.grad_accum * self.dist.world_size
+        values["total_steps"] = self.total_steps
+        values["steps_per_epoch"] = self.steps_per_epoch
+        values["records"] = len(self.loader.metas)
+        return values
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def run(self, *, handle_signals: bool = False) -> dict:
+        """Train to the end (or `stop_after_step`, or a signal). Returns a summary dict."""
+        if self.step >= self.total_steps:
+            self.loader.close()
+            return self._summary("already complete")
+        previous_handlers = self._install_signal_handlers() if handle_signals else {}
+        progress = None
+        try:
+            if self.is_main:
+                self._open_log()
+                progress = self._progress_bar()
+            reason = self._loop(progress)
+            return self._summary(reason)
+        finally:
+            if progress is not None:
+                progress.close()
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+            self.loader.close()
+            if self.log is not None:
+                self.log.close()
+                self.log = None
+
+    def _loop(self, progress) -> str:
+        config = self.config
+        run_start = time.perf_counter()
+        steps_at_start = self.step
+        last_time = run_start
+        last_wait = self.loader.data_wait_s
+        frames_since_log = 0
+        while self.step < self.total_steps:
+            self.loader.set_epoch(self.epoch, self.batch_in_epoch)
+            batches = iter(self.loader)
+            window: list[dict] = []
+            try:
+                for batch in batches:
+                    window.append(batch)
+                    self.batch_in_epoch += 1
+                    epoch_done = self.batch_in_epoch == self.batches_per_epoch
+                    if len(window) < config.grad_accum and not epoch_done:
+                        continue
+                    outcome = self._optimizer_step(window)
+                    window = []
+                    self.step += 1
+                    if epoch_done:
+                        self.epoch += 1
+                        self.batch_in_epoch = 0
+                    frames_since_log += outcome.frames
+                    if self.step % config.log_every == 0 or not outcome.finite or self.step == self.total_steps:
+                        now = time.perf_counter()
+                        elapsed, waited = now - last_time, self.loader.data_wait_s - last_wait
+                        self._log_step(outcome, frames_since_log / elapsed, waited / elapsed,
+                                       (now - run_start) / (self.step - steps_at_start))
+                        last_time, last_wait, frames_since_log = now, self.loader.data_wait_s, 0
+                    if outcome.finite:
+                        self.consecutive_nonfinite = 0
+                    else:
+                        self._count_nonfinite()  # raises after max_nonfinite in a row
+                    if progress is not None:
+                        progress.update(1)
+                        progress.set_postfix(loss=f"{outcome.losses.get('total', float('nan')):.3f}", refresh=False)
+
+                    stop = self._stop_reason()
+                    if self.step % config.save_every == 0 or stop or self.step == self.total_steps:
+                        self._save_checkpoint()
+                    if stop:
+                        return stop
+            finally:
+                batches.close()
+        self._save_final()
+        return "complete"
+
+    def _optimizer_step(self, window: list[dict]) -> StepOutcome:
+        losses = grad_cached_window(self.model, window, self.loss_weights, autocast=self.autocast)
+        distributed.all_reduce_gradients(self.model)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm, foreach=True))
+        finite = math.isfinite(grad_norm) and all(math.isfinite(v) for v in losses.values())
+        if finite:
+            self.optimizer.step()
+        else:
+            self.skipped_steps += 1
+        # The schedule follows the data (one entry per window), skipped or not.
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        frames = sum(int(b["pixels"].shape[0] * b["pixels"].shape[1]) for b in window) * self.dist.world_size
+        return StepOutcome(losses=losses, grad_norm=grad_norm, finite=finite, frames=frames)
+
+    def _count_nonfinite(self) -> None:
+        self.consecutive_nonfinite += 1
+        message = (
+            f"step {self.step}: non-finite loss or gradient, step skipped "
+            f"({self.consecutive_nonfinite} in a row, {self.skipped_steps} in all)"
+        )
+        log.warning(message)
+        if self.log is not None:
+            self.log.note(message)
+        if self.consecutive_nonfinite >= self.config.max_nonfinite:
+            raise TrainingError(
+                f"training diverged: {self.consecutive_nonfinite} steps in a row up to step {self.step} had a "
+                f"non-finite loss or gradient. Try a lower learning rate (--lr, e.g. 5e-6) and text learning "
+                f"rate (--text-lr, e.g. 2e-6), a lower --max-grad-norm, fp32 instead of bf16 (--no-bf16), and "
+                f"check the data; then resume from the last checkpoint with --resume auto"
+            )
+
+    def _stop_reason(self) -> str | None:
+        local = 0
+        if self._stop_signal is not None:
+            local = 1
+        elif self.stop_after_step is not None and self.step >= self.stop_after_step:
+            local = 1
+        if distributed.is_distributed():
+            # A signal may reach one rank only; all ranks must stop at the same step.
+            flag = torch.tensor([local], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            local = int(flag.item())
+        if not local:
+            return None
+        if self._stop_signal is not None:
+            return f"stopped by signal {signal.Signals(self._stop_signal).name}"
+        return f"stopped after step {self.step} as asked"
+
+    # --- files --------------------------------------------------------------------------------
+
+    def _open_log(self) -> None:
+        resuming = self.resume_from is not None
+        self.log = TrainLog(self.output_dir, resume_step=self.step if resuming else None)
+        (self.output_dir / RUN_CONFIG_NAME).write_text(json.dumps(self.run_config(), indent=2, sort_keys=True) + "\n")
+        if resuming:
+            self.log.note(f"resumed from {self.resume_from} at step {self.step}/{self.total_steps}")
+        else:
+            self.log.note(
+                f"start: preset {self.config.preset}, {len(self.loader.metas)} records, {self.total_steps} steps "
+                f"({self.steps_per_epoch} per epoch), effective batch {self.run_config()['effective_batch']}, "
+                f"model {self.config.model}, device {self.device}, {self.dist.world_size} process(es)"
+            )
+
+    def _log_step(self, outcome: StepOutcome, frames_per_s: float, wait_share: float, step_time_s: float) -> None:
+        if not self.is_main or self.log is None:
+            return
+        lrs = {group["name"]: group["lr"] for group in self.optimizer.param_groups}
+        losses = outcome.losses
+        record = {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "epoch": self.epoch + self.batch_in_epoch / self.batches_per_epoch,
+            "loss": losses.get("total", float("nan")),
+            "loss_global": losses.get("global", float("nan")),
+            "loss_region": losses.get("region", float("nan")),
+            "loss_hard": losses.get("hard", float("nan")),
+            "lr": lrs.get("vision", lrs.get("vision_no_decay", 0.0)),
+            "text_lr": lrs.get("text", lrs.get("text_no_decay", 0.0)),
+            "grad_norm": outcome.grad_norm,
+            "frames_per_s": frames_per_s,
+            "data_wait_share": wait_share,
+            "skipped_steps": self.skipped_steps,
+            "nonfinite": not outcome.finite,
+            "eta_s": step_time_s * (self.total_steps - self.step),
+            "temperatures": {name: float(value.detach()) for name, value in self.model.temperatures().items()},
+        }
+        record.update(gpu_stats(self.device))
+        self.log.step(record)
+
+    def _check_finite_model(self) -> None:
+        bad = non_finite_tensors(list(self.model.named_parameters()) + list(optimizer_tensors(self.optimizer)))
+        if bad:
+            raise TrainingError(
+                f"step {self.step}: refusing to save a checkpoint with non-finite values in {bad[:5]}; the run "
+                f"diverged. Resume from the last checkpoint (--resume auto) with a lower --lr / --text-lr"
+            )
+
+    def _save_checkpoint(self) -> None:
+        state = self._state()  # every rank takes part (RNG states are gathered)
+        if not self.is_main:
+            return
+        self._check_finite_model()
+        path = save_checkpoint(self.output_dir, self.step, model=self.model, state=state,
+                               config=self.run_config(), keep_last=self.config.keep_last)
+        if self.log is not None:
+            self.log.note(f"checkpoint {path}")
+
+    def _save_final(self) -> None:
+        if not self.is_main:
+            return
+        self._check_finite_model()
+        path = write_model_dir(self.output_dir / FINAL_DIR_NAME, self.model, self.run_config())
+        if self.log is not None:
+            self.log.note(f"final model {path} ({self.skipped_steps} skipped steps)")
+
+    # --- run control --------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> dict:
+        def request_stop(signum, _frame):
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt  # a second signal: stop now, without a checkpoint
+            self._stop_signal = signum
+            log.warning("signal %s: finishing the current step, then writing a checkpoint", signal.Signals(signum).name)
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, request_stop)
+        return previous
+
+    def _progress_bar(self):
+        if not self.show_progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0)
+
+    def _summary(self, reason: str) -> dict:
+        return {
+            "reason": reason,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "skipped_steps": self.skipped_steps,
+            "output_dir": str(self.output_dir),
+            "last_checkpoint": str(checkpoint_dir(self.output_dir, self.step)),
+            "final": str(self.output_dir / FINAL_DIR_NAME) if reason == "complete" else None,
+        }
