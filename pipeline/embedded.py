@@ -18,8 +18,11 @@ DATA_ROOT = Path(os.environ.get("FGCLIP_DATA_ROOT", REPO_ROOT / "data"))
 SYNTH_DIR = DATA_ROOT / "synth"  # generated videos + annotation files
 SYNTH_SEED = 0
 TRAIN_JSON = SYNTH_DIR / "train.json"  # records in the real annotation format
-VIDEO_ROOT = SYNTH_DIR  # "video" fields of TRAIN_JSON and TEST_LIST are relative to this
+VIDEO_ROOT = SYNTH_DIR  # "video" fields of TRAIN_JSON ("videos/<Class>/<Name>.mp4") are relative to this
 TEST_LIST = SYNTH_DIR / "Anomaly_Test.txt"  # official split-list format
+# Lines of TEST_LIST are official `<Class>/<Name>.mp4`, relative to this (as UCF-Crime's list is
+# relative to its Videos folder while the training JSON carries a longer prefix).
+TEST_VIDEO_ROOT = SYNTH_DIR / "videos"
 TEMPORAL_ANNOTATIONS = SYNTH_DIR / "Temporal_Anomaly_Annotation.txt"  # official format
 ACTORS_JSON = SYNTH_DIR / "actors.json"  # per record and region: the actor's RGB colour (tests)
 
