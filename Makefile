@@ -18,6 +18,8 @@ help:
 	@echo "make test    - the test suite"
 	@echo "make frames  - stage 1: decode videos into HDF5 shards (embedded default without arguments)"
 	@echo "make eval    - frame-level AUC of the latest debug checkpoint vs its starting model (report, plots)"
+	@echo "make train-debug / train-full - stage 2 presets; override e.g. NUM_FRAMES=128 BATCH_SIZE=1 GRAD_ACCUM=16"
+	@echo "make doctor  - pre-flight checks (data, GPU, disk, model) for PRESET=debug|full"
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,7 +40,57 @@ frames: venv
 bench-frames: venv
 	$(FGCLIP) frames --benchmark --repeats 3
 
+# --- stage 2: training -------------------------------------------------------------------------
+# Without SHARDS/MODEL the presets train on the embedded default (paths as in pipeline/embedded.py),
+# built on first use. Every preset value can be overridden by a variable of the same meaning:
+#   make train-full NUM_FRAMES=128 BATCH_SIZE=1 GRAD_ACCUM=16      (less GPU memory)
+#   make train-full SHARDS=data/shards/ucf/train_t256 MODEL=models/clip-vit-base-patch16 RESUME=auto
+#   make train-full NPROC=4                                        (4 GPUs through torchrun)
+# Anything else: TRAIN_ARGS="--augment --max-grad-norm 0.5".
+DATA_ROOT ?= $(or $(FGCLIP_DATA_ROOT),data)
+EMBEDDED_MODEL := $(DATA_ROOT)/models/tiny/config.json
+embedded_shards = $(DATA_ROOT)/shards/train_t$(1)/manifest.json
+
+$(DATA_ROOT)/shards/train_t%/manifest.json: | venv
+	$(FGCLIP) frames
+# The tiny model's tokenizer is trained on the embedded captions, so the data comes first.
+$(EMBEDDED_MODEL): | $(call embedded_shards,64)
+	$(FGCLIP) init-model --preset tiny
+
+_opt = $(if $(strip $(2)),$(1) $(strip $(2)))
+TRAIN_OPTIONS = $(call _opt,--shards,$(SHARDS)) $(call _opt,--model,$(MODEL)) $(call _opt,--output-dir,$(OUTPUT_DIR)) \
+	$(call _opt,--num-frames,$(NUM_FRAMES)) $(call _opt,--batch-size,$(BATCH_SIZE)) $(call _opt,--grad-accum,$(GRAD_ACCUM)) \
+	$(call _opt,--epochs,$(EPOCHS)) $(call _opt,--lr,$(LR)) $(call _opt,--text-lr,$(TEXT_LR)) \
+	$(call _opt,--workers,$(WORKERS)) $(call _opt,--max-records,$(MAX_RECORDS)) $(call _opt,--seed,$(SEED)) \
+	$(call _opt,--save-every,$(SAVE_EVERY)) $(call _opt,--max-grad-norm,$(MAX_GRAD_NORM)) \
+	$(call _opt,--resume,$(RESUME)) $(TRAIN_ARGS)
+NPROC ?= 1
+TRAIN_CMD = $(if $(filter-out 1,$(NPROC)),$(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m fgclip.cli,$(FGCLIP)) train
+# The embedded-default files a preset needs when SHARDS / MODEL are not given.
+train_prereqs = venv $(if $(SHARDS),,$(call embedded_shards,$(1))) $(if $(MODEL),,$(EMBEDDED_MODEL))
+
+.PHONY: train-debug train-full train-demo doctor
+train-debug: $(call train_prereqs,64)
+	$(TRAIN_CMD) --preset debug $(TRAIN_OPTIONS)
+
+train-full: $(call train_prereqs,256)
+	$(TRAIN_CMD) --preset full $(TRAIN_OPTIONS)
+
+train-demo: $(call train_prereqs,64)
+	$(TRAIN_CMD) --preset demo $(TRAIN_OPTIONS)
+
+PRESET ?= debug
+doctor: venv
+	$(FGCLIP) doctor --preset $(PRESET) $(call _opt,--shards,$(SHARDS)) $(call _opt,--model,$(MODEL)) \
+		$(call _opt,--output-dir,$(OUTPUT_DIR)) $(call _opt,--num-frames,$(NUM_FRAMES)) $(call _opt,--annotations,$(ANNOTATIONS))
+
+# The whole chain on the embedded default: stage 1, the tiny model, the demo preset, evaluation
+# of the trained model against its untrained start.
+DEMO_DIR ?= checkpoints/fgclip_demo
 demo: frames
+	test -f $(EMBEDDED_MODEL) || $(FGCLIP) init-model --preset tiny
+	$(FGCLIP) train --preset demo --output-dir $(DEMO_DIR) --resume auto
+	$(MAKE) eval EVAL_ARGS="--checkpoint $(DEMO_DIR) $(EVAL_ARGS)"
 
 # Evaluation: the latest debug checkpoint vs the model it started from, on the embedded test split.
 # Other checkpoints or data: make eval EVAL_ARGS="--checkpoint DIR --test-shards DIR --annotations FILE --out DIR"
