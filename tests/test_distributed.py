@@ -64,8 +64,8 @@ def _worker(rank: int, out_dir: str) -> None:
 @pytest.mark.timeout(180)
 def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
     os.environ.pop("WORLD_SIZE", None)
-    # fork: the children inherit the imported torch/transformers (spawn re-imports them: ~10 s on 2 cores).
-    mp.start_processes(_worker, args=(str(tmp_path),), nprocs=WORLD_SIZE, join=True, start_method="fork")
+    # spawn, not fork: autograd refuses to run in a child forked after the parent used it.
+    mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD_SIZE, join=True)
     results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
 
     # Reference: one process, all samples in one plain batch, no caching, no gathering.
