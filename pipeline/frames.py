@@ -31,6 +31,7 @@ import os
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ from tqdm import tqdm
 
 from pipeline import embedded
 from pipeline.annotations import AnnotationRecord, read_split_list, validate_annotations
-from pipeline.decode import VideoError, VideoInfo, crop_for, decode_selected, probe_video
+from pipeline.decode import VideoError, VideoInfo, crop_for, decode_selected, probe_video, probe_videos
 from pipeline.sampling import SamplingSpec, WindowError, window_frames
 from pipeline.shards import (
     RESIZE_MODES,
@@ -76,6 +77,8 @@ class VideoJob:
     specs: dict[int, list[SamplingSpec]]  # record index -> samplings still to build
     size: int
     resize_mode: str
+    probe: VideoInfo | VideoError | None = None  # filled by a batch probe; None = probe it alone
+    decoder_threads: int = 0  # ffmpeg decoder threads (0 = one per core)
 
 
 @dataclass
@@ -149,7 +152,9 @@ def process_video(job: VideoJob) -> VideoResult:
         return result
 
     try:
-        info = probe_video(job.path)
+        info = job.probe if job.probe is not None else probe_video(job.path)
+        if isinstance(info, VideoError):
+            raise info
     except VideoError as err:
         return skip_all(job.records, _video_skip_kind(err, job.path), str(err))
     crop = crop_for(info, job.resize_mode)
@@ -166,7 +171,7 @@ def process_video(job: VideoJob) -> VideoResult:
             if len(wanted) == 0:
                 break
             if decoded is None or not np.isin(wanted, decoded.frame_numbers).all():
-                decoded = decode_selected(job.path, wanted, size=job.size, crop=crop)
+                decoded = decode_selected(job.path, wanted, size=job.size, crop=crop, threads=job.decoder_threads)
                 result.decode_passes += 1
                 result.decoded_frames += decoded.decoded_count
             if decoded.decoded_count == num_frames:
@@ -269,36 +274,60 @@ def _start_method() -> str:
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
+PROBE_BATCH = 16  # videos probed by one ffmpeg run (its start-up outweighs reading a short video)
+
+
+def probe_jobs(jobs: Sequence[VideoJob]) -> list[VideoJob]:
+    """Fill in `probe` of each job with one ffmpeg run for all of them."""
+    for job, probe in zip(jobs, probe_videos([job.path for job in jobs])):
+        job.probe = probe
+    return list(jobs)
+
+
 def _run_jobs(jobs: Sequence[VideoJob], workers: int, on_result: Callable[[VideoResult], None],
               on_start: Callable[[], None] = lambda: None) -> None:
-    """process_video over `jobs` in up to `workers` processes (inline for one), results as they come.
+    """Probe (in batches) and process every job in up to `workers` processes, results as they come.
 
-    `on_start` runs once the workers exist (the caller starts its progress thread there).
+    Inline for one worker. The pool runs two kinds of task: probing a batch of videos, and
+    processing one video. Probes run just ahead of need, and videos are submitted in order a
+    little ahead of the results, so finished shards leave memory early. `on_start` runs once
+    the workers exist (the caller starts its progress thread there).
     """
+    # A small first batch, so the other workers do not wait long for their first video.
+    first = min(len(jobs), max(1, workers))
+    batches = deque([list(jobs[:first])] + [list(jobs[i:i + PROBE_BATCH]) for i in range(first, len(jobs), PROBE_BATCH)])
     if workers <= 1 or len(jobs) <= 1:
         on_start()
-        for job in jobs:
-            on_result(process_video(job))
+        for batch in batches:
+            for job in probe_jobs(batch):
+                on_result(process_video(job))
         return
     context = multiprocessing.get_context(_start_method())
     pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
                                initializer=_exit_with_parent, initargs=(os.getpid(),))
+    ready: deque[VideoJob] = deque()
+    probing: set[Future] = set()
+    processing: set[Future] = set()
+
+    def top_up() -> None:
+        if batches and not probing and len(ready) + len(processing) < 3 * workers:
+            probing.add(pool.submit(probe_jobs, batches.popleft()))
+        while ready and len(processing) < 2 * workers:
+            processing.add(pool.submit(process_video, ready.popleft()))
+
     try:
-        queue = iter(jobs)
-        in_flight: set[Future] = set()
-        # Submit a little ahead, in video order, so finished shards leave memory early.
-        for job in queue:
-            in_flight.add(pool.submit(process_video, job))
-            if len(in_flight) >= 2 * workers:
-                break
+        top_up()
         on_start()
-        while in_flight:
-            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+        while probing or processing:
+            done, _ = wait(probing | processing, return_when=FIRST_COMPLETED)
             for future in done:
-                on_result(future.result())
-                next_job = next(queue, None)
-                if next_job is not None:
-                    in_flight.add(pool.submit(process_video, next_job))
+                if future in probing:
+                    probing.discard(future)
+                    ready.extend(future.result())
+                else:
+                    processing.discard(future)
+                    on_result(future.result())
+            top_up()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -502,7 +531,12 @@ def build(
     for record in records:
         if record.index in needs:
             by_video.setdefault(video_root / record.video, []).append(record)
-    jobs = [VideoJob(path, recs, {r.index: needs[r.index] for r in recs}, size, resize_mode) for path, recs in by_video.items()]
+    workers = workers if workers is not None else default_workers()
+    # Each worker's ffmpeg gets its share of the cores: threads that wait on each other only add cost.
+    parallel = min(workers, len(by_video))
+    decoder_threads = max(1, default_workers() // parallel) if parallel > 1 else 0
+    jobs = [VideoJob(path, recs, {r.index: needs[r.index] for r in recs}, size, resize_mode,
+                     decoder_threads=decoder_threads) for path, recs in by_video.items()]
 
     stats = Counter()
     run_skips: list[dict] = []
@@ -546,7 +580,7 @@ def build(
         bar.set_postfix(skipped=len(run_skips), refresh=False)
 
     try:
-        _run_jobs(jobs, workers if workers is not None else default_workers(), on_result, start_progress)
+        _run_jobs(jobs, workers, on_result, start_progress)
     finally:
         if bar is not None:
             bar.close()

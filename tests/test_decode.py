@@ -19,6 +19,7 @@ from pipeline.decode import (
     decode_selected,
     find_ffmpeg,
     probe_video,
+    probe_videos,
     select_expression,
 )
 
@@ -140,3 +141,15 @@ def test_bad_files_raise_video_error_naming_the_file(made_videos, tmp_path, name
     with pytest.raises(VideoError, match=message) as excinfo:
         probe_video(path)
     assert str(path) in str(excinfo.value)
+
+
+def test_batch_probe_matches_single_probes(shared_data, made_videos, tmp_path):
+    good = [shared_data / "videos" / name for name in sorted(REAL_CLIPS)] + [made_videos["rotated"], made_videos["odd"]]
+    # one ffmpeg run for readable files
+    assert probe_videos(good) == [probe_video(path) for path in good]
+    # a file that breaks the run: every file is probed alone, each bad one gets its own error
+    mixed = [good[0], tmp_path / "missing.mp4", made_videos["noise"], good[3], made_videos["empty"]]
+    results = probe_videos(mixed)
+    assert results[0] == probe_video(good[0]) and results[3] == probe_video(good[3])
+    assert [type(r).__name__ for r in results] == ["VideoInfo", "VideoError", "VideoError", "VideoInfo", "VideoError"]
+    assert "not found" in str(results[1]) and "cannot read" in str(results[2]) and "empty" in str(results[4])
