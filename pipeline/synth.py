@@ -145,17 +145,27 @@ def _video_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
+# Where two colours touch, H.264's shared chroma (and later resizing) mixes them: green next to
+# blue looks cyan, magenta next to yellow (bursts, bags) looks red. A video never holds all the
+# colours of such a set, so a test looking for an actor's colour finds no impostor pixels.
+_COLOUR_CONFLICTS = ({"green", "blue", "cyan"}, {"magenta", "red"})
+MAX_ACTOR_COLOURS = 3  # per video; with the conflicts above, 3 is the most that is always possible
+
+
 class _Colours:
-    """Distinct actor colours for one video (each region's colour appears once per video)."""
+    """Distinct, mutually safe actor colours for one video (each appears once per video)."""
 
     def __init__(self, rng: np.random.Generator):
         self.names = [str(c) for c in rng.permutation(list(ACTOR_COLOURS))]
         self.used: list[str] = []
 
     def take(self) -> str:
-        name = self.names[len(self.used) % len(self.names)]
-        self.used.append(name)
-        return name
+        for name in self.names:
+            chosen = {*self.used, name}
+            if name not in self.used and not any(conflict <= chosen for conflict in _COLOUR_CONFLICTS):
+                self.used.append(name)
+                return name
+        raise AssertionError(f"no safe colour left after {self.used}: a script asks for too many actors")
 
     def unused(self) -> str:
         return next(c for c in self.names if c not in self.used)
@@ -289,14 +299,15 @@ def _train_normal(rng, n_frames: int, layout: Layout, scene: str, windows: int) 
     colours = _Colours(rng)
     bounds = [(k + 1) * n_frames // windows - 1 for k in range(windows)]
     actors, tracks = [], []  # tracks: (actor, kind, colour, directions per window)
-    for _ in range(int(rng.integers(1, 4))):
+    walkers = int(rng.integers(1, MAX_ACTOR_COLOURS + 1))
+    for _ in range(walkers):
         colour = colours.take()
         first_direction = int(rng.choice([-1, 1]))
         directions = [first_direction * (-1) ** k for k in range(windows)]
         person = _walker_in_view(rng, layout, colour, list(zip(bounds, directions)))
         actors.append(person)
         tracks.append((person, "person", colour, directions))
-    if rng.uniform() < 0.3:
+    if walkers < MAX_ACTOR_COLOURS and rng.uniform() < 0.4:
         colour, direction = colours.take(), int(rng.choice([-1, 1]))
         car = _car_in_view(rng, layout, colour, n_frames - 1, direction)
         actors.insert(0, car)
@@ -893,17 +904,10 @@ def temporal_annotation_lines(plans: list[ClipPlan]) -> list[str]:
 # --- rendering ------------------------------------------------------------------------------------
 
 def ffmpeg_executable() -> str:
-    """The ffmpeg binary: stage 1's lookup when present (PATH, else the imageio-ffmpeg wheel)."""
-    try:
-        from pipeline.decode import find_ffmpeg  # the project's one lookup, once stage 1 ships it
-    except ImportError:
-        found = shutil.which("ffmpeg")
-        if found:
-            return found
-        import imageio_ffmpeg
+    """The ffmpeg binary, found the way stage 1 finds it (PATH, else the imageio-ffmpeg wheel)."""
+    from pipeline.decode import find_ffmpeg
 
-        return imageio_ffmpeg.get_ffmpeg_exe()
-    return str(find_ffmpeg())
+    return find_ffmpeg()
 
 
 def render_frames(plan: ClipPlan):
@@ -955,6 +959,11 @@ def is_complete(out_dir: Path, seed: int, size: str) -> bool:
     return info.get("seed") == seed and info.get("size") == size and info.get("generator_version") == GENERATOR_VERSION
 
 
+def summary(out_dir: Path) -> dict:
+    """The completion stamp of a generated dataset: seed, size, counts, generation time."""
+    return json.loads((Path(out_dir) / COMPLETE_NAME).read_text())
+
+
 def _write_text(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
@@ -1004,6 +1013,7 @@ def generate_dataset(out_dir: Path = embedded.SYNTH_DIR, seed: int = embedded.SY
         _write_text(partial / embedded.ACTORS_JSON.name, json.dumps(actors, indent=1) + "\n")
         stamp = {"seed": seed, "size": size, "generator_version": GENERATOR_VERSION,
                  "train_records": len(records), "videos": len(plans),
+                 "test_videos": sum(plan.split == "test" for plan in plans),
                  "frames": int(sum(p.n_frames for p in plans)),
                  "seconds_to_generate": round(time.perf_counter() - started, 1)}
         _write_text(partial / COMPLETE_NAME, json.dumps(stamp, indent=1) + "\n")

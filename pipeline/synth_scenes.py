@@ -372,7 +372,7 @@ def draw_person(img, cx: int, cy: int, body_w: int, h: int, rgb, pose: str, faci
                            (hand_x + arm_w / 2, hip_y + 2), (hand_x - arm_w / 2, hip_y + 2)], rgb)
 
 
-CAR_SIZE = (72, 32)  # length, height (side view)
+CAR_SIZE = (84, 38)  # length, height (side view): 16 % of the frame height
 
 
 def _car_outline(length: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
