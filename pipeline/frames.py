@@ -457,7 +457,7 @@ class _ShardDir:
 
     def write_manifest(self, *, finished: bool, extra_skips: Sequence[dict] = ()) -> dict:
         shards = [self.complete[k] for k in sorted(self.complete)]
-        skips = list(extra_skips) + self.all_skips()
+        skips = sorted([*extra_skips, *self.all_skips()], key=lambda s: (s["record_index"] is None, s["record_index"] or 0))
         summary = {
             "records": sum(len(entry["records"]) for entry in shards),
             "shards": len(shards),
@@ -500,6 +500,9 @@ def build(
     _check_settings(size, resize_mode, records_per_shard)
     if not outputs:
         raise FramesError("no output directory given")
+    resolved = [Path(path).resolve() for path in outputs.values()]
+    if len(set(resolved)) != len(resolved):
+        raise FramesError(f"each sampling needs its own output directory, got {[str(p) for p in outputs.values()]}")
     indices = [r.index for r in records]
     if len(set(indices)) != len(indices):
         raise FramesError("record indices are not unique; pass the records of one annotation file")
@@ -599,7 +602,7 @@ def build(
         "shards_written": sum(d.shards_written for d in dirs.values()),
         "shards_kept": sum(len(d.complete) for d in dirs.values()) - sum(d.shards_written for d in dirs.values()),
         "per_output": {str(spec): m["summary"] for spec, m in manifests.items()},
-        "skipped": list(skipped) + sorted(run_skips, key=lambda s: s["record_index"]),
+        "skipped": sorted([*skipped, *run_skips], key=lambda s: s["record_index"]),
         "elapsed_s": round(elapsed, 3),
     }
     usable = min(m["summary"]["records"] for m in manifests.values())

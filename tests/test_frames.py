@@ -280,15 +280,31 @@ def raw_record(video: str, timestamps=None, boxes=()) -> dict:
 
 
 def test_cli_skips_bad_videos_and_strict_exits_non_zero(bad_root, shared_data, tmp_path):
-    annotations = write_annotations(tmp_path / "train.json", [
-        raw_record(VTEST, boxes=[(100, BOX_A)]), raw_record("Abuse/Abuse902_x264.mp4"), raw_record(FILM, [5.0, 30.0])])
-    common = [str(annotations), "--video-root", str(bad_root), "--size", "16", "-t", "4", "--workers", "1",
-              "--test-split", str(shared_data / "ucf" / "Anomaly_Test.txt")]
+    usable_and_bad = [raw_record(VTEST, boxes=[(100, BOX_A)]), raw_record("Abuse/Abuse902_x264.mp4"),
+                      raw_record(FILM, [5.0, 30.0])]
+    invalid_box = raw_record(FILM, boxes=[(10, (0.5, 0.1, 0.4, 0.2))])  # x1 > x2: dropped by validation
+    options = ["--video-root", str(bad_root), "--size", "16", "-t", "4", "--workers", "1",
+               "--test-split", str(shared_data / "ucf" / "Anomaly_Test.txt")]
     runner = CliRunner()
-    result = runner.invoke(cli, ["frames", *common, "--out", str(tmp_path / "ok")])
+
+    annotations = write_annotations(tmp_path / "train.json", usable_and_bad + [invalid_box])
+    result = runner.invoke(cli, ["frames", str(annotations), *options, "--out", str(tmp_path / "ok")])
     assert result.exit_code == 0, result.output
-    assert "1 records in 1 shards (T=4), 2 skipped (1 video-empty, 1 window-past-end)" in result.output
-    result = runner.invoke(cli, ["frames", *common, "--out", str(tmp_path / "strict"), "--strict"])
+    assert ("1 records in 1 shards (T=4), 3 skipped (1 validation-box-degenerate, 1 video-empty, 1 window-past-end)"
+            in result.output)
+    skipped = read_manifest(tmp_path / "ok" / "train_t4")["skipped"]
+    assert [(s["record_index"], s["kind"]) for s in skipped] == [
+        (1, "video-empty"), (2, "window-past-end"), (3, "validation-box-degenerate")]
+    assert "box_infos[0][0].bbox" in skipped[2]["reason"]
+
+    # --strict: the invalid record is a validation error and nothing is built ...
+    result = runner.invoke(cli, ["frames", str(annotations), *options, "--out", str(tmp_path / "strict"), "--strict"])
+    assert result.exit_code == 1
+    assert "box-degenerate" in result.output and "nothing was built" in result.output
+    assert not (tmp_path / "strict").exists()
+    # ... and the first unusable video stops the run with a one-line message
+    annotations = write_annotations(tmp_path / "train2.json", usable_and_bad)
+    result = runner.invoke(cli, ["frames", str(annotations), *options, "--out", str(tmp_path / "strict"), "--strict"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith("Error: --strict: record 1 (Abuse/Abuse902_x264.mp4)")
     assert "Traceback" not in result.output
