@@ -203,5 +203,14 @@ def init_model(preset: str, out_dir: Path, *, captions: list[str] | None = None,
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
+    _portable_tokenizer_class(out_dir / "tokenizer_config.json")
     (out_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(spec.image_size), indent=2) + "\n")
     return out_dir
+
+
+def _portable_tokenizer_class(config_file: Path) -> None:
+    """Name the class every transformers version knows for a tokenizer.json-only tokenizer
+    (5.x writes its internal `TokenizersBackend`; `PreTrainedTokenizerFast` maps to it)."""
+    config = json.loads(config_file.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
