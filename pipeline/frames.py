@@ -30,8 +30,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections import Counter, OrderedDict
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from tqdm import tqdm
 
 from pipeline import embedded
 from pipeline.annotations import AnnotationRecord, read_split_list, validate_annotations
-from pipeline.decode import VideoError, VideoInfo, crop_for, decode_selected, probe_video, probe_videos
+from pipeline.decode import CropRegion, VideoError, VideoInfo, crop_for, decode_selected, probe_video, probe_videos
 from pipeline.sampling import SamplingSpec, WindowError, window_frames
 from pipeline.shards import (
     RESIZE_MODES,
@@ -195,16 +194,19 @@ def process_video(job: VideoJob) -> VideoResult:
 
 
 def _build_record(plan: _RecordPlan, frames_uint8: np.ndarray, frame_numbers: np.ndarray, info: VideoInfo,
-                  num_frames: int, crop, result: VideoResult) -> None:
+                  num_frames: int, crop: CropRegion | None, result: VideoResult) -> None:
+    """Add the shard records of one record (one per sampling) to `result`, or its skip."""
     record = plan.record
     built: dict[SamplingSpec, ShardRecord] = {}
-    dropped: dict[int, str] = {}
+    dropped: list[dict] = []
     for spec, (frame_index, half_stride) in plan.samples.items():
         rows = np.searchsorted(frame_numbers, frame_index)
-        if np.any(rows >= len(frame_numbers)) or np.any(frame_numbers[np.minimum(rows, len(frame_numbers) - 1)] != frame_index):
-            missing = int(frame_index[np.argmax(rows >= len(frame_numbers))]) if np.any(rows >= len(frame_numbers)) else -1
+        found = rows < len(frame_numbers)
+        found[found] = frame_numbers[rows[found]] == frame_index[found]
+        if not found.all():
             result.skipped.append(Skip(record.index, record.video, "truncated",
-                                       f"{info.path}: decoding stopped before frame {missing} ({num_frames} frames decoded)"))
+                                       f"{info.path}: frame {int(frame_index[~found][0])} could not be decoded "
+                                       f"({num_frames} frames decoded)"))
             return
         try:
             boxes, box_mask = region_tracks(record.regions, frame_index, half_stride,
@@ -213,9 +215,13 @@ def _build_record(plan: _RecordPlan, frames_uint8: np.ndarray, frame_numbers: np
             result.skipped.append(Skip(record.index, record.video, "invalid-box", f"{info.path}: {err}"))
             return
         keep = [r for r in range(len(record.regions)) if box_mask[r].any()]
-        for r in range(len(record.regions)):
-            if r not in keep:
-                dropped.setdefault(r, f"no sampled frame within half a sampling stride of its keyframes ({spec})")
+        for r in sorted(set(range(len(record.regions))) - set(keep)):
+            dropped.append({
+                "record_index": record.index, "video": record.video, "region": r, "sampling": str(spec),
+                "caption": record.regions[r].caption, "keyframes": [kf.frame for kf in record.regions[r].keyframes],
+                "reason": "no sampled frame within half a sampling stride of its keyframes"
+                          + (" inside the centre crop" if crop is not None else ""),
+            })
         regions = [record.regions[r] for r in keep]
         built[spec] = ShardRecord(
             frames_uint8=frames_uint8[rows],
@@ -235,12 +241,7 @@ def _build_record(plan: _RecordPlan, frames_uint8: np.ndarray, frame_numbers: np
         )
     for spec, shard_record in built.items():
         result.built[(record.index, spec)] = shard_record
-    for r, reason in sorted(dropped.items()):
-        keyframes = [kf.frame for kf in record.regions[r].keyframes]
-        result.dropped_regions.append({
-            "record_index": record.index, "video": record.video, "region": r,
-            "caption": record.regions[r].caption, "keyframes": keyframes, "reason": reason,
-        })
+    result.dropped_regions.extend(dropped)
 
 
 # --- worker processes -------------------------------------------------------------------------
@@ -516,6 +517,7 @@ def build(
     order_of = {k: [r.index for r in group] for k, group in enumerate(groups)}
 
     dirs: dict[SamplingSpec, _ShardDir] = {}
+    spec_of = {str(spec): spec for spec in outputs}
     for spec, path in outputs.items():
         attrs = ShardAttrs(sampling=spec.mode, num_frames=spec.num_frames, stride=spec.stride, height=size, width=size,
                            resize_mode=resize_mode, source_json=source_json, source_sha256=source_sha256)
@@ -574,9 +576,7 @@ def build(
             dirs[spec].resolve(k, record_index, shard_record, None)
             touched.add((spec, k))
         for dropped in result.dropped_regions:
-            for spec, shard_dir in dirs.items():
-                if group_of[dropped["record_index"]] in shard_dir.open_groups:
-                    shard_dir.dropped_regions.append(dropped)
+            dirs[spec_of[dropped["sampling"]]].dropped_regions.append(dropped)
         for spec, k in sorted(touched, key=lambda t: (t[1], str(t[0]))):
             dirs[spec].flush(k, order_of[k])
         bar.update(1)
