@@ -70,7 +70,7 @@ PRESETS: dict[str, Preset] = {
     # 112 px / patch 16 = 7x7 patches + CLS = 50 tokens per frame: cheap on CPU, still a grid
     # for RoIAlign. 4.2M parameters; on 2 busy CPU cores a debug-preset step (1 video x 64
     # frames x 4 accumulation, grad cache included) takes about 5-6 s. Wider (256) or deeper (6)
-    # vision towers measured 1.3-1.5x slower for no need on the synthetic scenes.
+    # vision towers cost ~1.5-1.8x the FLOPs per frame, with no need for them on the synthetic scenes.
     "tiny": Preset(vision_width=192, vision_layers=4, vision_heads=3, patch_size=16, image_size=112,
                    text_width=192, text_layers=4, text_heads=3, projection_dim=128, vocab_size=4096),
     "vit-b16": Preset(vision_width=768, vision_layers=12, vision_heads=12, patch_size=16, image_size=224,
