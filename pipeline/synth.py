@@ -29,6 +29,7 @@ numpy Generator seeded by (seed, video name): the same seed gives the same files
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import embedded
+from pipeline import embedded, synth_scenes
 from pipeline.synth_scenes import (
     ACTOR_COLOURS,
     BAG_COLOURS,
@@ -77,16 +78,17 @@ from pipeline.synth_scenes import (
 
 CLASSES = ("Fighting", "Explosion", "RoadAccidents", "Stealing")
 NORMAL = "Normal"
-# The words the captions use for each class (evaluation prompts should use the same words).
-CLASS_WORDS = {NORMAL: "normal", "Fighting": "fighting", "Explosion": "an explosion",
-               "RoadAccidents": "a road accident", "Stealing": "stealing"}
+# The class phrase of every global caption ("A surveillance video of <phrase>: ..."): the words
+# `fgclip-vad eval` puts in its prompts (class name split at capitals, "normal activity"), so a
+# model trained from scratch on these captions has seen the prompts' words.
+CLASS_WORDS = {NORMAL: "normal activity", "Fighting": "fighting", "Explosion": "explosion",
+               "RoadAccidents": "road accidents", "Stealing": "stealing"}
 TRAIN_NORMAL_DIR = "Training_Normal_Videos_Anomaly"
 TEST_NORMAL_DIR = "Testing_Normal_Videos_Anomaly"
 FIRST_TRAIN_NUMBER, FIRST_TEST_NUMBER = 901, 950  # above UCF-Crime's numbers: names never collide
 
 BOX_MARGIN_PX = 2  # 1 px for snapping sprites to even pixels, 1 px of slack
 FIGHT_JITTER_PX = 4
-GENERATOR_VERSION = 1
 COMPLETE_NAME = "synth_complete.json"  # written last: its presence means the output is whole
 
 
@@ -284,7 +286,7 @@ def _join(phrases: list[str]) -> str:
 
 
 def _normal_caption(phrases: list[str], scene: str) -> str:
-    return f"A normal surveillance video: {_join(phrases)} {SCENE_PHRASES[scene]}."
+    return f"A surveillance video of {CLASS_WORDS[NORMAL]}: {_join(phrases)} {SCENE_PHRASES[scene]}."
 
 
 def _anomaly_caption(label: str, event: str, bystanders: list[str], scene: str) -> str:
@@ -949,14 +951,22 @@ def _encode_one(args: tuple[ClipPlan, str, str]) -> str:
 
 # --- the whole dataset ----------------------------------------------------------------------------
 
+def generator_digest() -> str:
+    """A digest of the generator's source: a dataset written by other code is not reused."""
+    digest = hashlib.sha256()
+    for module in (__file__, synth_scenes.__file__):
+        digest.update(Path(module).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def is_complete(out_dir: Path, seed: int, size: str) -> bool:
-    """True when `out_dir` holds a whole dataset generated with this seed, size and generator."""
+    """True when `out_dir` holds a whole dataset generated with this seed, size and generator code."""
     stamp = Path(out_dir) / COMPLETE_NAME
     try:
         info = json.loads(stamp.read_text())
     except (OSError, ValueError):
         return False
-    return info.get("seed") == seed and info.get("size") == size and info.get("generator_version") == GENERATOR_VERSION
+    return info.get("seed") == seed and info.get("size") == size and info.get("generator") == generator_digest()
 
 
 def summary(out_dir: Path) -> dict:
@@ -1011,7 +1021,7 @@ def generate_dataset(out_dir: Path = embedded.SYNTH_DIR, seed: int = embedded.SY
                        for plan in plans},
         }
         _write_text(partial / embedded.ACTORS_JSON.name, json.dumps(actors, indent=1) + "\n")
-        stamp = {"seed": seed, "size": size, "generator_version": GENERATOR_VERSION,
+        stamp = {"seed": seed, "size": size, "generator": generator_digest(),
                  "train_records": len(records), "videos": len(plans),
                  "test_videos": sum(plan.split == "test" for plan in plans),
                  "frames": int(sum(p.n_frames for p in plans)),
