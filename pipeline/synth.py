@@ -62,7 +62,6 @@ from pipeline.synth_scenes import (
     Car,
     Debris,
     Flash,
-    FLASH_SPIKE,
     Layout,
     Mode,
     Person,
@@ -467,7 +466,7 @@ def _train_explosion(rng, n_frames, layout, scene):
                                rng.uniform() < 0.67)]
 
 
-def _crash(rng, layout: Layout, colours: _Colours, start: int, last: int, *, contact_x: float,
+def _crash(rng, layout: Layout, start: int, last: int, *, contact_x: float,
            from_edges: bool, speed_px_frame: float):
     """Two cars driving at each other from `start`, hitting at contact_x, wrecked until `last`.
 
@@ -509,7 +508,7 @@ def _train_road_accident(rng, n_frames, layout, scene):
     colour_a, colour_b = colours.take(), colours.take()
     contact_x = rng.uniform(110, WIDTH - 110)
     start = 0
-    paths, cars, contact, debris, smoke, impact = _crash(rng, layout, colours, start, n_frames - 1,
+    paths, cars, contact, debris, smoke, impact = _crash(rng, layout, start, n_frames - 1,
                                                          contact_x=contact_x, from_edges=False,
                                                          speed_px_frame=rng.uniform(5.0, 7.0))
     car_actors = [Car(path.track, 0, n_frames - 1, rgb=ACTOR_COLOURS[c], facing=facing, tilts=tilts)
@@ -699,7 +698,7 @@ def _test_road_accident(rng, n_frames, layout):
     first, last = _event_span(rng, n_frames)
     colours = _Colours(rng)
     contact_x = rng.uniform(110, WIDTH - 110)
-    paths, cars, contact, debris, smoke, impact = _crash(rng, layout, colours, first, last, contact_x=contact_x,
+    paths, cars, contact, debris, smoke, impact = _crash(rng, layout, first, last, contact_x=contact_x,
                                                          from_edges=True, speed_px_frame=rng.uniform(6.0, 8.0))
     actors = []
     for path, (facing, tilts) in zip(paths, cars):
