@@ -481,8 +481,10 @@ def doctor_command(preset, shards, model, output_dir, annotations, video_root, m
 
 from fgclip.ground_truth import CONVENTIONS, DEFAULT_CONVENTION  # noqa: E402 - numpy only, light
 
+from fgclip.presets import preset_config  # noqa: E402 - dataclasses and paths only, light
+
 # `make eval` with no arguments: the debug preset's training output directory.
-DEFAULT_EVAL_TRAINING_DIR = "checkpoints/fgclip_ucf_debug"
+DEFAULT_EVAL_TRAINING_DIR = preset_config("debug").output_dir
 
 
 @main.command("eval")

@@ -8,8 +8,12 @@ lock, so parallel reads need processes) each take a unit and a free slot, read t
 straight from the shard chunks into that slot with `ShardReader.read_frames_into`, and report
 back; the main process pins the block once for asynchronous GPU copies (`fgclip.evaluate`).
 
-This module imports only numpy, h5py and the shard schema (no torch), so a spawned reader starts
-quickly and never touches CUDA; shard files are opened inside the readers, never inherited.
+Readers are forked where the platform allows (Linux): a spawned process re-imports the caller's
+main script, which takes seconds when that script imports torch, while a fork starts in
+milliseconds. A forked reader runs only this module's code (numpy, h5py and the shard schema;
+never torch or CUDA, which the parent may have initialised), opens its shard files itself (no
+HDF5 handle crosses the fork; the parent has closed its own), and its slots are shared memory
+attached by name, the same as under spawn.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import warnings
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import Iterator, Sequence
@@ -160,7 +165,12 @@ def reader_main(shm_name: str, layout: SlotLayout, sources: tuple[RecordSource, 
 class UnitReader:
     """Reads `units` into the slots of a shared block, `num_readers` processes ahead of the consumer.
 
-    Iterate to get (unit_number, slot_index) in completion order; the frames are in
+    Each reader owns its own slots (two, or three for a single reader), so every page of the
+    block is mapped by one reader only: first touches of fresh shared memory are slow (page
+    faults), and slots shared by all readers would be faulted in by each of them.
+
+    Call `start()` (after pinning `shared_buffer`, if wanted), then iterate to get
+    (unit_number, slot_index) in completion order; the frames are in
     `self.slots[slot_index, :units[unit_number].num_rows]`. Call `release(slot_index)` once the
     slot's frames are no longer needed (after the GPU copy finished), so it can be refilled.
     With `num_readers=0` the units are read in this process, one at a time (debugging, tiny sets).
@@ -171,34 +181,49 @@ class UnitReader:
         self.sources = tuple(sources)
         self.units = tuple(units)
         self.num_readers = max(0, min(num_readers, len(self.units)))
-        # Two slots more than readers: the consumer holds up to two (one computing, one awaiting
-        # its results), and each reader has one to fill.
-        num_slots = self.num_readers + 2
+        # The consumer holds up to two slots (one computing, one awaiting its results); a single
+        # reader needs a third to keep reading meanwhile.
+        self.slots_per_reader = 2 if self.num_readers > 1 else 3
+        num_slots = max(1, self.num_readers) * self.slots_per_reader
         self.layout = SlotLayout(num_slots, slot_rows, height, width)
         self._shm = shared_memory.SharedMemory(create=True, size=max(1, self.layout.nbytes))
         self.slots = self.layout.view(self._shm.buf)
         self._free: list[int] = list(range(num_slots))
         self._next_unit = 0
         self._processes: list = []
-        if self.num_readers:
-            context = mp.get_context("spawn")
-            self._tasks = context.Queue()
-            self._results = context.Queue()
-            for _ in range(self.num_readers):
-                process = context.Process(
-                    target=reader_main,
-                    args=(self._shm.name, self.layout, self.sources, self.units, self._tasks, self._results, os.getpid()),
-                    daemon=True,
-                )
-                process.start()
-                self._processes.append(process)
-        else:
-            self._shards = _OpenShards()
+        self._tasks: list = []
+        self._shards = _OpenShards()
+        self._started = False
 
     @property
     def shared_buffer(self):
-        """The whole block (for pinning it once)."""
+        """The whole block (for pinning it once, before `start`)."""
         return self._shm.buf
+
+    def start(self) -> "UnitReader":
+        """Start the reader processes (forked where possible, see the module docstring)."""
+        if self._started:
+            return self
+        self._started = True
+        if self.num_readers:
+            context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            self._results = context.Queue()
+            for _ in range(self.num_readers):
+                tasks = context.Queue()
+                process = context.Process(
+                    target=reader_main,
+                    args=(self._shm.name, self.layout, self.sources, self.units, tasks, self._results, os.getpid()),
+                    daemon=True,
+                )
+                with warnings.catch_warnings():
+                    # Python >= 3.12 warns about forking a multi-threaded parent; the child only
+                    # runs reader_main, which takes no lock another thread of the parent could hold.
+                    warnings.filterwarnings("ignore", message=".*use of fork\\(\\) may lead to deadlocks.*",
+                                            category=DeprecationWarning)
+                    process.start()
+                self._tasks.append(tasks)
+                self._processes.append(process)
+        return self
 
     def release(self, slot: int) -> None:
         self._free.append(slot)
@@ -208,15 +233,17 @@ class UnitReader:
         if not self.num_readers:
             return
         while self._free and self._next_unit < len(self.units):
-            self._tasks.put((self._next_unit, self._free.pop()))
+            slot = self._free.pop(0)  # oldest free first: spreads the units over the readers
+            self._tasks[slot // self.slots_per_reader].put((self._next_unit, slot))
             self._next_unit += 1
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        self.start()
         if not self.num_readers:
             for number, unit in enumerate(self.units):
                 if not self._free:
                     raise RuntimeError("UnitReader: every slot is held; release(slot) each slot after use")
-                slot = self._free.pop()
+                slot = self._free.pop(0)
                 read_unit_into(self._shards, self.sources, unit, self.slots[slot])
                 yield number, slot
             return
@@ -241,16 +268,14 @@ class UnitReader:
 
     def close(self) -> None:
         """Stop the readers and free the shared block (drop every view of `slots` first)."""
-        if self.num_readers:
-            for _ in self._processes:
-                self._tasks.put(None)
-            for process in self._processes:
-                process.join(timeout=10)
-                if process.is_alive():
-                    process.terminate()
-            self._processes.clear()
-        else:
-            self._shards.close()
+        for tasks in self._tasks:
+            tasks.put(None)
+        for process in self._processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+        self._processes.clear()
+        self._shards.close()
         del self.slots
         try:
             self._shm.close()

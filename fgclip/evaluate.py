@@ -33,6 +33,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from fgclip.checkpoint import CHECKPOINT_PREFIX, FINAL_DIR_NAME, latest_checkpoint
+from fgclip.checkpoint import CONFIG_FILE as TRAINING_CONFIG_FILE
 from fgclip.eval_reader import RecordSource, UnitReader, plan_units
 from fgclip.ground_truth import (
     CONVENTION_DOC,
@@ -212,7 +214,7 @@ def _pinned(buffer, enabled: bool):
 
 
 def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[str], device, batch_frames: int = 512,
-                 videos: Iterable[str] | None = None, num_readers: int = 2, slot_batches: int = 4,
+                 videos: Iterable[str] | None = None, num_readers: int = 2, slot_batches: int = 2,
                  templates: Sequence[str] = PROMPT_TEMPLATES, normal_phrase: str = NORMAL_PHRASE,
                  progress: bool = True, description: str = "scoring") -> dict[str, VideoScores]:
     """Score every stored frame of the test shards (or only `videos`, by `video_key`).
@@ -234,7 +236,8 @@ def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[st
     height, width = sizes.pop()
 
     sources = [RecordSource(v.shard, v.local_index, v.stored_frames) for v in chosen]
-    units = plan_units(sources, slot_rows=batch_frames * max(1, slot_batches))
+    slot_rows = batch_frames * max(1, slot_batches)
+    units = plan_units(sources, slot_rows=slot_rows)
     snippet_scores = [np.empty(v.stored_frames, dtype=np.float32) for v in chosen]
 
     model.eval()
@@ -256,10 +259,18 @@ def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[st
         bar.update(len(host_scores))
 
     def run(slots: torch.Tensor, pinned: bool) -> None:
+        # On CUDA, a unit's upload runs on its own stream while the previous unit computes.
+        copy_stream = torch.cuda.Stream(device) if on_cuda else None
         pending = None
         for unit_number, slot in reader:
             rows = units[unit_number].num_rows
-            frames = slots[slot, :rows].to(device, non_blocking=pinned)
+            if on_cuda:
+                with torch.cuda.stream(copy_stream):
+                    frames = slots[slot, :rows].to(device, non_blocking=pinned)
+                torch.cuda.current_stream(device).wait_stream(copy_stream)
+                frames.record_stream(torch.cuda.current_stream(device))
+            else:
+                frames = slots[slot, :rows]
             unit_scores = torch.empty(rows, dtype=torch.float32, device=device)
             with torch.inference_mode(), autocast:
                 for start in range(0, rows, batch_frames):
@@ -273,9 +284,12 @@ def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[st
             finish(*pending)
 
     try:
-        with UnitReader(sources, units, height=height, width=width, slot_rows=batch_frames * max(1, slot_batches),
+        with UnitReader(sources, units, height=height, width=width, slot_rows=slot_rows,
                         num_readers=num_readers) as reader:
+            # Pin before the readers start: page-locking touches every page once, here, so the
+            # readers find the block already mapped in.
             with _pinned(reader.shared_buffer, on_cuda) as pinned:
+                reader.start()
                 run(torch.from_numpy(reader.slots), pinned)
     finally:
         bar.close()
@@ -300,7 +314,7 @@ class ModelChoice:
     step: int | None  # training step, when known from the directory name
 
 
-_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+_CHECKPOINT_NAME = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
 
 
 def _is_model_dir(path: Path) -> bool:
@@ -309,11 +323,10 @@ def _is_model_dir(path: Path) -> bool:
 
 
 def latest_model_dir(training_dir: Path) -> Path | None:
-    """A training output dir's newest model: `final/` unless a `checkpoint-STEP/` was written after it."""
-    checkpoints = [(int(m.group(1)), p) for p in training_dir.glob("checkpoint-*")
-                   if (m := _CHECKPOINT_NAME.match(p.name)) and _is_model_dir(p)]
-    latest = max(checkpoints)[1] if checkpoints else None
-    final = training_dir / "final"
+    """A training output dir's newest model: `final/` unless a `checkpoint-STEP/` was written after it
+    (a run resumed and trained on past its first end)."""
+    latest = latest_checkpoint(training_dir)
+    final = Path(training_dir) / FINAL_DIR_NAME
     if _is_model_dir(final) and (latest is None or final.stat().st_mtime >= latest.stat().st_mtime):
         return final
     return latest
@@ -328,29 +341,51 @@ def resolve_model_dir(path: Path) -> Path:
         latest = latest_model_dir(path)
         if latest is None:
             raise EvaluationError(f"{path}: neither a model directory (config.json + weights) nor a training output "
-                                  f"directory with checkpoint-STEP/ or final/ inside")
+                                  f"directory with {CHECKPOINT_PREFIX}STEP/ or {FINAL_DIR_NAME}/ inside")
         return latest
     if not _is_model_dir(path):
         raise EvaluationError(f"{path}: not a model directory (needs config.json and model.safetensors)")
     return path
 
 
-def starting_model(training_dir: Path) -> Path | None:
-    """The model a training run started from, as its `config.json` records under "model"."""
-    config_file = Path(training_dir) / "config.json"
-    if not config_file.is_file():
+def _training_config(model_or_run_dir: Path) -> dict | None:
+    """The run configuration the trainer saved: `config.json` of an output dir, or
+    `training_config.json` inside one of its checkpoints / final model."""
+    for name in ("config.json", TRAINING_CONFIG_FILE):
+        config_file = Path(model_or_run_dir) / name
+        if not config_file.is_file():
+            continue
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            continue
+        # A model's own config.json has "model_type" and no "model".
+        if isinstance(config, dict) and config.get("model") and "model_type" not in config:
+            return config
+    return None
+
+
+def starting_model(model_or_run_dir: Path) -> Path | None:
+    """The model a training run started from (its config's "model"), for a run dir or a checkpoint."""
+    config = _training_config(model_or_run_dir)
+    if config is None:
         return None
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None
-    model = config.get("model") if isinstance(config, dict) else None
-    if not model or "model_type" in config:  # a model's own config.json has no "model" key
-        return None
-    model_path = Path(model)
-    if not model_path.is_absolute() and not model_path.exists() and (training_dir / model_path).exists():
-        model_path = training_dir / model_path
+    model_path = Path(config["model"])
+    if not model_path.is_absolute() and not model_path.exists():
+        for base in (Path(model_or_run_dir), Path(model_or_run_dir).parent):
+            if (base / model_path).exists():
+                return base / model_path
     return model_path
+
+
+def _training_step(model_dir: Path) -> int | None:
+    """The step a model was saved at: from `checkpoint-STEP`, or a final model's total steps."""
+    match = _CHECKPOINT_NAME.match(model_dir.name)
+    if match:
+        return int(match.group(1))
+    config = _training_config(model_dir)
+    steps = config.get("total_steps") if config else None
+    return int(steps) if isinstance(steps, int) else None
 
 
 def choose_models(checkpoints: Sequence[Path], baseline: Path | None) -> list[ModelChoice]:
@@ -369,10 +404,9 @@ def choose_models(checkpoints: Sequence[Path], baseline: Path | None) -> list[Mo
 
     for given in checkpoints:
         path = resolve_model_dir(Path(given))
-        match = _CHECKPOINT_NAME.match(path.name)
-        display = f"{path.parent.name}/{path.name}" if match or path.name == "final" else path.name
-        choices.append(ModelChoice(unique(display), "checkpoint", path, Path(given),
-                                   int(match.group(1)) if match else None))
+        in_run = _CHECKPOINT_NAME.match(path.name) or path.name == FINAL_DIR_NAME
+        display = f"{path.parent.name}/{path.name}" if in_run else path.name
+        choices.append(ModelChoice(unique(display), "checkpoint", path, Path(given), _training_step(path)))
     if baseline is not None:
         path = resolve_model_dir(Path(baseline))
         choices.append(ModelChoice(unique(f"baseline ({path.name})"), "baseline", path, Path(baseline), 0))

@@ -76,9 +76,9 @@ def write_test_shards(shard_dir, videos=VIDEOS, records_per_shard=2, seed=0):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from fgclip.model_factory import init_model
+    from fgclip.model_factory import BUILTIN_CAPTIONS, init_model
 
-    return init_model("tiny", tmp_path_factory.mktemp("model") / "tiny")
+    return init_model("tiny", tmp_path_factory.mktemp("model") / "tiny", captions=BUILTIN_CAPTIONS)
 
 
 @pytest.fixture(scope="module")
@@ -174,28 +174,37 @@ def test_scores_match_one_video_at_a_time(tiny_model, shards):
 
 
 def _training_run(tmp_path, tiny_model):
-    """A training output dir as the trainer leaves it: config.json naming the start, checkpoints, no final."""
+    """A training output dir as the trainer writes it (its own checkpoint writer): config.json
+    naming the start model, checkpoint-5 and checkpoint-10, no final model yet."""
+    from fgclip.checkpoint import checkpoint_dir, write_model_dir
     from fgclip.model import FGCLIPVideo
 
     run = tmp_path / "run"
+    config = {"model": str(tiny_model), "preset": "debug", "total_steps": 12}
     model = FGCLIPVideo.from_pretrained(tiny_model)
     generator = torch.Generator().manual_seed(0)
     for step in (5, 10):
         with torch.no_grad():  # a different model from the start
             weight = model.clip.visual_projection.weight
             weight.add_(torch.randn(weight.shape, generator=generator) * weight.std())
-        model.save_pretrained(run / f"checkpoint-{step}")
-    (run / "config.json").write_text(json.dumps({"model": str(tiny_model), "preset": "debug"}))
+        write_model_dir(checkpoint_dir(run, step), model, config, state={"step": step})
+    (run / "config.json").write_text(json.dumps(config))
     return run
 
 
 def test_latest_checkpoint_and_starting_model(tmp_path, tiny_model):
+    from fgclip.evaluate import choose_models
+
     run = _training_run(tmp_path, tiny_model)
     assert latest_model_dir(run) == run / "checkpoint-10"
     assert starting_model(run) == tiny_model
-    assert starting_model(run / "checkpoint-10") is None  # a model's own config.json
+    assert starting_model(run / "checkpoint-5") == tiny_model  # from its training_config.json
+    assert starting_model(tiny_model) is None  # a plain model directory
     shutil.copytree(run / "checkpoint-10", run / "final")
     assert latest_model_dir(run) == run / "final"
+    choices = choose_models([run, run / "checkpoint-5"], tiny_model)
+    assert [(c.name, c.role, c.step) for c in choices] == [
+        ("run/final", "checkpoint", 12), ("run/checkpoint-5", "checkpoint", 5), ("baseline (tiny)", "baseline", 0)]
 
 
 def test_cli_end_to_end_report_plots_and_missing_videos(tmp_path, tiny_model, shards):
@@ -255,3 +264,33 @@ def test_cli_without_checkpoint_says_train_first(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["eval"])
     assert result.exit_code != 0
     assert "run make train-debug first" in result.output and "Traceback" not in result.output
+
+
+def test_real_stage1_output_of_the_tiny_synthetic_dataset(tmp_path, tiny_model):
+    """Stage 1's own test shards (real H.264 videos, ffmpeg decode) through evaluate()."""
+    from pipeline import embedded
+    from pipeline.frames import build_test_shards
+    from pipeline.synth import generate_dataset
+
+    synth = generate_dataset(tmp_path / "synth", size="tiny", workers=1)
+    shard_dir = tmp_path / "test_shards"
+    build_test_shards(synth / embedded.TEST_LIST.name,
+                      video_root=synth / embedded.TEST_VIDEO_ROOT.relative_to(embedded.SYNTH_DIR),
+                      out_dir=shard_dir, stride=STRIDE, size=embedded.FRAME_SIZE, workers=1, progress=False)
+    annotations = synth / embedded.TEMPORAL_ANNOTATIONS.name
+    report = evaluate([tiny_model], shard_dir, annotations, tmp_path / "eval", smoothing_window=3,
+                      device="cpu", num_readers=0, batch_frames=8, video_plots=False, progress=False)
+
+    from fgclip.ground_truth import frame_labels, parse_temporal_annotations
+    from pipeline.shards import iter_record_metas
+
+    truth = parse_temporal_annotations(annotations)
+    metas = list(iter_record_metas(shard_dir))
+    assert not report["partial"] and report["coverage"]["evaluated_videos"] == len(truth) == len(metas)
+    metrics = report["models"][0]["metrics"]
+    assert metrics["num_frames"] == sum(m.num_source_frames for m in metas)
+    assert metrics["num_anomalous_frames"] == sum(
+        int(frame_labels(truth[m.video.split("/")[-1][:-4]], m.num_source_frames).sum()) for m in metas) > 0
+    assert metrics["auc"] is not None
+    assert report["config"]["smoothing"].startswith("moving average over 3 snippets")
+    assert "moving average over 3 snippets" in (tmp_path / "eval" / "report.md").read_text()
