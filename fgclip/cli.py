@@ -419,6 +419,8 @@ def train_command(preset: str, resume: str | None, stop_after_step: int | None, 
         else:
             click.echo(f"{summary['reason']}: {summary['step']}/{summary['total_steps']} steps, checkpoint "
                        f"{summary['last_checkpoint']}; continue with the same command and --resume auto")
+    if summary.get("signal"):
+        raise SystemExit(128 + summary["signal"])  # the shell's convention for a run ended by a signal
 
 
 def _configure_training_logs(rank: int) -> None:

@@ -473,4 +473,5 @@ class Trainer:
             "output_dir": str(self.output_dir),
             "last_checkpoint": str(checkpoint_dir(self.output_dir, self.step)),
             "final": str(self.output_dir / FINAL_DIR_NAME) if reason == "complete" else None,
+            "signal": self._stop_signal,
         }
