@@ -426,8 +426,10 @@ def pick_device(device: str | None) -> torch.device:
 
 
 def _coverage(annotations: dict, test_set: TestSet) -> dict:
-    in_shards = {v.key for v in test_set.videos}
+    in_shards = {v.key for v in test_set.videos if v.stored_frames > 0}
     skipped_reason = {video_key(s.get("video", "")): s.get("reason", "") for s in test_set.skipped}
+    skipped_reason.update({v.key: f"{v.shard}: record {v.local_index} holds no frames"
+                           for v in test_set.videos if v.stored_frames == 0})
     missing = [
         {"video": key, "label": a.label, "reason": skipped_reason.get(key) or "not in the test shards"}
         for key, a in annotations.items() if key not in in_shards
@@ -461,9 +463,10 @@ def evaluate(checkpoints: list[Path], test_shard_dir: Path, annotations: Path, o
     models = choose_models(checkpoints, baseline)
     ground_truth = parse_temporal_annotations(annotations)
     class_names = anomaly_class_names(ground_truth)
+    class_prompts(class_names, templates, normal_phrase)  # bad templates fail here, before any model loads
     test_set = list_test_videos(test_shard_dir)
     coverage = _coverage(ground_truth, test_set)
-    videos = [v for v in test_set.videos if v.key in ground_truth]
+    videos = [v for v in test_set.videos if v.key in ground_truth and v.stored_frames > 0]
     if not videos:
         raise EvaluationError(f"{test_shard_dir}: none of its {len(test_set.videos)} videos is in {annotations}; "
                               f"are these the test shards of this annotation file?")

@@ -294,3 +294,24 @@ def test_real_stage1_output_of_the_tiny_synthetic_dataset(tmp_path, tiny_model):
     assert metrics["auc"] is not None
     assert report["config"]["smoothing"].startswith("moving average over 3 snippets")
     assert "moving average over 3 snippets" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_cli_input_errors_are_one_line(tmp_path, tiny_model, shards):
+    from fgclip.cli import main
+
+    shard_dir, _ = shards
+    annotations = tmp_path / "gt.txt"
+    annotations.write_text(ANNOTATIONS)
+    common = ["eval", "--checkpoint", str(tiny_model), "--annotations", str(annotations), "--out", str(tmp_path / "o")]
+    cases = [
+        (["--test-shards", str(tmp_path / "nowhere")], "no test shards"),
+        (["--test-shards", str(shard_dir), "--smooth", "4"], "odd number of snippets"),
+        (["--test-shards", str(shard_dir), "--prompt-template", "no placeholder"], "exactly one"),
+    ]
+    for extra, message in cases:
+        result = CliRunner().invoke(main, common + extra)
+        assert result.exit_code != 0 and message in result.output, (extra, result.output)
+        assert "Traceback" not in result.output
+    missing = CliRunner().invoke(main, ["eval", "--checkpoint", str(tmp_path / "no_run"), "--test-shards",
+                                        str(shard_dir), "--annotations", str(annotations)])
+    assert missing.exit_code != 0 and "no_run: no such checkpoint" in missing.output
