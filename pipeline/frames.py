@@ -28,6 +28,7 @@ import datetime as _dt
 import hashlib
 import multiprocessing
 import os
+import shutil
 import threading
 import time
 from collections import Counter, OrderedDict, deque
@@ -60,6 +61,9 @@ from pipeline.shards import (
 from pipeline.tracks import TrackError, region_tracks
 
 
+SPOOL_DIR = ".spool"  # in the first output directory: frames on their way from the workers
+
+
 class FramesError(RuntimeError):
     """Stage 1 cannot go on (strict mode hit a bad record, nothing usable, incompatible output dir)."""
 
@@ -77,7 +81,8 @@ class VideoJob:
     size: int
     resize_mode: str
     probe: VideoInfo | VideoError | None = None  # filled by a batch probe; None = probe it alone
-    decoder_threads: int = 0  # ffmpeg decoder threads (0 = one per core)
+    decoder_threads: int = 0  # ffmpeg decoder and filter threads (0 = ffmpeg's choice)
+    spool: Path | None = None  # file that carries the frames to the parent (None: in the result itself)
 
 
 @dataclass
@@ -94,7 +99,9 @@ class Skip:
 @dataclass
 class VideoResult:
     path: Path
+    # (record index, sampling) -> shard record; with a spool, its frames are still in the spool file
     built: dict[tuple[int, SamplingSpec], ShardRecord] = field(default_factory=dict)
+    spool: Path | None = None  # the frames of `built`, back to back in `built`'s order
     skipped: list[Skip] = field(default_factory=list)
     dropped_regions: list[dict] = field(default_factory=list)
     decoded_frames: int = 0  # frames the decoder went through (0 if the video was not decoded)
@@ -187,17 +194,59 @@ def process_video(job: VideoJob) -> VideoResult:
         return result
     result.kept_frames = len(decoded.frame_numbers)
 
+    rows: dict[tuple[int, SamplingSpec], np.ndarray] = {}  # rows of decoded.frames_uint8 per built record
     for plan in plans:
-        _build_record(plan, decoded.frames_uint8, decoded.frame_numbers, info, num_frames, crop, result)
+        _build_record(plan, decoded.frame_numbers, info, num_frames, crop, result, rows)
+    if job.spool is not None and result.built:
+        _write_spool(result, decoded.frames_uint8, rows, job.spool)
+    else:
+        for key, record in result.built.items():
+            record.frames_uint8 = decoded.frames_uint8[rows[key]]
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _build_record(plan: _RecordPlan, frames_uint8: np.ndarray, frame_numbers: np.ndarray, info: VideoInfo,
-                  num_frames: int, crop: CropRegion | None, result: VideoResult) -> None:
-    """Add the shard records of one record (one per sampling) to `result`, or its skip."""
+# Frames go back to the parent through a file, not the result pipe: pickling hundreds of MB
+# through the pool's pipe costs four copies and more CPU than the HDF5 writes (measured,
+# docs/PERFORMANCE.md). The file is read back and unlinked at once, so it lives in the page
+# cache and usually never reaches the disk; a killed run leaves only files the next run deletes.
+
+
+def _write_spool(result: VideoResult, decoded_uint8: np.ndarray, rows: dict, spool: Path) -> None:
+    """Write each built record's frames (its `rows` of the decoded frames) to `spool`, back to back."""
+    spool.parent.mkdir(parents=True, exist_ok=True)
+    longest = max(len(r) for r in rows.values())
+    staging = np.empty((longest, *decoded_uint8.shape[1:]), dtype=np.uint8)  # reused: no fresh pages per record
+    with open(spool, "wb") as out:
+        for key in result.built:
+            n = len(rows[key])
+            np.take(decoded_uint8, rows[key], axis=0, out=staging[:n])
+            out.write(memoryview(staging[:n]).cast("B"))
+    result.spool = spool
+
+
+def _read_spool(result: VideoResult, size: int) -> None:
+    """Parent side of _write_spool: read the spool into the records' frames and delete it."""
+    if result.spool is None:
+        return
+    frames = np.fromfile(result.spool, dtype=np.uint8).reshape(-1, size, size, 3)
+    result.spool.unlink()
+    offset = 0
+    for record in result.built.values():
+        record.frames_uint8 = frames[offset:offset + record.num_frames]
+        offset += record.num_frames
+    result.spool = None
+
+
+def _build_record(plan: _RecordPlan, frame_numbers: np.ndarray, info: VideoInfo, num_frames: int,
+                  crop: CropRegion | None, result: VideoResult, rows_of: dict) -> None:
+    """Add the shard records of one record (one per sampling) to `result`, or its skip.
+
+    The records' frames stay empty here; `rows_of` gets which decoded frames each one holds.
+    """
     record = plan.record
     built: dict[SamplingSpec, ShardRecord] = {}
+    built_rows: dict[SamplingSpec, np.ndarray] = {}
     dropped: list[dict] = []
     for spec, (frame_index, half_stride) in plan.samples.items():
         rows = np.searchsorted(frame_numbers, frame_index)
@@ -223,8 +272,9 @@ def _build_record(plan: _RecordPlan, frames_uint8: np.ndarray, frame_numbers: np
                           + (" inside the centre crop" if crop is not None else ""),
             })
         regions = [record.regions[r] for r in keep]
+        built_rows[spec] = rows
         built[spec] = ShardRecord(
-            frames_uint8=frames_uint8[rows],
+            frames_uint8=np.empty((len(rows), 0, 0, 3), dtype=np.uint8),  # filled from the decoded frames later
             frame_index=frame_index.astype(np.int64),
             boxes=boxes[keep],
             box_mask=box_mask[keep],
@@ -241,6 +291,7 @@ def _build_record(plan: _RecordPlan, frames_uint8: np.ndarray, frame_numbers: np
         )
     for spec, shard_record in built.items():
         result.built[(record.index, spec)] = shard_record
+        rows_of[(record.index, spec)] = built_rows[spec]
     result.dropped_regions.extend(dropped)
 
 
@@ -355,6 +406,7 @@ class _ShardDir:
     open_groups: dict[int, dict[int, ShardRecord | None]] = field(default_factory=dict)  # group -> record -> result
     skipped: dict[int, list[dict]] = field(default_factory=dict)  # group -> skipped entries of this run
     dropped_regions: list[dict] = field(default_factory=list)
+    prior_skips: list[dict] = field(default_factory=list)  # records dropped before stage 1 (validation)
     shards_written: int = 0
 
     def settings(self) -> dict:
@@ -456,9 +508,9 @@ class _ShardDir:
         skips += [s for group in self.skipped.values() for s in group]
         return sorted(skips, key=lambda s: (s["record_index"] is None, s["record_index"] or 0))
 
-    def write_manifest(self, *, finished: bool, extra_skips: Sequence[dict] = ()) -> dict:
+    def write_manifest(self, *, finished: bool) -> dict:
         shards = [self.complete[k] for k in sorted(self.complete)]
-        skips = sorted([*extra_skips, *self.all_skips()], key=lambda s: (s["record_index"] is None, s["record_index"] or 0))
+        skips = sorted([*self.prior_skips, *self.all_skips()], key=lambda s: (s["record_index"] is None, s["record_index"] or 0))
         summary = {
             "records": sum(len(entry["records"]) for entry in shards),
             "shards": len(shards),
@@ -522,6 +574,8 @@ def build(
         attrs = ShardAttrs(sampling=spec.mode, num_frames=spec.num_frames, stride=spec.stride, height=size, width=size,
                            resize_mode=resize_mode, source_json=source_json, source_sha256=source_sha256)
         dirs[spec] = _ShardDir.open(Path(path), spec, attrs, records_per_shard, source_json, groups)
+        dirs[spec].prior_skips = list(skipped)
+        dirs[spec].write_manifest(finished=False)  # from now on the directory has one
 
     # Which record needs which samplings, grouped by video in order of first appearance.
     needs: dict[int, list[SamplingSpec]] = {}
@@ -540,8 +594,12 @@ def build(
     # Each worker's ffmpeg gets its share of the cores: threads that wait on each other only add cost.
     parallel = min(workers, len(by_video))
     decoder_threads = max(1, default_workers() // parallel) if parallel > 1 else 0
+    spool_root = next(iter(dirs.values())).path / SPOOL_DIR
+    shutil.rmtree(spool_root, ignore_errors=True)  # left by a killed run
+    spool_dir = spool_root / f"run-{os.getpid()}"  # own name: a dying run's worker cannot write into ours
     jobs = [VideoJob(path, recs, {r.index: needs[r.index] for r in recs}, size, resize_mode,
-                     decoder_threads=decoder_threads) for path, recs in by_video.items()]
+                     decoder_threads=decoder_threads, spool=spool_dir / f"video-{i:06d}.u8" if parallel > 1 else None)
+            for i, (path, recs) in enumerate(by_video.items())]
 
     stats = Counter()
     run_skips: list[dict] = []
@@ -552,6 +610,7 @@ def build(
         bar = tqdm(total=len(jobs), unit="video", desc="frames", disable=not progress or not jobs, dynamic_ncols=True)
 
     def on_result(result: VideoResult) -> None:
+        _read_spool(result, size)
         stats["videos"] += 1
         stats["decoded_frames"] += result.decoded_frames
         stats["kept_frames"] += result.kept_frames
@@ -587,10 +646,11 @@ def build(
     finally:
         if bar is not None:
             bar.close()
+        shutil.rmtree(spool_root, ignore_errors=True)
 
     manifests = {}
     for spec, shard_dir in dirs.items():
-        manifests[spec] = shard_dir.write_manifest(finished=True, extra_skips=skipped)
+        manifests[spec] = shard_dir.write_manifest(finished=True)
     elapsed = time.perf_counter() - started
     summary = {
         "outputs": {str(spec): str(shard_dir.path) for spec, shard_dir in dirs.items()},

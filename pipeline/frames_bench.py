@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -44,26 +45,36 @@ def embedded_videos() -> list[Path]:
     return list(dict.fromkeys(paths))
 
 
-def _bare_decode(videos: list[Path], parallel: int) -> float:
+def _cpu_s() -> float:
+    """CPU seconds of this process and its finished children (ffmpeg runs, stage 1's workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _timed(run) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of run()."""
+    wall, cpu = time.perf_counter(), _cpu_s()
+    run()
+    return time.perf_counter() - wall, _cpu_s() - cpu
+
+
+def _bare_decode(videos: list[Path], parallel: int) -> None:
     def decode(video: Path) -> None:
         subprocess.run(bare_decode_command(video), check=True, stdout=subprocess.DEVNULL)
 
-    started = time.perf_counter()
     if parallel <= 1:
         for video in videos:
             decode(video)
     else:
         with ThreadPoolExecutor(parallel) as pool:
             list(pool.map(decode, videos))
-    return time.perf_counter() - started
 
 
-def _stage1(workers: int, scratch: Path) -> float:
+def _stage1(workers: int, scratch: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds of stage 1 into a fresh shard root (deleted afterwards, untimed)."""
     shard_root = Path(tempfile.mkdtemp(prefix="stage1-", dir=scratch))
     try:
-        started = time.perf_counter()
-        build_embedded_default(shard_root=shard_root, workers=workers, progress=False)
-        return time.perf_counter() - started
+        return _timed(lambda: build_embedded_default(shard_root=shard_root, workers=workers, progress=False))
     finally:
         shutil.rmtree(shard_root, ignore_errors=True)
 
@@ -92,11 +103,11 @@ def benchmark_stage1(*, repeats: int = 3, workers: int | None = None, scratch: P
     rounds = []
     _bare_decode(videos[:1], 1)  # warm the page cache and the binary, untimed
     for _ in range(repeats):
-        rounds.append({
-            "bare_sequential_s": _bare_decode(videos, 1),
-            "stage1_s": _stage1(workers, scratch),
-            "bare_parallel_s": _bare_decode(videos, workers),
-        })
+        round_ = {}
+        round_["bare_sequential_s"], round_["bare_sequential_cpu_s"] = _timed(lambda: _bare_decode(videos, 1))
+        round_["stage1_s"], round_["stage1_cpu_s"] = _stage1(workers, scratch)
+        round_["bare_parallel_s"], round_["bare_parallel_cpu_s"] = _timed(lambda: _bare_decode(videos, workers))
+        rounds.append(round_)
     median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
     return {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -125,12 +136,16 @@ def format_benchmark(result: dict) -> str:
         f"load average before {tuple(round(x, 2) for x in result['load_average_before'])}, "
         f"after {tuple(round(x, 2) for x in result['load_average_after'])}",
         "",
-        f"  {'round':>5} {'bare seq (s)':>13} {'stage 1 (s)':>12} {'bare par (s)':>13}",
+        "  wall seconds (CPU seconds)",
+        f"  {'round':>6} {'bare sequential':>16} {'stage 1':>16} {'bare parallel':>16}",
     ]
+
+    def cells(r: dict) -> str:
+        return " ".join(f"{r[k + '_s']:>7.2f} ({r[k + '_cpu_s']:>6.2f})" for k in ("bare_sequential", "stage1", "bare_parallel"))
+
     for i, r in enumerate(result["rounds"]):
-        lines.append(f"  {i:>5} {r['bare_sequential_s']:>13.2f} {r['stage1_s']:>12.2f} {r['bare_parallel_s']:>13.2f}")
-    m = result["median"]
-    lines.append(f"  {'median':>5} {m['bare_sequential_s']:>13.2f} {m['stage1_s']:>12.2f} {m['bare_parallel_s']:>13.2f}")
+        lines.append(f"  {i:>6} {cells(r)}")
+    lines.append(f"  {'median':>6} {cells(result['median'])}")
     ratio = result["ratio_vs_bare_sequential"]
     verdict = "PASS" if ratio <= result["bar"] else "FAIL"
     lines += [

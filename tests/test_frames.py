@@ -13,6 +13,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import psutil
 import pytest
 from click.testing import CliRunner
 from ffmpeg_reference import reference_frames
@@ -115,6 +116,7 @@ def test_uniform_shards_hold_the_frames_ffmpeg_decodes(video_root, references, t
     summary = build_shards(records, video_root=video_root, out_dirs=out, size=32, records_per_shard=4, workers=2,
                            source_json="x.json", source_sha256="abc", progress=False)
     assert summary["videos_decoded"] == 3 and summary["decode_passes"] == 3  # one decode per video for both T
+    assert not (out[8] / ".spool").exists()  # the frames' way from the workers is cleaned up
     assert summary["skipped"] == []
 
     for t, shard_dir in out.items():
@@ -334,24 +336,39 @@ def resume_annotations(tmp_path: Path) -> Path:
     ])
 
 
-def frames_command(annotations: Path, video_root: Path, out: Path, shared_data: Path) -> list[str]:
+def frames_command(annotations: Path, video_root: Path, out: Path, shared_data: Path, workers: int) -> list[str]:
     return [FGCLIP, "frames", str(annotations), "--video-root", str(video_root), "--out", str(out), "-t", "8", "-t", "16",
-            "--size", "32", "--records-per-shard", "1", "--workers", "1",
+            "--size", "32", "--records-per-shard", "1", "--workers", str(workers),
             "--test-split", str(shared_data / "ucf" / "Anomaly_Test.txt")]
+
+
+def processes_using(path: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(str(path) in part for part in process.info["cmdline"] or ()):
+            found.append(process)
+    return found
 
 
 def test_resume_after_sigkill_gives_identical_shards(video_root, shared_data, tmp_path):
     annotations = resume_annotations(tmp_path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     reference_out, resumed_out = tmp_path / "uninterrupted", tmp_path / "resumed"
-    subprocess.run(frames_command(annotations, video_root, reference_out, shared_data), check=True, env=env,
+    subprocess.run(frames_command(annotations, video_root, reference_out, shared_data, 1), check=True, env=env,
                    capture_output=True)
 
-    process = subprocess.Popen(frames_command(annotations, video_root, resumed_out, shared_data), env=env,
+    # killed (SIGKILL: no cleanup at all) once a first shard is finished, with worker processes running
+    process = subprocess.Popen(frames_command(annotations, video_root, resumed_out, shared_data, 2), env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first_shard = resumed_out / "train_t8" / "shard-00000.h5"
+
+    def shards_listed() -> int:
+        try:
+            return len(json.loads((resumed_out / "train_t8" / "manifest.json").read_text())["shards"])
+        except (OSError, ValueError):
+            return 0
+
     deadline = time.monotonic() + 60
-    while not first_shard.exists() and process.poll() is None and time.monotonic() < deadline:
+    while shards_listed() == 0 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -359,19 +376,27 @@ def test_resume_after_sigkill_gives_identical_shards(video_root, shared_data, tm
     manifest = read_manifest(resumed_out / "train_t8")
     assert not manifest["summary"]["complete"]
     assert len(list((resumed_out / "train_t16").glob("*.h5"))) < 6  # really cut off mid-way
+    # its workers notice and exit (they poll every 0.5 s; ffmpeg ends when its pipe closes)
+    deadline = time.monotonic() + 10
+    while processes_using(resumed_out) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_using(resumed_out) == []
 
-    # a stale temp file from the kill must not matter
+    # stale temp and spool files from the kill must not matter
     (resumed_out / "train_t16" / "shard-00005.h5.tmp").write_bytes(b"half a shard")
-    result = subprocess.run(frames_command(annotations, video_root, resumed_out, shared_data), env=env,
+    (resumed_out / "train_t8" / ".spool" / "run-1").mkdir(parents=True, exist_ok=True)
+    (resumed_out / "train_t8" / ".spool" / "run-1" / "video-000000.u8").write_bytes(b"old frames")
+    result = subprocess.run(frames_command(annotations, video_root, resumed_out, shared_data, 2), env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "kept from an earlier run" in result.stdout and " 0 kept" not in result.stdout
     for t in (8, 16):
         assert_same_shard_dirs(reference_out / f"train_t{t}", resumed_out / f"train_t{t}")
         assert not list((resumed_out / f"train_t{t}").glob("*.tmp"))
+    assert not (resumed_out / "train_t8" / ".spool").exists()
 
     # a third run finds everything complete and decodes nothing
-    result = subprocess.run(frames_command(annotations, video_root, resumed_out, shared_data), env=env,
+    result = subprocess.run(frames_command(annotations, video_root, resumed_out, shared_data, 2), env=env,
                             capture_output=True, text=True, check=True)
     assert "decoded 0 videos" in result.stdout
 
