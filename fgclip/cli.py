@@ -205,7 +205,15 @@ def frames_command(ctx, annotations, video_root, out_root, num_frames, size, res
 
     from pipeline import embedded
     from pipeline.decode import VideoError
-    from pipeline.frames import FramesError, build, build_embedded_default, build_test_shards, validation_skips
+    from pipeline.frames import (
+        TEST_RECORDS_PER_SHARD,
+        TRAIN_RECORDS_PER_SHARD,
+        FramesError,
+        build,
+        build_embedded_default,
+        build_test_shards,
+        validation_skips,
+    )
 
     given = {name for name, value in ctx.params.items()
              if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT and value not in (None, ())}
@@ -228,7 +236,7 @@ def frames_command(ctx, annotations, video_root, out_root, num_frames, size, res
             summary = build_test_shards(
                 test_list_path, video_root=Path(video_root) if video_root else test_list_path.parent,
                 out_dir=root / embedded.test_shard_dir(stride).name, stride=stride, size=size, resize_mode=resize_mode,
-                records_per_shard=records_per_shard or 4, workers=workers, strict=strict)
+                records_per_shard=records_per_shard or TEST_RECORDS_PER_SHARD, workers=workers, strict=strict)
             _print_frames_summary(summary)
             return
         if annotations is None:
@@ -267,8 +275,8 @@ def frames_command(ctx, annotations, video_root, out_root, num_frames, size, res
         summary = build(
             report.records, video_root=Path(video_root) if video_root else annotation_path.parent,
             outputs={SamplingSpec.uniform(t): root / embedded.train_shard_dir(t).name for t in counts},
-            size=size, resize_mode=resize_mode, records_per_shard=records_per_shard or 8, workers=workers,
-            strict=strict, source_json=str(annotation_path), source_sha256=report.source_sha256,
+            size=size, resize_mode=resize_mode, records_per_shard=records_per_shard or TRAIN_RECORDS_PER_SHARD,
+            workers=workers, strict=strict, source_json=str(annotation_path), source_sha256=report.source_sha256,
             skipped=validation_skips(report))
         _print_frames_summary(summary)
     except (FramesError, VideoError) as err:

@@ -62,6 +62,8 @@ from pipeline.tracks import TrackError, region_tracks
 
 
 SPOOL_DIR = ".spool"  # in the first output directory: frames on their way from the workers
+TRAIN_RECORDS_PER_SHARD = 8  # uniform records (T frames each) per shard file
+TEST_RECORDS_PER_SHARD = 4  # whole test videos per shard file
 
 
 class FramesError(RuntimeError):
@@ -83,6 +85,7 @@ class VideoJob:
     probe: VideoInfo | VideoError | None = None  # filled by a batch probe; None = probe it alone
     decoder_threads: int = 0  # ffmpeg decoder and filter threads (0 = ffmpeg's choice)
     spool: Path | None = None  # file that carries the frames to the parent (None: in the result itself)
+    build: int = 0  # which of the builds run together this video belongs to
 
 
 @dataclass
@@ -99,6 +102,7 @@ class Skip:
 @dataclass
 class VideoResult:
     path: Path
+    build: int = 0
     # (record index, sampling) -> shard record; with a spool, its frames are still in the spool file
     built: dict[tuple[int, SamplingSpec], ShardRecord] = field(default_factory=dict)
     spool: Path | None = None  # the frames of `built`, back to back in `built`'s order
@@ -150,7 +154,7 @@ def _wanted_frames(plans: Iterable[_RecordPlan]) -> np.ndarray:
 def process_video(job: VideoJob) -> VideoResult:
     """Probe and decode one video once; build the shard records of all its records and samplings."""
     started = time.perf_counter()
-    result = VideoResult(path=job.path)
+    result = VideoResult(path=job.path, build=job.build)
 
     def skip_all(records: Iterable[AnnotationRecord], kind: str, reason: str) -> VideoResult:
         result.skipped.extend(Skip(r.index, r.video, kind, reason) for r in records)
@@ -544,65 +548,142 @@ def _check_settings(size: int, resize_mode: str, records_per_shard: int) -> None
         raise FramesError(f"records per shard must be positive, got {records_per_shard}")
 
 
-def build(
-    records: Sequence[AnnotationRecord], *, video_root: Path, outputs: dict[SamplingSpec, Path], size: int,
-    resize_mode: str, records_per_shard: int, workers: int | None, strict: bool, source_json: str,
-    source_sha256: str, skipped: Sequence[dict] = (), progress: bool = True,
-) -> dict:
-    """The stage for any mix of samplings (one decode per video); see build_shards / build_test_shards."""
-    _check_settings(size, resize_mode, records_per_shard)
-    if not outputs:
-        raise FramesError("no output directory given")
-    resolved = [Path(path).resolve() for path in outputs.values()]
-    if len(set(resolved)) != len(resolved):
-        raise FramesError(f"each sampling needs its own output directory, got {[str(p) for p in outputs.values()]}")
-    indices = [r.index for r in records]
-    if len(set(indices)) != len(indices):
-        raise FramesError("record indices are not unique; pass the records of one annotation file")
-    if strict and skipped:
-        first = skipped[0]
-        raise FramesError(f"--strict: record {first['record_index']} ({first['video']}) is unusable: {first['reason']}")
+class _Build:
+    """One set of records and its output directories (one per sampling), run alongside others.
+
+    Opening it checks the settings, claims the directories (manifest), keeps finished shards
+    and works out which videos must be decoded for which samplings; `on_result` files each
+    video's records into their shard groups and writes every group that is complete.
+    """
+
+    def __init__(self, records: Sequence[AnnotationRecord], *, video_root: Path, outputs: dict[SamplingSpec, Path],
+                 size: int, resize_mode: str, records_per_shard: int, strict: bool, source_json: str,
+                 source_sha256: str, skipped: Sequence[dict] = ()) -> None:
+        _check_settings(size, resize_mode, records_per_shard)
+        if not outputs:
+            raise FramesError("no output directory given")
+        resolved = [Path(path).resolve() for path in outputs.values()]
+        if len(set(resolved)) != len(resolved):
+            raise FramesError(f"each sampling needs its own output directory, got {[str(p) for p in outputs.values()]}")
+        indices = [r.index for r in records]
+        if len(set(indices)) != len(indices):
+            raise FramesError("record indices are not unique; pass the records of one annotation file")
+        if strict and skipped:
+            first = skipped[0]
+            raise FramesError(f"--strict: record {first['record_index']} ({first['video']}) is unusable: {first['reason']}")
+        self.records, self.size, self.resize_mode, self.strict = list(records), size, resize_mode, strict
+        self.prior_skips = list(skipped)
+        groups = [list(records[i:i + records_per_shard]) for i in range(0, len(records), records_per_shard)]
+        self.group_of = {r.index: k for k, group in enumerate(groups) for r in group}
+        self.order_of = {k: [r.index for r in group] for k, group in enumerate(groups)}
+
+        self.dirs: dict[SamplingSpec, _ShardDir] = {}
+        self.spec_of = {str(spec): spec for spec in outputs}
+        for spec, path in outputs.items():
+            attrs = ShardAttrs(sampling=spec.mode, num_frames=spec.num_frames, stride=spec.stride, height=size,
+                               width=size, resize_mode=resize_mode, source_json=source_json, source_sha256=source_sha256)
+            shard_dir = _ShardDir.open(Path(path), spec, attrs, records_per_shard, source_json, groups)
+            shard_dir.prior_skips = list(skipped)
+            shard_dir.write_manifest(finished=False)  # from now on the directory has one
+            self.dirs[spec] = shard_dir
+        self.spool_root = next(iter(self.dirs.values())).path / SPOOL_DIR
+        shutil.rmtree(self.spool_root, ignore_errors=True)  # left by a killed run
+
+        # Which record needs which samplings, grouped by video in order of first appearance.
+        self.needs: dict[int, list[SamplingSpec]] = {}
+        for spec, shard_dir in self.dirs.items():
+            for k, group in enumerate(groups):
+                if k in shard_dir.complete:
+                    continue
+                shard_dir.open_group(k, group)
+                for record in group:
+                    self.needs.setdefault(record.index, []).append(spec)
+        self.by_video: OrderedDict[Path, list[AnnotationRecord]] = OrderedDict()
+        for record in records:
+            if record.index in self.needs:
+                self.by_video.setdefault(Path(video_root) / record.video, []).append(record)
+        self.stats: Counter = Counter()
+        self.run_skips: list[dict] = []
+
+    def jobs(self, tag: int, decoder_threads: int, spool: bool) -> list[VideoJob]:
+        # Named by run: a dying earlier run's worker cannot write into this run's spool files.
+        spool_dir = self.spool_root / f"run-{os.getpid()}"
+        return [VideoJob(path, recs, {r.index: self.needs[r.index] for r in recs}, self.size, self.resize_mode,
+                         decoder_threads=decoder_threads, build=tag,
+                         spool=spool_dir / f"video-{i:06d}.u8" if spool else None)
+                for i, (path, recs) in enumerate(self.by_video.items())]
+
+    def on_result(self, result: VideoResult) -> None:
+        _read_spool(result, self.size)
+        self.stats["videos"] += 1
+        self.stats["decoded_frames"] += result.decoded_frames
+        self.stats["kept_frames"] += result.kept_frames
+        self.stats["decode_passes"] += result.decode_passes
+        skipped_now = {s.record_index: s for s in result.skipped}
+        if self.strict and (skipped_now or result.dropped_regions):
+            if skipped_now:
+                first = next(iter(skipped_now.values()))
+                raise FramesError(f"--strict: record {first.record_index} ({first.video}) skipped: {first.reason}")
+            d = result.dropped_regions[0]
+            raise FramesError(f"--strict: record {d['record_index']} ({d['video']}) region {d['region']} dropped: {d['reason']}")
+        self.run_skips.extend(s.to_dict() for s in skipped_now.values())
+        touched: set[tuple[SamplingSpec, int]] = set()
+        for spec, shard_dir in self.dirs.items():
+            for record_index, skip in skipped_now.items():
+                k = self.group_of[record_index]
+                if k in shard_dir.open_groups:
+                    shard_dir.resolve(k, record_index, None, skip)
+                    touched.add((spec, k))
+        for (record_index, spec), shard_record in result.built.items():
+            k = self.group_of[record_index]
+            self.dirs[spec].resolve(k, record_index, shard_record, None)
+            touched.add((spec, k))
+        for dropped in result.dropped_regions:
+            self.dirs[self.spec_of[dropped["sampling"]]].dropped_regions.append(dropped)
+        for spec, k in sorted(touched, key=lambda t: (t[1], str(t[0]))):
+            self.dirs[spec].flush(k, self.order_of[k])
+
+    def finish(self, elapsed_s: float) -> dict:
+        """Final manifests and the summary; FramesError if no usable record remains."""
+        shutil.rmtree(self.spool_root, ignore_errors=True)
+        manifests = {spec: shard_dir.write_manifest(finished=True) for spec, shard_dir in self.dirs.items()}
+        written = sum(d.shards_written for d in self.dirs.values())
+        summary = {
+            "outputs": {str(spec): str(shard_dir.path) for spec, shard_dir in self.dirs.items()},
+            "records": len(self.records),
+            "videos_decoded": self.stats["videos"],
+            "decoded_frames": self.stats["decoded_frames"],
+            "kept_frames": self.stats["kept_frames"],
+            "decode_passes": self.stats["decode_passes"],
+            "shards_written": written,
+            "shards_kept": sum(len(d.complete) for d in self.dirs.values()) - written,
+            "per_output": {str(spec): m["summary"] for spec, m in manifests.items()},
+            "skipped": sorted([*self.prior_skips, *self.run_skips], key=lambda s: s["record_index"]),
+            "elapsed_s": round(elapsed_s, 3),
+        }
+        if min(m["summary"]["records"] for m in manifests.values()) == 0:
+            kinds = Counter(s["kind"] for s in summary["skipped"])
+            raise FramesError(
+                f"no usable records: all {len(self.records) + len(self.prior_skips)} were skipped "
+                f"({', '.join(f'{n} {k}' for k, n in kinds.most_common()) or 'none given'}); "
+                f"see 'skipped' in {manifest_path(next(iter(self.dirs.values())).path)}"
+            )
+        return summary
+
+
+def run_builds(builds: Sequence[_Build], *, workers: int | None = None, progress: bool = True) -> list[dict]:
+    """Decode the videos of all `builds` in one pool of workers; one summary per build.
+
+    Running builds together (the embedded default's training and test shards) keeps every
+    worker busy across the end of one and the start of the next.
+    """
     started = time.perf_counter()
-    video_root = Path(video_root)
-    groups = [list(records[i:i + records_per_shard]) for i in range(0, len(records), records_per_shard)]
-    group_of = {r.index: k for k, group in enumerate(groups) for r in group}
-    order_of = {k: [r.index for r in group] for k, group in enumerate(groups)}
-
-    dirs: dict[SamplingSpec, _ShardDir] = {}
-    spec_of = {str(spec): spec for spec in outputs}
-    for spec, path in outputs.items():
-        attrs = ShardAttrs(sampling=spec.mode, num_frames=spec.num_frames, stride=spec.stride, height=size, width=size,
-                           resize_mode=resize_mode, source_json=source_json, source_sha256=source_sha256)
-        dirs[spec] = _ShardDir.open(Path(path), spec, attrs, records_per_shard, source_json, groups)
-        dirs[spec].prior_skips = list(skipped)
-        dirs[spec].write_manifest(finished=False)  # from now on the directory has one
-
-    # Which record needs which samplings, grouped by video in order of first appearance.
-    needs: dict[int, list[SamplingSpec]] = {}
-    for spec, shard_dir in dirs.items():
-        for k, group in enumerate(groups):
-            if k in shard_dir.complete:
-                continue
-            shard_dir.open_group(k, group)
-            for record in group:
-                needs.setdefault(record.index, []).append(spec)
-    by_video: OrderedDict[Path, list[AnnotationRecord]] = OrderedDict()
-    for record in records:
-        if record.index in needs:
-            by_video.setdefault(video_root / record.video, []).append(record)
     workers = workers if workers is not None else default_workers()
+    num_videos = sum(len(b.by_video) for b in builds)
     # Each worker's ffmpeg gets its share of the cores: threads that wait on each other only add cost.
-    parallel = min(workers, len(by_video))
+    parallel = min(workers, num_videos)
     decoder_threads = max(1, default_workers() // parallel) if parallel > 1 else 0
-    spool_root = next(iter(dirs.values())).path / SPOOL_DIR
-    shutil.rmtree(spool_root, ignore_errors=True)  # left by a killed run
-    spool_dir = spool_root / f"run-{os.getpid()}"  # own name: a dying run's worker cannot write into ours
-    jobs = [VideoJob(path, recs, {r.index: needs[r.index] for r in recs}, size, resize_mode,
-                     decoder_threads=decoder_threads, spool=spool_dir / f"video-{i:06d}.u8" if parallel > 1 else None)
-            for i, (path, recs) in enumerate(by_video.items())]
-
-    stats = Counter()
-    run_skips: list[dict] = []
+    jobs = [job for tag, b in enumerate(builds) for job in b.jobs(tag, decoder_threads, spool=parallel > 1)]
     bar: tqdm | None = None
 
     def start_progress() -> None:
@@ -610,74 +691,36 @@ def build(
         bar = tqdm(total=len(jobs), unit="video", desc="frames", disable=not progress or not jobs, dynamic_ncols=True)
 
     def on_result(result: VideoResult) -> None:
-        _read_spool(result, size)
-        stats["videos"] += 1
-        stats["decoded_frames"] += result.decoded_frames
-        stats["kept_frames"] += result.kept_frames
-        stats["decode_passes"] += result.decode_passes
-        skipped_now = {s.record_index: s for s in result.skipped}
-        if strict and (skipped_now or result.dropped_regions):
-            if skipped_now:
-                first = next(iter(skipped_now.values()))
-                raise FramesError(f"--strict: record {first.record_index} ({first.video}) skipped: {first.reason}")
-            d = result.dropped_regions[0]
-            raise FramesError(f"--strict: record {d['record_index']} ({d['video']}) region {d['region']} dropped: {d['reason']}")
-        run_skips.extend(s.to_dict() for s in skipped_now.values())
-        touched: set[tuple[SamplingSpec, int]] = set()
-        for spec, shard_dir in dirs.items():
-            for record_index, skip in skipped_now.items():
-                k = group_of[record_index]
-                if k in shard_dir.open_groups:
-                    shard_dir.resolve(k, record_index, None, skip)
-                    touched.add((spec, k))
-        for (record_index, spec), shard_record in result.built.items():
-            k = group_of[record_index]
-            dirs[spec].resolve(k, record_index, shard_record, None)
-            touched.add((spec, k))
-        for dropped in result.dropped_regions:
-            dirs[spec_of[dropped["sampling"]]].dropped_regions.append(dropped)
-        for spec, k in sorted(touched, key=lambda t: (t[1], str(t[0]))):
-            dirs[spec].flush(k, order_of[k])
+        builds[result.build].on_result(result)
         bar.update(1)
-        bar.set_postfix(skipped=len(run_skips), refresh=False)
+        bar.set_postfix(skipped=sum(len(b.run_skips) for b in builds), refresh=False)
 
     try:
         _run_jobs(jobs, workers, on_result, start_progress)
     finally:
         if bar is not None:
             bar.close()
-        shutil.rmtree(spool_root, ignore_errors=True)
-
-    manifests = {}
-    for spec, shard_dir in dirs.items():
-        manifests[spec] = shard_dir.write_manifest(finished=True)
+        for b in builds:
+            shutil.rmtree(b.spool_root, ignore_errors=True)
     elapsed = time.perf_counter() - started
-    summary = {
-        "outputs": {str(spec): str(shard_dir.path) for spec, shard_dir in dirs.items()},
-        "records": len(records),
-        "videos_decoded": stats["videos"],
-        "decoded_frames": stats["decoded_frames"],
-        "kept_frames": stats["kept_frames"],
-        "decode_passes": stats["decode_passes"],
-        "shards_written": sum(d.shards_written for d in dirs.values()),
-        "shards_kept": sum(len(d.complete) for d in dirs.values()) - sum(d.shards_written for d in dirs.values()),
-        "per_output": {str(spec): m["summary"] for spec, m in manifests.items()},
-        "skipped": sorted([*skipped, *run_skips], key=lambda s: s["record_index"]),
-        "elapsed_s": round(elapsed, 3),
-    }
-    usable = min(m["summary"]["records"] for m in manifests.values())
-    if usable == 0:
-        kinds = Counter(s["kind"] for s in summary["skipped"])
-        raise FramesError(
-            f"no usable records: all {len(records) + len(skipped)} were skipped "
-            f"({', '.join(f'{n} {k}' for k, n in kinds.most_common()) or 'none given'}); "
-            f"see 'skipped' in {manifest_path(next(iter(dirs.values())).path)}"
-        )
-    return summary
+    return [b.finish(elapsed) for b in builds]
+
+
+def build(
+    records: Sequence[AnnotationRecord], *, video_root: Path, outputs: dict[SamplingSpec, Path], size: int,
+    resize_mode: str, records_per_shard: int, workers: int | None, strict: bool, source_json: str,
+    source_sha256: str, skipped: Sequence[dict] = (), progress: bool = True,
+) -> dict:
+    """The stage for any mix of samplings (one decode per video); see build_shards / build_test_shards."""
+    one = _Build(records, video_root=video_root, outputs=outputs, size=size, resize_mode=resize_mode,
+                 records_per_shard=records_per_shard, strict=strict, source_json=source_json,
+                 source_sha256=source_sha256, skipped=skipped)
+    return run_builds([one], workers=workers, progress=progress)[0]
 
 
 def build_shards(records: list[AnnotationRecord], *, video_root: Path, out_dirs: dict[int, Path], size: int = 224,
-                 resize_mode: str = "squash", records_per_shard: int = 8, workers: int | None = None,
+                 resize_mode: str = "squash", records_per_shard: int = TRAIN_RECORDS_PER_SHARD,
+                 workers: int | None = None,
                  strict: bool = False, source_json: str = "", source_sha256: str = "",
                  skipped: Sequence[dict] = (), progress: bool = True) -> dict:
     """Training shards: T uniform samples per record for every T in `out_dirs` (T -> directory).
@@ -702,19 +745,27 @@ def split_list_records(test_list: Path) -> list[AnnotationRecord]:
     ]
 
 
-def build_test_shards(test_list: Path, *, video_root: Path, out_dir: Path, stride: int = 16, size: int = 224,
-                      resize_mode: str = "squash", records_per_shard: int = 4, workers: int | None = None,
-                      strict: bool = False, progress: bool = True) -> dict:
-    """Evaluation shards: every video of `test_list` sampled once per `stride` source frames."""
+def _test_build(test_list: Path, *, video_root: Path, out_dir: Path, stride: int, size: int, resize_mode: str,
+                records_per_shard: int, strict: bool) -> _Build:
     test_list = Path(test_list)
     try:
         records = split_list_records(test_list)
         sha256 = hashlib.sha256(test_list.read_bytes()).hexdigest()
     except (OSError, ValueError) as err:
         raise FramesError(f"test list {test_list} cannot be read: {err}") from err
-    return build(records, video_root=video_root, outputs={SamplingSpec.strided(stride): Path(out_dir)}, size=size,
-                 resize_mode=resize_mode, records_per_shard=records_per_shard, workers=workers, strict=strict,
-                 source_json=str(test_list), source_sha256=sha256, progress=progress)
+    return _Build(records, video_root=video_root, outputs={SamplingSpec.strided(stride): Path(out_dir)}, size=size,
+                  resize_mode=resize_mode, records_per_shard=records_per_shard, strict=strict,
+                  source_json=str(test_list), source_sha256=sha256)
+
+
+def build_test_shards(test_list: Path, *, video_root: Path, out_dir: Path, stride: int = 16, size: int = 224,
+                      resize_mode: str = "squash", records_per_shard: int = TEST_RECORDS_PER_SHARD,
+                      workers: int | None = None,
+                      strict: bool = False, progress: bool = True) -> dict:
+    """Evaluation shards: every video of `test_list` sampled once per `stride` source frames."""
+    test = _test_build(test_list, video_root=video_root, out_dir=out_dir, stride=stride, size=size,
+                       resize_mode=resize_mode, records_per_shard=records_per_shard, strict=strict)
+    return run_builds([test], workers=workers, progress=progress)[0]
 
 
 def validation_skips(report) -> list[dict]:
@@ -760,16 +811,17 @@ def build_embedded_default(*, shard_root: Path | None = None, workers: int | Non
             f"{first.message}); regenerate it with `make clean-data` then `make frames`"
         )
     train_dirs, test_dir = embedded_output_dirs(shard_root)
-    train = build_shards(
-        report.records, video_root=embedded.VIDEO_ROOT, out_dirs=train_dirs, size=embedded.FRAME_SIZE,
-        workers=workers, strict=strict, source_json=str(embedded.TRAIN_JSON), source_sha256=report.source_sha256,
-        progress=progress,
-    )
-    test = build_test_shards(
-        embedded.TEST_LIST, video_root=embedded.TEST_VIDEO_ROOT, out_dir=test_dir, stride=embedded.TEST_STRIDE,
-        size=embedded.FRAME_SIZE, workers=workers, strict=strict, progress=progress,
-    )
-    return {"train": train, "test": test}
+    train = _Build(report.records, video_root=embedded.VIDEO_ROOT,
+                   outputs={SamplingSpec.uniform(t): path for t, path in train_dirs.items()}, size=embedded.FRAME_SIZE,
+                   resize_mode="squash", records_per_shard=TRAIN_RECORDS_PER_SHARD, strict=strict,
+                   source_json=str(embedded.TRAIN_JSON),
+                   source_sha256=report.source_sha256)
+    test = _test_build(embedded.TEST_LIST, video_root=embedded.TEST_VIDEO_ROOT, out_dir=test_dir,
+                       stride=embedded.TEST_STRIDE, size=embedded.FRAME_SIZE, resize_mode="squash",
+                       records_per_shard=TEST_RECORDS_PER_SHARD, strict=strict)
+    # The test videos are the long ones: started first, they do not hold up the end of the run.
+    test_summary, train_summary = run_builds([test, train], workers=workers, progress=progress)
+    return {"train": train_summary, "test": test_summary}
 
 
 def shard_files(shard_dir: Path) -> list[Path]:
