@@ -53,7 +53,6 @@ from pipeline.synth_scenes import (
     HEIGHT,
     PERSON_HEIGHT_RANGE,
     SCENE_LAYOUTS,
-    SCENE_PHRASES,
     SCENES,
     WIDTH,
     Actor,
@@ -172,10 +171,6 @@ class _Colours:
         return next(c for c in self.names if c not in self.used)
 
 
-def _where(x: float) -> str:
-    return "left" if x < WIDTH / 3 else ("center" if x < 2 * WIDTH / 3 else "right")
-
-
 def _side(direction: int) -> str:
     return "right" if direction > 0 else "left"
 
@@ -280,22 +275,31 @@ def _car_region(car: Car, colour: str, direction: int, colours: _Colours) -> Reg
                        f"a {colour} car driving {_side(-direction)}"])
 
 
-def _join(phrases: list[str]) -> str:
-    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+# Global captions say what happens, in a few fixed sentences per class; colours, directions and
+# places are in the region captions. A from-scratch model trained on captions that each name
+# colours learns to match colours first (the easiest cue) and scores frames barely above chance;
+# with class-level global captions (clips of a class share them, and the loss treats identical
+# captions as positives) the demo's frame AUC went from 0.54 to 0.75 in the same 48 steps.
+_EVENTS = {
+    "Fighting": "two people hit each other",
+    "Explosion": "a bright flash bursts and a person runs away",
+    "RoadAccidents": "two cars crash into each other",
+    "Stealing": "a person grabs a bag and runs away, chased by its owner",
+}
+_PEOPLE_WALK = {1: "a person walks", 2: "two people walk", 3: "three people walk"}
 
 
-def _normal_caption(phrases: list[str], scene: str) -> str:
-    return f"A surveillance video of {CLASS_WORDS[NORMAL]}: {_join(phrases)} {SCENE_PHRASES[scene]}."
+def _normal_caption(people: int, cars: int) -> str:
+    return f"A surveillance video of {CLASS_WORDS[NORMAL]}: {_PEOPLE_WALK[people]}{' and a car drives by' if cars else ''}."
 
 
-def _anomaly_caption(label: str, event: str, bystanders: list[str], scene: str) -> str:
-    rest = f" while {_join(bystanders)}" if bystanders else ""
-    return f"A surveillance video of {CLASS_WORDS[label]}: {event}{rest} {SCENE_PHRASES[scene]}."
+def _anomaly_caption(label: str, bystander: bool) -> str:
+    return f"A surveillance video of {CLASS_WORDS[label]}: {_EVENTS[label]}{' while another person walks by' if bystander else ''}."
 
 
 # --- training clips --------------------------------------------------------------------------
 
-def _train_normal(rng, n_frames: int, layout: Layout, scene: str, windows: int) -> tuple[list[Actor], list[RecordPlan]]:
+def _train_normal(rng, n_frames: int, layout: Layout, windows: int) -> tuple[list[Actor], list[RecordPlan]]:
     """Persons (and maybe a car) walking; with two windows, each person turns back at the split."""
     colours = _Colours(rng)
     bounds = [(k + 1) * n_frames // windows - 1 for k in range(windows)]
@@ -319,23 +323,23 @@ def _train_normal(rng, n_frames: int, layout: Layout, scene: str, windows: int) 
     records = []
     for k in range(windows):
         first = 0 if k == 0 else bounds[k - 1] + 1
-        regions, phrases = [], []
-        for actor, kind, colour, directions in tracks:
-            if kind == "person":
-                regions.append(_walker_region(actor, colour, directions[k], colours))
-                phrases.append(f"a {colour} person walks {_side(directions[k])}")
-            else:
-                regions.append(_car_region(actor, colour, directions[k], colours))
-                phrases.append(f"a {colour} car drives {_side(directions[k])}")
+        regions = [(_walker_region if kind == "person" else _car_region)(actor, colour, directions[k], colours)
+                   for actor, kind, colour, directions in tracks]
+        cars = sum(kind == "car" for _, kind, _, _ in tracks)
         window = (first, bounds[k]) if windows > 1 else None
-        records.append(RecordPlan(_normal_caption(phrases, scene), regions, window, rng.uniform() < 0.67))
+        records.append(RecordPlan(_normal_caption(len(tracks) - cars, cars), regions, window, rng.uniform() < 0.67))
     return actors, records
 
 
-def _bystander(rng, layout, colours: _Colours, n_frames: int) -> tuple[Person, RegionPlan, str]:
+def _add_bystander(rng, layout, colours: _Colours, n_frames: int, actors: list, regions: list, chance: float) -> bool:
+    """Maybe add a person walking past (drawn first, behind the event): an annotated normal region."""
+    if rng.uniform() >= chance:
+        return False
     colour, direction = colours.take(), int(rng.choice([-1, 1]))
     person = _walker_in_view(rng, layout, colour, [(n_frames - 1, direction)])
-    return person, _walker_region(person, colour, direction, colours), f"a {colour} person walks {_side(direction)}"
+    actors.insert(0, person)
+    regions.append(_walker_region(person, colour, direction, colours))
+    return True
 
 
 def _fight(rng, layout: Layout, first: int, last: int, n_frames: int, *,
@@ -375,7 +379,7 @@ def _fight(rng, layout: Layout, first: int, last: int, n_frames: int, *,
     return path_a, path_b, jitters, burst
 
 
-def _train_fighting(rng, n_frames, layout, scene):
+def _train_fighting(rng, n_frames, layout):
     colours = _Colours(rng)
     colour_a, colour_b = colours.take(), colours.take()
     height_a, height_b = _person_height(rng), _person_height(rng)
@@ -392,15 +396,8 @@ def _train_fighting(rng, n_frames, layout, scene):
     regions = [RegionPlan(f, "person", f.rgb, f"a {c} person fighting",
                           [f"a {colours.unused()} person fighting", f"a {c} person walking {_side(d)}"])
                for f, c, d in ((fighter_a, colour_a, 1), (fighter_b, colour_b, -1))]
-    bystanders = []
-    if rng.uniform() < 0.4:
-        person, region, phrase = _bystander(rng, layout, colours, n_frames)
-        actors.insert(0, person)
-        regions.append(region)
-        bystanders.append(phrase)
-    event = f"a {colour_a} person and a {colour_b} person hit each other near the {_where(mx)}"
-    return actors, [RecordPlan(_anomaly_caption("Fighting", event, bystanders, scene), regions, None,
-                               rng.uniform() < 0.67)]
+    bystander = _add_bystander(rng, layout, colours, n_frames, actors, regions, 0.4)
+    return actors, [RecordPlan(_anomaly_caption("Fighting", bystander), regions, None, rng.uniform() < 0.67)]
 
 
 def _flash_track(rng, first: int, last: int, cx: float, cy: float, r_max: float, fade_out: bool) -> Track:
@@ -423,7 +420,7 @@ def _flash_track(rng, first: int, last: int, cx: float, cy: float, r_max: float,
     return track
 
 
-def _train_explosion(rng, n_frames, layout, scene):
+def _train_explosion(rng, n_frames, layout):
     colours = _Colours(rng)
     r_max = rng.uniform(52, 70)
     fx = rng.uniform(r_max + 4, WIDTH - r_max - 4)
@@ -455,15 +452,8 @@ def _train_explosion(rng, n_frames, layout, scene):
                           ["a small orange explosion flash", "a big blue explosion flash"]),
                RegionPlan(runner, "person", runner.rgb, f"a {colour} person running away",
                           [f"a {colours.unused()} person running away", f"a {colour} person standing still"])]
-    bystanders = []
-    if rng.uniform() < 0.4:
-        person, region, phrase = _bystander(rng, layout, colours, n_frames)
-        actors.insert(0, person)
-        regions.append(region)
-        bystanders.append(phrase)
-    event = f"a bright flash bursts near the {_where(fx)} and a {colour} person runs away"
-    return actors, [RecordPlan(_anomaly_caption("Explosion", event, bystanders, scene), regions, None,
-                               rng.uniform() < 0.67)]
+    bystander = _add_bystander(rng, layout, colours, n_frames, actors, regions, 0.4)
+    return actors, [RecordPlan(_anomaly_caption("Explosion", bystander), regions, None, rng.uniform() < 0.67)]
 
 
 def _crash(rng, layout: Layout, start: int, last: int, *, contact_x: float,
@@ -482,7 +472,7 @@ def _crash(rng, layout: Layout, start: int, last: int, *, contact_x: float,
         x0_a = max(half_w + 2, x_hit_a - speed_px_frame * 20)
         x0_b = min(WIDTH - half_w - 2, x_hit_b + speed_px_frame * 20)
     contact = start + int(np.ceil(max(x_hit_a - x0_a, x0_b - x_hit_b) / speed_px_frame))
-    tilt_a, tilt_b = -rng.uniform(8, 16), rng.uniform(8, 16)
+    tilt_a, tilt_b = -rng.uniform(18, 30), rng.uniform(18, 30)  # noses thrown up: wrecked at a glance
     paths, cars = [], []
     for x0, x_hit, facing, tilt, dy in ((x0_a, x_hit_a, 1, tilt_a, 3), (x0_b, x_hit_b, -1, tilt_b, -3)):
         path = _Path(start, x0, lane_y + dy, half_w, half_h, "drive", facing)
@@ -498,12 +488,12 @@ def _crash(rng, layout: Layout, start: int, last: int, *, contact_x: float,
                     seed=int(rng.integers(1 << 30)), spread=rng.uniform(35, 55))
     smoke = Smoke(Track().add(contact, contact_x, lane_y - half_h, 12, 30), min(contact + 4, last), last,
                   seed=int(rng.integers(1 << 30)))
-    impact = Burst(Track().add(contact, contact_x, lane_y - 4, 20, 20), contact, min(contact + 12, last),
+    impact = Burst(Track().add(contact, contact_x, lane_y - 4, 20, 20), contact, min(contact + 20, last),
                    seed=int(rng.integers(1 << 30)))
     return paths, cars, contact, debris, smoke, impact
 
 
-def _train_road_accident(rng, n_frames, layout, scene):
+def _train_road_accident(rng, n_frames, layout):
     colours = _Colours(rng)
     colour_a, colour_b = colours.take(), colours.take()
     contact_x = rng.uniform(110, WIDTH - 110)
@@ -517,15 +507,8 @@ def _train_road_accident(rng, n_frames, layout, scene):
     regions = [RegionPlan(car, "car", car.rgb, f"a {c} car crashing",
                           [f"a {colours.unused()} car crashing", f"a {c} car parked"])
                for car, c in zip(car_actors, (colour_a, colour_b))]
-    bystanders = []
-    if rng.uniform() < 0.4:
-        person, region, phrase = _bystander(rng, layout, colours, n_frames)
-        actors.insert(0, person)
-        regions.append(region)
-        bystanders.append(phrase)
-    event = f"a {colour_a} car and a {colour_b} car crash near the {_where(contact_x)}"
-    return actors, [RecordPlan(_anomaly_caption("RoadAccidents", event, bystanders, scene), regions, None,
-                               rng.uniform() < 0.67)]
+    bystander = _add_bystander(rng, layout, colours, n_frames, actors, regions, 0.4)
+    return actors, [RecordPlan(_anomaly_caption("RoadAccidents", bystander), regions, None, rng.uniform() < 0.67)]
 
 
 def _run_zigzag(path: _Path, rng, last: int, y_range, speed_px_frame: float, pose: str, *, leave: bool = False) -> int:
@@ -568,41 +551,64 @@ def _take_bag(path: _Path, grab: int, facing: int, height: int) -> None:
     path.jump(body_x - facing * carry_body_offset(height), path.y, carry_w, carry_h, "carry", facing)
 
 
-def _train_stealing(rng, n_frames, layout, scene):
-    colours = _Colours(rng)
-    colour = colours.take()
+def _chaser(thief: _Path, grab: int, lag: int, height: int, x: float, feet_y: float, facing: int, first: int) -> _Path:
+    """The bag's owner: stands beside the bag, then runs after the thief along the same path, `lag` frames behind."""
+    half_w, half_h = person_half_extent(height, "run")
+    path = _Path(first, x, feet_y - half_h, half_w, half_h, "stand", facing)
+    path.go(grab, x, path.y)
+    for frame, (cx, cy, _, thief_half_h) in zip(thief.track.frames, thief.track.values):
+        if frame >= grab:
+            target_x, target_y = cx, cy + thief_half_h - half_h  # feet on the thief's footprints
+            path.go(frame + lag, target_x, target_y, pose="run", facing=1 if target_x >= path.x else -1)
+    return path
+
+
+def _stealing(rng, layout: Layout, colours: _Colours, grab: int, *, walk_in_from: float | None, last: int,
+              leave: bool, n_frames: int) -> tuple[list[Actor], Person, Person, str, tuple[int, int]]:
+    """A bag on the ground with its owner beside it; a person walks up, takes it at `grab` and runs off,
+    the owner giving chase. Returns the actors, thief, owner, bag colour and their visible spans."""
     bag_colour = str(rng.choice(list(BAG_COLOURS)))
-    other_bag = next(c for c in BAG_COLOURS if c != bag_colour)
-    height = _person_height(rng)
+    height, owner_height = _person_height(rng), _person_height(rng)
     half_w, half_h = person_half_extent(height, "walk")
-    y_range = _person_y_range(layout, half_h)
-    cy = rng.uniform(*y_range)
-    approach = int(rng.choice([-1, 1]))  # walking direction toward the bag
-    bag_x = rng.uniform(90, WIDTH - 90)
-    bag_y = cy + half_h - BAG_SIZE[1] / 2
+    feet_y = rng.uniform(layout.feet_top + 10, layout.feet_bottom)
+    approach = int(rng.choice([-1, 1]))  # the thief's walking direction toward the bag
+    bag_x = rng.uniform(100, WIDTH - 100)
     body_at_bag = bag_x - approach * (half_w + BAG_SIZE[0] / 2 + 2)
-    grab = int(rng.integers(10, 21))
-    path = _Path(0, body_at_bag - approach * 1.0 * grab * 0.8, cy, half_w, half_h, "walk", approach)
-    path.go(grab - 1, body_at_bag, cy)
-    run_facing = int(rng.choice([-1, 1]))
-    _take_bag(path, grab, run_facing, height)
-    _run_zigzag(path, rng, n_frames - 1, _person_y_range(layout, path.half_h), rng.uniform(2.0, 2.5), "carry")
-    thief = Person(path.track, 0, n_frames - 1, rgb=ACTOR_COLOURS[colour], height=height, modes=path.modes,
-                   bag_rgb=BAG_COLOURS[bag_colour])
-    bag = Bag(Track().add(0, bag_x, bag_y, BAG_SIZE[0] / 2, BAG_SIZE[1] / 2), 0, grab - 1, rgb=BAG_COLOURS[bag_colour])
-    actors = [bag, thief]
-    regions = [RegionPlan(thief, "person", thief.rgb, f"a {colour} person stealing a {bag_colour} bag",
-                          [f"a {colour} person stealing a {other_bag} bag",
-                           f"a {colours.unused()} person stealing a {bag_colour} bag"])]
-    bystanders = []
-    if rng.uniform() < 0.5:
-        person, region, phrase = _bystander(rng, layout, colours, n_frames)
-        actors.insert(0, person)
-        regions.append(region)
-        bystanders.append(phrase)
-    event = f"a {colour} person grabs a {bag_colour} bag near the {_where(bag_x)} and runs away"
-    return actors, [RecordPlan(_anomaly_caption("Stealing", event, bystanders, scene), regions, None,
-                               rng.uniform() < 0.67)]
+    owner_x = bag_x + approach * (person_half_extent(owner_height, "stand")[0] + BAG_SIZE[0] / 2 + 4)
+    if walk_in_from is None:  # already in view at the clip's start
+        x0, first = body_at_bag - approach * 0.8 * grab, 0
+    else:
+        x0 = walk_in_from
+        first = grab - 1 - int(abs(body_at_bag - x0) / 0.9)
+    path = _Path(first, x0, feet_y - half_h, half_w, half_h, "walk", approach)
+    path.go(grab - 1, body_at_bag, path.y)
+    _take_bag(path, grab, -approach, height)  # runs back the way it came, away from the owner
+    speed = rng.uniform(2.0, 2.5)
+    last_visible = _run_zigzag(path, rng, last, _person_y_range(layout, path.half_h), speed, "carry", leave=leave)
+    lag = int(rng.integers(14, 22))
+    owner = _chaser(path, grab, lag, owner_height, owner_x, feet_y, -approach, min(0, first))
+    thief = Person(path.track, max(0, first), min(n_frames - 1, last_visible), rgb=ACTOR_COLOURS[colours.take()],
+                   height=height, modes=path.modes, bag_rgb=BAG_COLOURS[bag_colour])
+    chaser = Person(owner.track, 0, min(n_frames - 1, last_visible + lag), rgb=ACTOR_COLOURS[colours.take()],
+                    height=owner_height, modes=owner.modes)
+    bag = Bag(Track().add(0, bag_x, feet_y - BAG_SIZE[1] / 2, BAG_SIZE[0] / 2, BAG_SIZE[1] / 2), 0, grab - 1,
+              rgb=BAG_COLOURS[bag_colour])
+    return [bag, chaser, thief], thief, chaser, bag_colour, (grab, min(n_frames - 1, last_visible + lag))
+
+
+def _train_stealing(rng, n_frames, layout):
+    colours = _Colours(rng)
+    actors, thief, owner, bag_colour, _ = _stealing(rng, layout, colours, int(rng.integers(10, 21)), walk_in_from=None,
+                                                    last=n_frames - 1, leave=False, n_frames=n_frames)
+    thief_colour, owner_colour = (colours.used[0], colours.used[1])
+    other_bag = next(c for c in BAG_COLOURS if c != bag_colour)
+    regions = [RegionPlan(thief, "person", thief.rgb, f"a {thief_colour} person stealing a {bag_colour} bag",
+                          [f"a {thief_colour} person stealing a {other_bag} bag",
+                           f"a {colours.unused()} person stealing a {bag_colour} bag"]),
+               RegionPlan(owner, "person", owner.rgb, f"a {owner_colour} person chasing a thief",
+                          [f"a {colours.unused()} person chasing a thief", f"a {owner_colour} person standing still"])]
+    bystander = _add_bystander(rng, layout, colours, n_frames, actors, regions, 0.3)
+    return actors, [RecordPlan(_anomaly_caption("Stealing", bystander), regions, None, rng.uniform() < 0.67)]
 
 
 TRAIN_SCRIPTS = {"Fighting": _train_fighting, "Explosion": _train_explosion,
@@ -715,25 +721,10 @@ def _test_road_accident(rng, n_frames, layout):
 def _test_stealing(rng, n_frames, layout):
     first, last = _event_span(rng, n_frames)
     colours = _Colours(rng)
-    bag_colour = str(rng.choice(list(BAG_COLOURS)))
-    height = _person_height(rng)
-    half_w, half_h = person_half_extent(height, "walk")
-    cy = rng.uniform(*_person_y_range(layout, half_h))
-    approach = int(rng.choice([-1, 1]))
-    bag_x = rng.uniform(90, WIDTH - 90)
-    bag_y = cy + half_h - BAG_SIZE[1] / 2
-    body_at_bag = bag_x - approach * (half_w + BAG_SIZE[0] / 2 + 2)
-    x0 = -half_w - 2 if approach > 0 else WIDTH + half_w + 2
-    path = _Path(first - int(abs(body_at_bag - x0) / 0.9), x0, cy, half_w, half_h, "walk", approach)
-    path.go(first - 1, body_at_bag, cy)
-    run_facing = int(rng.choice([-1, 1]))
-    _take_bag(path, first, run_facing, height)
-    speed = rng.uniform(2.0, 2.5)
-    last_visible = _run_zigzag(path, rng, last, _person_y_range(layout, path.half_h), speed, "carry", leave=True)
-    thief = Person(path.track, max(0, path.track.frames[0]), min(n_frames - 1, last_visible),
-                   rgb=ACTOR_COLOURS[colours.take()], height=height, modes=path.modes, bag_rgb=BAG_COLOURS[bag_colour])
-    bag = Bag(Track().add(0, bag_x, bag_y, BAG_SIZE[0] / 2, BAG_SIZE[1] / 2), 0, first - 1, rgb=BAG_COLOURS[bag_colour])
-    return [bag, thief], (first, min(n_frames - 1, last_visible))
+    edge = -30.0 if rng.uniform() < 0.5 else WIDTH + 30.0
+    actors, _, _, _, event = _stealing(rng, layout, colours, first, walk_in_from=edge, last=last, leave=True,
+                                       n_frames=n_frames)
+    return actors, event
 
 
 TEST_SCRIPTS = {"Fighting": _test_fighting, "Explosion": _test_explosion,
@@ -795,7 +786,7 @@ def plan_dataset(seed: int = embedded.SYNTH_SEED, size: str = "default") -> list
         n_frames = sum(_frames(rng, profile.train_seconds) for _ in range(windows))
         n_frames -= n_frames % windows  # windows split on a whole frame
         scene = normal_scenes[k]
-        actors, records = _train_normal(rng, n_frames, SCENE_LAYOUTS[scene], scene, windows)
+        actors, records = _train_normal(rng, n_frames, SCENE_LAYOUTS[scene], windows)
         plans.append(ClipPlan(f"videos/{TRAIN_NORMAL_DIR}/{name}", NORMAL, "train", scene, n_frames,
                               int(rng.integers(1 << 30)), actors, records))
 
@@ -805,7 +796,7 @@ def plan_dataset(seed: int = embedded.SYNTH_SEED, size: str = "default") -> list
             name = f"{label}{FIRST_TRAIN_NUMBER + k}_x264.mp4"
             rng = _video_rng(seed, name)
             n_frames = _frames(rng, profile.train_seconds)
-            actors, records = TRAIN_SCRIPTS[label](rng, n_frames, SCENE_LAYOUTS[scenes[k]], scenes[k])
+            actors, records = TRAIN_SCRIPTS[label](rng, n_frames, SCENE_LAYOUTS[scenes[k]])
             plans.append(ClipPlan(f"videos/{label}/{name}", label, "train", scenes[k], n_frames,
                                   int(rng.integers(1 << 30)), actors, records))
 

@@ -40,8 +40,6 @@ DEBRIS_GREYS = ((205, 205, 205), (120, 120, 120), (45, 45, 45))
 SMOKE_GREYS = ((95, 95, 95), (135, 135, 135))
 
 SCENES = ("street", "crossing", "parking lot", "plaza")
-SCENE_PHRASES = {"street": "on the street", "crossing": "at the crossing",
-                 "parking lot": "in the parking lot", "plaza": "in the plaza"}
 
 
 # --- tracks -----------------------------------------------------------------------------------
@@ -491,7 +489,7 @@ class Debris(Actor):
 
     seed: int = 0
     spread: float = 40.0
-    pieces: int = 22
+    pieces: int = 30
 
     def _draw(self, img, frame, cx, cy, half_w, half_h) -> None:
         rng = np.random.default_rng(self.seed)
@@ -514,9 +512,9 @@ class Smoke(Actor):
 
     def _draw(self, img, frame, cx, cy, half_w, half_h) -> None:
         rng = np.random.default_rng(self.seed)
-        for k in range(6):
+        for k in range(8):
             period = int(rng.integers(40, 70))
-            age = ((frame - self.first) + k * period // 6) % period / period
-            x = cx + rng.uniform(-12, 12) + age * rng.uniform(-10, 10)
+            age = ((frame - self.first) + k * period // 8) % period / period
+            x = cx + rng.uniform(-14, 14) + age * rng.uniform(-12, 12)
             y = cy - age * half_h * 2
-            fill_disk(img, x, y, 4 + age * 10, SMOKE_GREYS[k % 2])
+            fill_disk(img, x, y, 5 + age * 13, SMOKE_GREYS[k % 2])
