@@ -199,7 +199,8 @@ def frames_command(ctx, annotations, video_root, out_root, num_frames, size, res
     Validates the annotations first (test-split overlap is an error unless allowed). Records
     that cannot be used (missing or broken video, window past the end) are skipped and listed
     in each output's manifest.json; the run fails only if nothing usable remains, or with
-    --strict. Interrupted? Rerun the same command: finished shards are kept.
+    --strict. Interrupted? Rerun the same command: finished shards are kept (with their skipped
+    records: after fixing a video, delete its shard or the output directory first).
     """
     from pathlib import Path
 

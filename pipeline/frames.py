@@ -11,7 +11,8 @@ Determinism and resume: shard k always holds the k-th group of input records min
 skipped ones, so a rerun produces the same files. Each shard is written atomically
 (`pipeline.shards.write_shard`) and the manifest is rewritten after every shard; a rerun keeps
 a shard whose file exists and whose manifest entry matches, and redoes the rest. Temp files
-(`*.h5.tmp`) are never read, only deleted.
+(`*.h5.tmp`) are never read, only deleted. A kept shard keeps its skipped records too: after
+fixing a broken video, delete the shard named in its `skipped` entry (or the directory) and rerun.
 
 Bad input does not stop the run: a missing, empty or undecodable video, a window past the
 video's end or an invalid box skips the record, with its reason in the manifest's `skipped`
@@ -438,7 +439,8 @@ class _ShardDir:
             try:
                 old = read_manifest(path)
             except (ShardFormatError, ValueError) as err:
-                raise FramesError(f"{path}: existing manifest cannot be used ({err}); delete the directory or choose another --out") from err
+                raise FramesError(f"{path}: existing manifest cannot be used ({err}); "
+                                  f"delete the directory or choose another --out") from err
             differing = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
             if differing:
                 details = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differing.items())
@@ -452,31 +454,23 @@ class _ShardDir:
         return shard_dir
 
     def _keep_finished(self, old: dict, groups: list[list[AnnotationRecord]]) -> None:
-        """Groups whose shard file exists and matches its manifest entry are done; the rest are redone."""
+        """Keep shard k if its file exists and the old manifest lists it with the records this run
+        would write there (group k, in order, minus records the old run skipped, with reasons)."""
         entries = {entry["file"]: entry for entry in old.get("shards", [])}
-        old_skips: dict[int, dict] = {s["record_index"]: s for s in old.get("skipped", []) if s.get("record_index") is not None}
+        old_skips = {s["record_index"]: s for s in old.get("skipped", [])}
         for k, group in enumerate(groups):
-            name = shard_name(k)
-            entry = entries.get(name)
-            if entry is None or not (self.path / name).is_file():
+            entry = entries.get(shard_name(k))
+            if entry is None or not (self.path / entry["file"]).is_file():
                 continue
-            indices = [r.index for r in group]
-            written = list(entry["records"])
-            skipped_here = [i for i in indices if i not in written]
-            if written != [i for i in indices if i in written] or not written or any(i not in old_skips for i in skipped_here):
-                continue  # the group changed since: rebuild it
+            listed = set(entry["records"])
+            skipped_here = [r.index for r in group if r.index not in listed]
+            if [r.index for r in group if r.index in listed] != list(entry["records"]) or \
+                    any(i not in old_skips for i in skipped_here):
+                continue  # the records changed since: rebuild this shard
             self.complete[k] = entry
             self.old_skips[k] = [old_skips[i] for i in skipped_here]
-        kept = {entry["file"] for entry in self.complete.values()}
-        self.dropped_regions = [d for d in old.get("dropped_regions", [])
-                                if shard_name(self._group_of_record(groups, d["record_index"])) in kept]
-
-    @staticmethod
-    def _group_of_record(groups: list[list[AnnotationRecord]], index: int) -> int:
-        for k, group in enumerate(groups):
-            if any(r.index == index for r in group):
-                return k
-        return -1
+        group_of = {r.index: k for k, group in enumerate(groups) for r in group}
+        self.dropped_regions = [d for d in old.get("dropped_regions", []) if group_of.get(d["record_index"]) in self.complete]
 
     def open_group(self, k: int, group: list[AnnotationRecord]) -> None:
         self.open_groups[k] = {r.index: None for r in group}
@@ -484,7 +478,7 @@ class _ShardDir:
     def resolve(self, k: int, record_index: int, shard_record: ShardRecord | None, skip: Skip | None) -> None:
         self.open_groups[k][record_index] = shard_record if shard_record is not None else False  # False = skipped
         if skip is not None:
-            self.skipped.setdefault(k, []).append(skip.to_dict())
+            self.skipped.setdefault(k, []).append({**skip.to_dict(), "shard": shard_name(k)})
 
     def flush(self, k: int, order: list[int]) -> bool:
         """Write group k's shard if all its records are resolved; True if the group is closed."""
@@ -510,11 +504,11 @@ class _ShardDir:
     def all_skips(self) -> list[dict]:
         skips = [s for group in self.old_skips.values() for s in group]
         skips += [s for group in self.skipped.values() for s in group]
-        return sorted(skips, key=lambda s: (s["record_index"] is None, s["record_index"] or 0))
+        return sorted(skips, key=lambda s: s["record_index"])
 
     def write_manifest(self, *, finished: bool) -> dict:
         shards = [self.complete[k] for k in sorted(self.complete)]
-        skips = sorted([*self.prior_skips, *self.all_skips()], key=lambda s: (s["record_index"] is None, s["record_index"] or 0))
+        skips = sorted([*self.prior_skips, *self.all_skips()], key=lambda s: s["record_index"])
         summary = {
             "records": sum(len(entry["records"]) for entry in shards),
             "shards": len(shards),
@@ -625,7 +619,8 @@ class _Build:
                 first = next(iter(skipped_now.values()))
                 raise FramesError(f"--strict: record {first.record_index} ({first.video}) skipped: {first.reason}")
             d = result.dropped_regions[0]
-            raise FramesError(f"--strict: record {d['record_index']} ({d['video']}) region {d['region']} dropped: {d['reason']}")
+            raise FramesError(f"--strict: record {d['record_index']} ({d['video']}) region {d['region']} "
+                              f"dropped: {d['reason']}")
         self.run_skips.extend(s.to_dict() for s in skipped_now.values())
         touched: set[tuple[SamplingSpec, int]] = set()
         for spec, shard_dir in self.dirs.items():

@@ -469,3 +469,27 @@ def test_no_argument_run_builds_the_embedded_default_and_then_skips_it(synth_dat
     again = subprocess.run([FGCLIP, "frames"], env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("decoded 0 videos") == 2  # train and test: nothing left to do
+
+
+def test_fixed_video_is_picked_up_after_deleting_its_shard(video_root, tmp_path):
+    root = tmp_path / "videos"
+    for name in (FILM, VTEST):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).symlink_to(video_root / name)
+    records = [record(0, FILM), record(1, CAR), record(2, VTEST), record(3, FILM, (1.0, 3.0))]
+    out = tmp_path / "t4"
+    build_shards(records, video_root=root, out_dirs={4: out}, size=16, records_per_shard=2, workers=1, progress=False)
+    manifest = read_manifest(out)
+    assert [e["records"] for e in manifest["shards"]] == [[0], [2, 3]]
+    (skip,) = manifest["skipped"]
+    assert (skip["record_index"], skip["kind"], skip["shard"]) == (1, "video-missing", "shard-00000.h5")
+
+    (root / CAR).parent.mkdir(parents=True, exist_ok=True)
+    (root / CAR).symlink_to(video_root / CAR)  # the missing video turns up
+    kept_before = (out / "shard-00001.h5").stat().st_mtime_ns
+    (out / skip["shard"]).unlink()
+    summary = build_shards(records, video_root=root, out_dirs={4: out}, size=16, records_per_shard=2, workers=1,
+                           progress=False)
+    assert summary["shards_written"] == 1 and summary["shards_kept"] == 1 and summary["skipped"] == []
+    assert [e["records"] for e in read_manifest(out)["shards"]] == [[0, 1], [2, 3]]
+    assert (out / "shard-00001.h5").stat().st_mtime_ns == kept_before
