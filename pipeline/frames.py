@@ -785,6 +785,33 @@ def embedded_output_dirs(shard_root: Path | None = None) -> tuple[dict[int, Path
     return {t: Path(shard_root) / d.name for t, d in train.items()}, Path(shard_root) / test.name
 
 
+def ensure_embedded_dataset() -> None:
+    """Generate the synthetic dataset if missing, or again if the generator changed since.
+
+    An existing dataset keeps its seed and size (tests use the tiny one); one without the
+    generator's completion stamp was put there by hand and is used as it is.
+    """
+    from pipeline import synth
+
+    if not embedded.TRAIN_JSON.is_file():
+        synth.generate_dataset()
+        return
+    try:
+        stamp = synth.summary(embedded.SYNTH_DIR)
+    except (OSError, ValueError):
+        return
+    synth.generate_dataset(embedded.SYNTH_DIR, stamp.get("seed", embedded.SYNTH_SEED), size=stamp.get("size", "default"))
+
+
+def _remove_if_other_source(shard_dir: Path, source_sha256: str) -> None:
+    try:
+        manifest = read_manifest(shard_dir)
+    except ShardFormatError:
+        return
+    if manifest.get("source_sha256") != source_sha256:
+        shutil.rmtree(shard_dir)
+
+
 def build_embedded_default(*, shard_root: Path | None = None, workers: int | None = None, strict: bool = False,
                            progress: bool = True) -> dict:
     """The embedded default: generate the synthetic dataset if missing, then its train and test shards.
@@ -792,12 +819,9 @@ def build_embedded_default(*, shard_root: Path | None = None, workers: int | Non
     Train shards for every T in `embedded.TRAIN_FRAME_COUNTS` (one decode per video), test
     shards at `embedded.TEST_STRIDE`, frames at `embedded.FRAME_SIZE`, into the directories
     `pipeline.embedded` names (or the same names under `shard_root`). What is already complete
-    is kept.
+    is kept; shards of an older generated dataset are deleted and rebuilt.
     """
-    if not embedded.TRAIN_JSON.is_file():
-        from pipeline.synth import generate_dataset
-
-        generate_dataset()
+    ensure_embedded_dataset()
     report = validate_annotations(embedded.TRAIN_JSON, test_split=embedded.TEST_LIST)
     if report.errors():
         first = report.errors()[0]
@@ -806,6 +830,10 @@ def build_embedded_default(*, shard_root: Path | None = None, workers: int | Non
             f"{first.message}); regenerate it with `make clean-data` then `make frames`"
         )
     train_dirs, test_dir = embedded_output_dirs(shard_root)
+    # Shards of an earlier generated dataset are stale, not precious: rebuilt, not refused.
+    for path in train_dirs.values():
+        _remove_if_other_source(path, report.source_sha256)
+    _remove_if_other_source(test_dir, hashlib.sha256(embedded.TEST_LIST.read_bytes()).hexdigest())
     train = _Build(report.records, video_root=embedded.VIDEO_ROOT,
                    outputs={SamplingSpec.uniform(t): path for t, path in train_dirs.items()}, size=embedded.FRAME_SIZE,
                    resize_mode="squash", records_per_shard=TRAIN_RECORDS_PER_SHARD, strict=strict,

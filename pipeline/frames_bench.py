@@ -32,7 +32,7 @@ from pathlib import Path
 from pipeline import embedded
 from pipeline.annotations import read_split_list
 from pipeline.decode import bare_decode_command, find_ffmpeg
-from pipeline.frames import default_workers
+from pipeline.frames import default_workers, ensure_embedded_dataset
 
 SPEED_BAR = 1.5  # stage 1 may take at most this many times the bare decode
 
@@ -101,10 +101,7 @@ def _cpu_model() -> str:
 
 def benchmark_stage1(*, repeats: int = 3, workers: int | None = None, scratch: Path | None = None) -> dict:
     """Time stage 1 on the embedded default against bare decodes; returns all figures."""
-    if not embedded.TRAIN_JSON.is_file():
-        from pipeline.synth import generate_dataset
-
-        generate_dataset()
+    ensure_embedded_dataset()  # generated (or regenerated) before any timing
     workers = workers or default_workers()
     videos = embedded_videos()
     scratch = Path(scratch) if scratch else Path(tempfile.gettempdir())

@@ -470,6 +470,17 @@ def test_no_argument_run_builds_the_embedded_default_and_then_skips_it(synth_dat
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("decoded 0 videos") == 2  # train and test: nothing left to do
 
+    # shards of an earlier generated dataset (another train.json) are rebuilt, not refused
+    manifest_file = shard_root / "train_t64" / "manifest.json"
+    old_sha = read_manifest(shard_root / "train_t64")["source_sha256"]
+    manifest_file.write_text(manifest_file.read_text().replace(old_sha, "0" * 64))
+    rebuilt = subprocess.run([FGCLIP, "frames"], env=env, capture_output=True, text=True)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    # train: T=64 rebuilt, T=256 kept; test: kept
+    assert "1 shards written, 1 kept from an earlier run" in rebuilt.stdout
+    assert "0 shards written, 1 kept from an earlier run" in rebuilt.stdout
+    assert read_manifest(shard_root / "train_t64")["summary"]["complete"]
+
 
 def test_fixed_video_is_picked_up_after_deleting_its_shard(video_root, tmp_path):
     root = tmp_path / "videos"
