@@ -231,7 +231,8 @@ def frames_command(ctx, annotations, video_root, out_root, num_frames, size, res
                 raise click.UsageError("give either ANNOTATIONS (training shards) or --test-list (test shards), not both")
             ignored = given & {"num_frames", "test_split", "allow_test_overlap", "drop_test_overlap", "translations"}
             if ignored:
-                raise click.UsageError(f"{', '.join('--' + n.replace('_', '-') for n in sorted(ignored))} apply to training shards, not --test-list")
+                raise click.UsageError(f"{', '.join('--' + n.replace('_', '-') for n in sorted(ignored))}: "
+                                       f"for training shards (ANNOTATIONS), not --test-list")
             test_list_path = Path(test_list)
             root = Path(out_root) if out_root else embedded.SHARD_ROOT / test_list_path.stem
             summary = build_test_shards(
@@ -244,7 +245,7 @@ def frames_command(ctx, annotations, video_root, out_root, num_frames, size, res
             ignored = given - {"workers", "strict"}
             if ignored:
                 raise click.UsageError(
-                    f"{', '.join('--' + n.replace('_', '-') for n in sorted(ignored))} need ANNOTATIONS or --test-list; "
+                    f"{', '.join('--' + n.replace('_', '-') for n in sorted(ignored))}: only with ANNOTATIONS or --test-list; "
                     f"without arguments `frames` builds the embedded default with its fixed settings")
             result = build_embedded_default(workers=workers, strict=strict)
             _print_frames_summary(result["train"])
