@@ -308,7 +308,8 @@ def select_expression(frame_numbers: Sequence[int]) -> str:
 
     expression = tree(0, len(runs))
     if len(expression) > _MAX_SELECT_CHARS:
-        raise ValueError(f"{len(frames)} scattered frame numbers make a select expression too long for ffmpeg's command line")
+        raise ValueError(f"{len(frames)} scattered frame numbers make a select expression too long "
+                         f"for ffmpeg's command line")
     return expression
 
 
@@ -328,7 +329,8 @@ def scale_filters(size: int, crop: CropRegion | None = None) -> list[tuple[str, 
 
 def scale_filter_chain(size: int, crop: CropRegion | None = None) -> str:
     """scale_filters as an ffmpeg -vf string (for reference decodes in tests and benchmarks)."""
-    return ",".join(name + "=" + ":".join(f"{k}={v}" for k, v in options.items()) for name, options in scale_filters(size, crop))
+    return ",".join(name + "=" + ":".join(f"{k}={v}" for k, v in options.items())
+                    for name, options in scale_filters(size, crop))
 
 
 def decode_command(path: os.PathLike | str, frame_numbers: Sequence[int], *, size: int, crop: CropRegion | None = None,

@@ -470,7 +470,8 @@ class _ShardDir:
             self.complete[k] = entry
             self.old_skips[k] = [old_skips[i] for i in skipped_here]
         group_of = {r.index: k for k, group in enumerate(groups) for r in group}
-        self.dropped_regions = [d for d in old.get("dropped_regions", []) if group_of.get(d["record_index"]) in self.complete]
+        self.dropped_regions = [d for d in old.get("dropped_regions", [])
+                                if group_of.get(d["record_index"]) in self.complete]
 
     def open_group(self, k: int, group: list[AnnotationRecord]) -> None:
         self.open_groups[k] = {r.index: None for r in group}

@@ -118,7 +118,8 @@ def benchmark_stage1(*, repeats: int = 3, workers: int | None = None, scratch: P
     median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
     return {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": f"{platform.node()}: {_cpu_model()}, {os.cpu_count()} CPUs ({default_workers()} usable), {platform.system()} {platform.release()}",
+        "machine": f"{platform.node()}: {_cpu_model()}, {os.cpu_count()} CPUs ({default_workers()} usable), "
+                   f"{platform.system()} {platform.release()}",
         "ffmpeg": find_ffmpeg(),
         "videos": len(videos),
         "video_bytes": sum(v.stat().st_size for v in videos),
@@ -148,7 +149,8 @@ def format_benchmark(result: dict) -> str:
     ]
 
     def cells(r: dict) -> str:
-        return " ".join(f"{r[k + '_s']:>7.2f} ({r[k + '_cpu_s']:>6.2f})" for k in ("bare_sequential", "stage1", "bare_parallel"))
+        return " ".join(f"{r[k + '_s']:>7.2f} ({r[k + '_cpu_s']:>6.2f})"
+                        for k in ("bare_sequential", "stage1", "bare_parallel"))
 
     for i, r in enumerate(result["rounds"]):
         lines.append(f"  {i:>6} {cells(r)}")

@@ -40,11 +40,13 @@ def check_keyframes(keyframes: Sequence[Keyframe]) -> None:
     previous = -1
     for k, keyframe in enumerate(keyframes):
         if keyframe.frame <= previous:
-            raise TrackError(f"keyframe {k} at frame {keyframe.frame} is not after frame {previous}; keyframes must be sorted and unique")
+            raise TrackError(f"keyframe {k} at frame {keyframe.frame} is not after frame {previous}; "
+                             f"keyframes must be sorted and unique")
         previous = keyframe.frame
         x1, y1, x2, y2 = keyframe.box
         if not (0.0 <= x1 < x2 <= 1.0 and 0.0 <= y1 < y2 <= 1.0):
-            raise TrackError(f"keyframe {k} (frame {keyframe.frame}) has box {list(keyframe.box)}; needs 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1")
+            raise TrackError(f"keyframe {k} (frame {keyframe.frame}) has box {list(keyframe.box)}; "
+                             f"needs 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1")
 
 
 def box_track(keyframes: Sequence[Keyframe], frame_index: np.ndarray, half_stride: float) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +66,8 @@ def box_track(keyframes: Sequence[Keyframe], frame_index: np.ndarray, half_strid
     return boxes.astype(np.float32), mask
 
 
-def crop_boxes(boxes: np.ndarray, mask: np.ndarray, crop: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+def crop_boxes(boxes: np.ndarray, mask: np.ndarray,
+               crop: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
     """Boxes of the full frame -> boxes of the crop (x0, y0, w, h in 0..1 of the full frame), clipped.
 
     Frames whose box falls entirely outside the crop become invisible (mask false, box zeros).
