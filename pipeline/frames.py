@@ -19,8 +19,21 @@ video's end or an invalid box skips the record, with its reason in the manifest'
 list and in the summary. `strict=True` turns the first of these into an error. A region whose
 track meets no sampled frame is dropped from its record (listed under `dropped_regions`).
 
+Keyframes outside a record's window stay in its box tracks (see `pipeline.tracks`): they
+shape the interpolation inside the window, and one within half a sampling stride of the
+window's edge is held onto the edge sample.
+
 Memory: a worker holds the sampled frames of one video (all its records, all samplings), the
-parent the records of the shards still being filled; never a whole decoded video.
+parent the records of the shards still being filled; never a whole decoded video. Frames go
+from worker to parent through a spool file (see `_write_spool`).
+
+Manifest (`manifest.json` per output directory, `pipeline.shards.write_manifest`):
+`schema_version`, `sampling`, `num_frames` (T, uniform) and `stride` (stride mode), `size`,
+`resize_mode`, `records_per_shard`, `source` (annotation file or test list), `source_sha256`,
+`created`, `updated`, `shards` (`file`, `records` = record indices in order, `num_frames` =
+stored frames), `skipped` (`record_index`, `video`, `kind`, `reason`, `shard`),
+`dropped_regions` (`record_index`, `region`, `caption`, `keyframes`, `sampling`, `reason`) and
+`summary` (counts; `complete` is true once a run finished).
 """
 
 from __future__ import annotations
@@ -352,7 +365,8 @@ def _run_jobs(jobs: Sequence[VideoJob], workers: int, on_result: Callable[[Video
     """
     # A small first batch, so the other workers do not wait long for their first video.
     first = min(len(jobs), max(1, workers))
-    batches = deque([list(jobs[:first])] + [list(jobs[i:i + PROBE_BATCH]) for i in range(first, len(jobs), PROBE_BATCH)])
+    batches = deque([list(jobs[:first])] +
+                    [list(jobs[i:i + PROBE_BATCH]) for i in range(first, len(jobs), PROBE_BATCH)])
     if workers <= 1 or len(jobs) <= 1:
         on_start()
         for batch in batches:
