@@ -184,6 +184,14 @@ def test_stride_shards_for_test_videos(video_root, references, tmp_path):
     assert (stored[0].label, stored[0].is_anomaly) == ("Abuse", True)
     assert (stored[1].label, stored[1].is_anomaly) == ("Normal", False)
 
+    # the command line's test mode writes the same shards
+    result = CliRunner().invoke(cli, ["frames", "--test-list", str(test_list), "--video-root", str(video_root),
+                                      "--out", str(tmp_path / "cli"), "--size", "32", "--records-per-shard", "2",
+                                      "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert "3 records in 2 shards (stride=16), 0 skipped" in result.output
+    assert_same_shard_dirs(out, tmp_path / "cli" / "test_stride16")
+
 
 def test_center_crop_frames_and_boxes(video_root, references, tmp_path):
     info = probe_video(video_root / CAR)  # 640x360: crop x 140..500
