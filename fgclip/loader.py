@@ -17,14 +17,16 @@ loader exactly where a checkpoint left it.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import queue
+import socket
+import subprocess
+import sys
 import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing import shared_memory
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -38,7 +40,6 @@ from fgclip.loader_worker import (
     WorkerSetup,
     read_record_into,
     subsample_rows,
-    worker_main,
 )
 from fgclip.text import LONG_TEXT_LENGTH, SHORT_TEXT_LENGTH, caption_key, tokenize
 from pipeline.shards import RecordMeta, ShardFormatError, ShardReader, list_shards
@@ -320,6 +321,18 @@ class ShardLoader:
                 log.warning("skipping a damaged record (--skip-damaged): %s", message)
 
 
+Key = tuple[int, int]  # (epoch, batch number in the epoch)
+
+
+@dataclass
+class _PendingBatch:
+    slot: int
+    positions: list  # dataset position read into each row (None until its read is done)
+
+    def complete(self) -> bool:
+        return all(p is not None for p in self.positions)
+
+
 class _SlotRing:
     """Shared slots, the worker processes that fill them and the transfers out of them."""
 
@@ -336,23 +349,24 @@ class _SlotRing:
             # "frames" sits at offset 0, so its pointer is the block's start
             self.pinned = _pin(self.tensors["frames"].data_ptr(), self.layout.nbytes)
             self.copy_stream = torch.cuda.Stream(device=loader.device)
-        self.workers: list[multiprocessing.Process] = []
-        self.tasks = self.results = None
+        self.workers: list[_Worker] = []
         if loader.num_workers > 0:
-            ctx = multiprocessing.get_context("spawn")
-            self.tasks, self.results = ctx.Queue(), ctx.Queue()
             setup = WorkerSetup(self.shm.name, self.layout, loader.sources, loader.skip_damaged)
-            for _ in range(loader.num_workers):
-                proc = ctx.Process(target=worker_main, args=(setup, self.tasks, self.results, os.getpid()), daemon=True)
-                proc.start()
-                self.workers.append(proc)
+            self.workers = [_Worker.start(setup) for _ in range(loader.num_workers)]
         else:
             self._local_readers: dict[str, ShardReader] = {}
             self._local_scratch: dict[int, np.ndarray] = {}
-        self._local_done: list[tuple[int, int, int]] = []
-        self._in_flight = 0
+        self._local_done: list[tuple[Key, int, int]] = []
         self._active = False
-        self._finalizer = weakref.finalize(self, _release, self.workers, self.tasks, self.shm, self.pinned, self.tensors)
+        # The stream of batches, keyed (epoch, batch): read ahead across epoch boundaries, so
+        # a new epoch starts with its first batches already in memory.
+        self._free_slots: deque[int] = deque(range(self.layout.num_slots))
+        self._release_events: dict[int, object] = {}  # slot -> CUDA event of the last copy out of it
+        self._reading: dict[Key, _PendingBatch] = {}  # issued to workers, in issue order
+        self._on_device: deque = deque()  # (key, tensors, positions_host, event), transfer order
+        self._next_key: Key | None = None  # the next batch to issue
+        self._plans: dict[int, list[np.ndarray]] = {}
+        self._finalizer = weakref.finalize(self, _release, self.workers, self.shm, self.pinned, self.tensors)
 
     def close(self) -> None:
         self.views = {}
@@ -365,85 +379,102 @@ class _SlotRing:
             raise RuntimeError("this loader is already being iterated; finish or close the previous epoch first")
         self._active = True
         try:
-            yield from self._pipeline(plan, first, epoch)
+            self._plans = {epoch: plan, **{e: p for e, p in self._plans.items() if e == epoch + 1}}
+            self._align((epoch, first))
+            for batch in range(first, len(plan)):
+                key, moved, positions_host, event = self._next_on_device()
+                assert key == (epoch, batch), (key, epoch, batch)
+                if event is not None:
+                    current = torch.cuda.current_stream(self.loader.device)
+                    current.wait_event(event)
+                    for tensor in moved:
+                        tensor.record_stream(current)
+                out = self.loader._finish_batch(*moved[:3], positions_host, moved[3], epoch, batch)
+                self._fill()
+                yield out
         finally:
             self._active = False
-            self._drain()
 
-    def _pipeline(self, plan, first, epoch):
-        loader = self.loader
-        batch_ids = range(first, len(plan))
-        free_slots = deque(range(self.layout.num_slots))
-        slot_of: dict[int, int] = {}
-        arrived: dict[int, list] = {}  # batch -> per-row positions used (None until read)
-        self._in_flight = 0
-        issue = iter(batch_ids)
-        on_device: deque = deque()  # (batch, tensors, event or None)
-        to_transfer = iter(batch_ids)
-        release_events: dict[int, object] = {}
+    def _plan(self, epoch: int) -> list[np.ndarray]:
+        if epoch not in self._plans:
+            self._plans[epoch] = self.loader.batch_positions(epoch)
+        return self._plans[epoch]
 
-        def issue_more():
-            while free_slots:
-                batch = next(issue, None)
-                if batch is None:
-                    return
-                slot = free_slots.popleft()
-                event = release_events.pop(slot, None)
-                if event is not None:
-                    event.synchronize()  # the copy out of this slot finished long ago, in practice
-                slot_of[batch] = slot
-                arrived[batch] = [None] * len(plan[batch])
-                for row, position in enumerate(plan[batch]):
-                    self._read(batch, slot, row, int(position))
+    def _following(self, key: Key) -> Key | None:
+        """The batch after `key`: the next of its epoch, else the first of the next epoch."""
+        epoch, batch = key
+        if batch + 1 < len(self._plan(epoch)):
+            return (epoch, batch + 1)
+        return (epoch + 1, 0)
 
-        def transfer_next():
-            batch = next(to_transfer, None)
-            if batch is None:
-                return False
-            waited = time.perf_counter()
-            while any(p is None for p in arrived[batch]):
-                self._collect(arrived)
-            loader.data_wait_s += time.perf_counter() - waited
-            slot = slot_of.pop(batch)
-            rows = len(plan[batch])
-            positions_host = arrived.pop(batch)
-            frames = self.tensors["frames"][slot, :rows]
-            boxes = self.tensors["boxes"][slot, :rows]
-            mask = self.tensors["box_mask"][slot, :rows]
-            positions = self.tensors["positions"][slot, :rows]
-            if self.on_cuda:
-                with torch.cuda.stream(self.copy_stream):
-                    moved = tuple(t.to(loader.device, non_blocking=self.pinned) for t in (frames, boxes, mask, positions))
-                    event = torch.cuda.Event()
-                    event.record(self.copy_stream)
-                release_events[slot] = event
-            else:
-                moved = tuple(t.clone() for t in (frames, boxes, mask, positions))
-                event = None
-            free_slots.append(slot)
-            on_device.append((batch, moved, positions_host, event))
-            return True
+    def _align(self, first: Key) -> None:
+        """Keep what was read ahead if it starts at `first`, else drop it (resume, seek)."""
+        queued = [item[0] for item in self._on_device] + list(self._reading)
+        if queued and queued[0] == first:
+            return
+        self._on_device.clear()
+        for key in list(self._reading):
+            while not self._reading[key].complete():
+                self._collect()
+            self._free_slots.append(self._reading.pop(key).slot)
+        self._next_key = first
+        self._fill()
 
-        issue_more()
-        for _ in range(loader.prefetch):
-            transfer_next()
-            issue_more()
-        while on_device:
-            batch, moved, positions_host, event = on_device.popleft()
+    def _fill(self) -> None:
+        """Issue reads into free slots, then move up to `prefetch` batches to the device."""
+        self._issue()
+        while len(self._on_device) < self.loader.prefetch and self._reading:
+            self._transfer_next()
+            self._issue()
+
+    def _issue(self) -> None:
+        current_epoch = min(self._plans)
+        while self._free_slots and self._next_key is not None:
+            key = self._next_key
+            if key[0] > current_epoch + 1:
+                return  # read ahead into the next epoch only
+            slot = self._free_slots.popleft()
+            event = self._release_events.pop(slot, None)
             if event is not None:
-                current = torch.cuda.current_stream(loader.device)
-                current.wait_event(event)
-                for tensor in moved:
-                    tensor.record_stream(current)
-            out = loader._finish_batch(*moved[:3], positions_host, moved[3], epoch, batch)
-            transfer_next()
-            issue_more()
-            yield out
+                event.synchronize()  # the copy out of this slot finished long ago, in practice
+            positions = self._plan(key[0])[key[1]]
+            self._reading[key] = _PendingBatch(slot, [None] * len(positions))
+            for row, position in enumerate(positions):
+                self._read(key, slot, row, int(position))
+            self._next_key = self._following(key)
 
-    def _read(self, batch: int, slot: int, row: int, position: int) -> None:
+    def _next_on_device(self):
+        if not self._on_device:
+            self._transfer_next()
+        return self._on_device.popleft()
+
+    def _transfer_next(self) -> None:
+        """Wait until the oldest issued batch is read, then start its copy to the device."""
+        key = next(iter(self._reading))
+        pending = self._reading[key]
+        waited = time.perf_counter()
+        while not pending.complete():
+            self._collect()
+        self.loader.data_wait_s += time.perf_counter() - waited
+        del self._reading[key]
+        slot, rows = pending.slot, len(pending.positions)
+        host = tuple(self.tensors[name][slot, :rows] for name in ("frames", "boxes", "box_mask", "positions"))
+        if self.on_cuda:
+            with torch.cuda.stream(self.copy_stream):
+                moved = tuple(t.to(self.loader.device, non_blocking=self.pinned) for t in host)
+                event = torch.cuda.Event()
+                event.record(self.copy_stream)
+            self._release_events[slot] = event
+        else:
+            moved = tuple(t.clone() for t in host)
+            event = None
+        self._free_slots.append(slot)
+        self._on_device.append((key, moved, pending.positions, event))
+
+    def _read(self, key: Key, slot: int, row: int, position: int) -> None:
         if self.workers:
-            self.tasks.put((batch, slot, row, position))
-            self._in_flight += 1
+            worker = min(self.workers, key=lambda w: w.outstanding)  # the least busy one
+            worker.send((key, slot, row, position))
             return
         # num_workers == 0: the same read, in this process (debugging, profiling)
         source = self.loader.sources[position]
@@ -459,53 +490,41 @@ class _SlotRing:
         except Exception as err:
             raise LoaderError(f"{source.shard}: record {source.local_index} (video {source.video}): {err}") from err
         self.views["positions"][slot, row] = position
-        self._local_done.append((batch, row, position))
+        self._local_done.append((key, row, position))
 
-    def _collect(self, arrived: dict[int, list]) -> None:
+    def _collect(self) -> None:
         """Wait for one worker reply and file it (raise on a read error)."""
         if not self.workers:
             done, self._local_done = self._local_done, []
-            for batch, row, position in done:
-                arrived[batch][row] = position
+            for key, row, position in done:
+                self._reading[key].positions[row] = position
             return
-        while True:
-            try:
-                reply = self.results.get(timeout=_RESULT_POLL_S)
-                break
-            except queue.Empty:
-                dead = [p for p in self.workers if not p.is_alive()]
-                if dead:
-                    raise LoaderError(
-                        f"{len(dead)} loader worker(s) died (exit code {dead[0].exitcode}), e.g. killed for memory; "
-                        f"lower --workers or the batch size, or check the system log"
-                    )
-        self._in_flight -= 1
+        reply = None
+        while reply is None:
+            ready = wait([w.conn for w in self.workers], timeout=_RESULT_POLL_S)
+            if not ready:
+                self._check_alive()
+                continue
+            worker = next(w for w in self.workers if w.conn is ready[0])
+            reply = worker.receive()
         if reply[0] == "error":
-            _, batch, slot, row, message = reply
+            _, key, slot, row, message = reply
             raise LoaderError(
                 f"{message}\nThe shard is damaged: delete it and rerun `fgclip-vad frames` to rebuild it, "
                 f"or pass --skip-damaged to train on without this record."
             )
-        _, batch, slot, row, position, skipped = reply
+        _, key, slot, row, position, skipped = reply
         if skipped:
             self.loader._report_skips(skipped)
-        if batch in arrived:
-            arrived[batch][row] = position
+        self._reading[key].positions[row] = position
 
-    def _drain(self) -> None:
-        """After an epoch ends (or stops early): wait for outstanding reads so slots are quiet."""
-        if not self.workers:
-            self._local_done = []
-            return
-        while self._in_flight > 0:
-            try:
-                self.results.get(timeout=_RESULT_POLL_S)
-                self._in_flight -= 1
-            except queue.Empty:
-                if not any(p.is_alive() for p in self.workers):
-                    break
-        if self.copy_stream is not None:
-            self.copy_stream.synchronize()
+    def _check_alive(self) -> None:
+        dead = [w for w in self.workers if not w.alive()]
+        if dead:
+            raise LoaderError(
+                f"{len(dead)} loader worker(s) died (exit code {dead[0].proc.returncode}), e.g. killed for memory; "
+                f"lower --workers or the batch size, or check the system log"
+            )
 
 
 def _pin(ptr: int, nbytes: int) -> bool:
@@ -521,18 +540,70 @@ def _pin(ptr: int, nbytes: int) -> bool:
     return True
 
 
-def _release(workers, tasks, shm, pinned: bool, tensors: dict) -> None:
-    """Stop workers, unpin and free the shared block. Safe to call twice (weakref.finalize)."""
-    for _ in workers:
+class _Worker:
+    """One `python -m fgclip.loader_worker` process and the socket it is served over."""
+
+    def __init__(self, proc: subprocess.Popen, conn: Connection):
+        self.proc = proc
+        self.conn = conn
+        self.outstanding = 0
+
+    @classmethod
+    def start(cls, setup: WorkerSetup) -> "_Worker":
+        ours, theirs = socket.socketpair()
+        # The child finds this package wherever the parent found it.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         try:
-            tasks.put(None)
-        except (OSError, ValueError):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "fgclip.loader_worker", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        worker = cls(proc, Connection(ours.detach()))
+        worker.conn.send(setup)
+        return worker
+
+    def send(self, task) -> None:
+        try:
+            self.conn.send(task)
+        except OSError as err:
+            raise LoaderError(f"loader worker {self.proc.pid} is gone ({err}); see its error above") from err
+        self.outstanding += 1
+
+    def receive(self):
+        try:
+            reply = self.conn.recv()
+        except (EOFError, OSError) as err:
+            self.proc.poll()
+            raise LoaderError(
+                f"loader worker {self.proc.pid} died (exit code {self.proc.returncode}), e.g. killed for memory; "
+                f"lower --workers or the batch size, or check the system log"
+            ) from err
+        self.outstanding -= 1
+        return reply
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
             pass
-    for proc in workers:
-        proc.join(timeout=5)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(timeout=5)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self.conn.close()
+
+
+def _release(workers, shm, pinned: bool, tensors: dict) -> None:
+    """Stop workers, unpin and free the shared block. Safe to call twice (weakref.finalize)."""
+    for worker in workers:
+        worker.stop()
+    workers.clear()
     if pinned:
         try:
             torch.cuda.cudart().cudaHostUnregister(tensors["frames"].data_ptr())

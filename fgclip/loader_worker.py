@@ -1,26 +1,29 @@
 """The reading side of the training loader: worker processes that fill shared host buffers.
 
-This module imports only numpy, h5py and the shard schema (no torch), so a spawned worker
-starts in a fraction of a second and never touches CUDA. Each worker opens the shard files
-itself (h5py serialises every call of a process behind one lock, so parallel reading needs
-processes, and an HDF5 file handle must never cross a fork) and copies whole records into the
-slots of one shared-memory block that the main process has pinned for fast GPU copies.
+Each worker is a fresh interpreter started as `python -m fgclip.loader_worker FD` (not a
+multiprocessing child): it imports only numpy, h5py and the shard schema, never the trainer's
+main module and never torch, so it starts in a fraction of a second, needs no
+`if __name__ == "__main__"` guard in the user's script, and inherits no CUDA context and no
+open HDF5 file. It opens the shard files itself (h5py serialises every call of a process behind
+one lock, so parallel reading needs processes) and copies whole records into the slots of one
+shared-memory block that the main process has pinned for fast GPU copies. Tasks and replies
+travel over a socket pair (FD); when the trainer dies, the socket closes and the worker exits.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
-import queue
+import socket
+import sys
 import traceback
 from dataclasses import dataclass
-from multiprocessing import shared_memory
+from multiprocessing.connection import Connection
 
 import numpy as np
 
 from pipeline.shards import ShardReader
 
-# How often a blocked worker checks that its parent is still alive.
-_PARENT_POLL_S = 2.0
 # Shard files a worker keeps open at once (each open file costs a little memory and a handle).
 _MAX_OPEN_SHARDS = 64
 
@@ -159,23 +162,37 @@ def read_record_into(
     mask_out[r:] = False
 
 
-def worker_main(setup: WorkerSetup, tasks, results, parent_pid: int) -> None:
-    """Serve read tasks until a None task arrives or the parent process disappears.
+def worker_main(conn: Connection) -> None:
+    """Serve the main process over `conn` until it sends None or goes away.
 
-    A task is (batch_id, slot, row_in_batch, position). The reply is
-    ("ok", batch_id, slot, row_in_batch, position_used, skipped) or
+    The first message is the WorkerSetup. A task is (batch_id, slot, row_in_batch, position);
+    the reply is ("ok", batch_id, slot, row_in_batch, position_used, skipped) or
     ("error", batch_id, slot, row_in_batch, message); `skipped` lists (position, message) of
     damaged records replaced by the next readable one when `skip_damaged` is set.
     """
-    shm = shared_memory.SharedMemory(name=setup.shm_name)
     try:
-        _serve(setup, shm, tasks, results, parent_pid)
+        setup: WorkerSetup = conn.recv()
+    except EOFError:
+        return
+    _serve(setup, attach_shared_block(setup.shm_name, setup.layout.nbytes), conn)
+
+
+def attach_shared_block(name: str, nbytes: int):
+    """Map the main process's shared-memory block (it owns it and unlinks it).
+
+    Attaching through `SharedMemory(name)` would start a resource tracker in this process that
+    unlinks the block when the worker exits (Python < 3.13), so the block is mapped directly.
+    """
+    path = f"/dev/shm/{name.lstrip('/')}"
+    fd = os.open(path, os.O_RDWR)
+    try:
+        return mmap.mmap(fd, nbytes)
     finally:
-        shm.close()
+        os.close(fd)
 
 
-def _serve(setup: WorkerSetup, shm, tasks, results, parent_pid: int) -> None:
-    views = setup.layout.views(shm.buf)
+def _serve(setup: WorkerSetup, block, conn: Connection) -> None:
+    views = setup.layout.views(block)
     shards = _OpenShards()
     scratch: dict[int, np.ndarray] = {}
     rows_for: dict[int, np.ndarray] = {}
@@ -184,11 +201,9 @@ def _serve(setup: WorkerSetup, shm, tasks, results, parent_pid: int) -> None:
     try:
         while True:
             try:
-                task = tasks.get(timeout=_PARENT_POLL_S)
-            except queue.Empty:
-                if os.getppid() != parent_pid:
-                    return  # the trainer died; do not linger as an orphan
-                continue
+                task = conn.recv()
+            except (EOFError, OSError):
+                return  # the trainer is gone; do not linger as an orphan
             if task is None:
                 return
             batch_id, slot, row, position = task
@@ -198,7 +213,7 @@ def _serve(setup: WorkerSetup, shm, tasks, results, parent_pid: int) -> None:
                 source = setup.sources[candidate]
                 try:
                     if candidate in known_bad:
-                        raise RuntimeError("already found damaged")
+                        raise RuntimeError("found damaged before")
                     rows = rows_for.get(source.stored_frames)
                     if rows is None:
                         rows = rows_for[source.stored_frames] = subsample_rows(source.stored_frames, num_frames)
@@ -207,7 +222,7 @@ def _serve(setup: WorkerSetup, shm, tasks, results, parent_pid: int) -> None:
                         views["frames"][slot, row], views["boxes"][slot, row], views["box_mask"][slot, row], scratch,
                     )
                     views["positions"][slot, row] = candidate
-                    results.put(("ok", batch_id, slot, row, candidate, skipped))
+                    reply = ("ok", batch_id, slot, row, candidate, skipped)
                     break
                 except Exception as err:  # noqa: BLE001 - every read failure is reported with its record
                     message = (
@@ -217,14 +232,22 @@ def _serve(setup: WorkerSetup, shm, tasks, results, parent_pid: int) -> None:
                     if not isinstance(err, (OSError, RuntimeError, ValueError, KeyError)):
                         message += "\n" + traceback.format_exc()
                     if not setup.skip_damaged:
-                        results.put(("error", batch_id, slot, row, message))
+                        reply = ("error", batch_id, slot, row, message)
                         break
                     known_bad.add(candidate)
-                    if candidate not in {p for p, _ in skipped}:
-                        skipped.append((candidate, message))
+                    skipped.append((candidate, message))
                     candidate = (candidate + 1) % len(setup.sources)
                     if candidate == position:
-                        results.put(("error", batch_id, slot, row, "no readable record left: " + message))
+                        reply = ("error", batch_id, slot, row, "no readable record left: " + message)
                         break
+            try:
+                conn.send(reply)
+            except (EOFError, OSError):
+                return
     finally:
         shards.close()
+
+
+if __name__ == "__main__":
+    # argv[1]: the file descriptor of this worker's end of the socket pair
+    worker_main(Connection(socket.socket(fileno=int(sys.argv[1])).detach()))

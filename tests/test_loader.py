@@ -3,8 +3,15 @@ frame subsampling; augmentation that moves boxes with the pixels; damaged shards
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -19,6 +26,7 @@ from fgclip.text import LONG_TEXT_LENGTH, SHORT_TEXT_LENGTH, caption_key, load_t
 from pipeline.shards import ShardReader, list_shards
 from train_data import BACKGROUND, session_micro_model, write_square_shards
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 NUM_RECORDS = 10
 STORED_FRAMES = 8
 
@@ -263,3 +271,41 @@ def test_cuda_batches_equal_cpu_batches(shard_dir, model, tokenizer):
                     torch.testing.assert_close(g[key], c[key], atol=1e-5, rtol=1e-5)
                 else:
                     assert torch.equal(g[key], c[key]), key
+
+
+def test_plain_script_without_main_guard_and_no_orphans(shard_dir, model_dir, tmp_path):
+    """Workers are fresh `python -m fgclip.loader_worker` processes: a script needs no
+    `if __name__ == "__main__"` guard, and workers exit when the trainer dies abruptly."""
+    script = tmp_path / "plain_script.py"
+    script.write_text(textwrap.dedent(f"""
+        import os
+        from fgclip.loader import ShardLoader
+        from fgclip.model import FGCLIPVideo
+        from fgclip.text import load_tokenizer
+
+        model = FGCLIPVideo.from_pretrained({str(model_dir)!r})
+        loader = ShardLoader({str(shard_dir)!r}, model=model, tokenizer=load_tokenizer({str(model_dir)!r}),
+                             batch_size=2, num_frames=4, num_workers=2, device="cpu", seed=0)
+        batches = iter(loader)
+        print(next(batches)["record_index"].tolist(), flush=True)
+        print(" ".join(str(w.proc.pid) for w in loader._ring.workers), flush=True)
+        os._exit(0)  # no cleanup at all, like a crash
+    """))
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(json.loads(lines[0])) == 2
+    pids = [int(p) for p in lines[1].split()]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
