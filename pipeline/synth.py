@@ -102,7 +102,7 @@ class SizeProfile:
 
 
 SIZES = {
-    "default": SizeProfile(normal_clips=16, normal_windowed=4, clips_per_class=8, train_seconds=(6.0, 10.0),
+    "default": SizeProfile(normal_clips=20, normal_windowed=4, clips_per_class=8, train_seconds=(6.0, 9.0),
                            test_classes=CLASSES * 3, test_normals=4, test_seconds=(20.0, 32.0)),
     "tiny": SizeProfile(normal_clips=0, normal_windowed=1, clips_per_class=1, train_seconds=(2.0, 2.5),
                         test_classes=("Explosion",), test_normals=1, test_seconds=(6.0, 6.0)),
@@ -222,12 +222,15 @@ def _walk_in_view(path: _Path, rng, last: int, direction: int, speed_px_s: float
     travel = min(speed_px_s * (last - first) / FPS, max(0.0, room))
     ends = _pieces(rng, first, last)
     weights = rng.uniform(0.6, 1.4, size=len(ends))
+    pause = int(rng.integers(1, len(ends) - 1)) if pose == "walk" and len(ends) > 2 and rng.uniform() < 0.3 else -1
+    if pause >= 0:  # people stop now and then: standing still is normal too
+        weights[pause] = 0.0
     weights *= travel / weights.sum()
     x = path.x
-    for end, step in zip(ends, weights):
+    for k, (end, step) in enumerate(zip(ends, weights)):
         x += direction * step
-        y = float(np.clip(path.y + rng.uniform(-8, 8), *y_range))
-        path.go(end, float(np.clip(x, lo, hi)), y, pose=pose, facing=direction)
+        y = path.y if k == pause else float(np.clip(path.y + rng.uniform(-8, 8), *y_range))
+        path.go(end, float(np.clip(x, lo, hi)), y, pose="stand" if k == pause else pose, facing=direction)
 
 
 def _person_y_range(layout: Layout, half_h: float) -> tuple[float, float]:
@@ -361,13 +364,13 @@ def _fight(rng, layout: Layout, first: int, last: int, n_frames: int, *,
     margin = FIGHT_JITTER_PX + 4
     lo = max(half_a[0], half_b[0]) + gap / 2 + margin
     y_lo, y_hi = _person_y_range(layout, half_a[1])
-    burst_track = Track().add(first, mx, cy - half_a[1] * 0.45, 22, 22)
+    burst_track = Track().add(first, mx, cy - half_a[1] * 0.45, 30, 30)
     for end in _pieces(rng, first, last, 30, 60):
         mx = float(np.clip(mx + rng.uniform(-12, 12), lo, WIDTH - lo))
         cy = float(np.clip(cy + rng.uniform(-4, 4), y_lo, y_hi))
         path_a.go(end, mx - gap / 2, cy)
         path_b.go(end, mx + gap / 2, cy + half_a[1] - half_b[1])
-        burst_track.add(end, mx, cy - half_a[1] * 0.45, 22, 22)
+        burst_track.add(end, mx, cy - half_a[1] * 0.45, 30, 30)
     steps = np.array([-4, -2, 0, 2, 4])
     jitters = []
     for _ in range(2):  # a new shove every other frame, none outside the fight
@@ -630,10 +633,18 @@ def _passers_by(rng, layout: Layout, n_frames: int, every_frames: tuple[int, int
         y_range = _person_y_range(layout, half_h)
         path = _Path(start, x0, rng.uniform(*y_range), half_w, half_h, "walk", direction)
         speed = rng.uniform(0.7, 1.2)  # px per frame
-        end = start + int(abs(x1 - x0) / speed)
-        for piece_end in _pieces(rng, start, end):
-            t = (piece_end - start) / (end - start)
-            path.go(piece_end, x0 + t * (x1 - x0), float(np.clip(path.y + rng.uniform(-6, 6), *y_range)))
+        walk_end = start + int(abs(x1 - x0) / speed)
+        ends = _pieces(rng, start, walk_end)
+        pause_after = int(rng.integers(0, len(ends) - 1)) if len(ends) > 1 and rng.uniform() < 0.3 else None
+        shift = 0  # frames spent standing so far
+        for k, piece_end in enumerate(ends):
+            t = (piece_end - start) / (walk_end - start)
+            path.go(piece_end + shift, x0 + t * (x1 - x0), float(np.clip(path.y + rng.uniform(-6, 6), *y_range)),
+                    pose="walk")
+            if k == pause_after:  # people stop now and then: standing still is normal too
+                shift = int(rng.integers(30, 90))
+                path.go(piece_end + shift, path.x, path.y, pose="stand")
+        end = walk_end + shift
         colour = str(rng.choice(list(ACTOR_COLOURS)))
         people.append(Person(path.track, max(0, start), min(end, n_frames - 1), rgb=ACTOR_COLOURS[colour],
                              height=height, modes=path.modes))
@@ -778,7 +789,8 @@ def plan_dataset(seed: int = embedded.SYNTH_SEED, size: str = "default") -> list
     order_rng = np.random.default_rng([seed, 1])
     plans: list[ClipPlan] = []
 
-    normal_scenes = _scene_cycle(order_rng, profile.normal_clips + profile.normal_windowed)
+    # scenes cycle separately over single and windowed videos: every scene holds as many records
+    normal_scenes = _scene_cycle(order_rng, profile.normal_clips) + _scene_cycle(order_rng, profile.normal_windowed)
     for k in range(profile.normal_clips + profile.normal_windowed):
         name = f"Normal_Videos{FIRST_TRAIN_NUMBER + k}_x264.mp4"
         rng = _video_rng(seed, name)

@@ -274,7 +274,7 @@ def person_size(height: int) -> tuple[int, int]:
     return even(height * 0.44), even(height)
 
 
-BAG_SIZE = (20, 16)
+BAG_SIZE = (26, 18)
 
 
 def _torso_half(body_w: int) -> int:
