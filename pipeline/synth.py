@@ -315,7 +315,7 @@ def _train_normal(rng, n_frames: int, layout: Layout, windows: int) -> tuple[lis
         person = _walker_in_view(rng, layout, colour, list(zip(bounds, directions)))
         actors.append(person)
         tracks.append((person, "person", colour, directions))
-    if walkers < MAX_ACTOR_COLOURS and rng.uniform() < 0.4:
+    if walkers < MAX_ACTOR_COLOURS and rng.uniform() < 0.6:  # cars alone must not mean an accident
         colour, direction = colours.take(), int(rng.choice([-1, 1]))
         car = _car_in_view(rng, layout, colour, n_frames - 1, direction)
         actors.insert(0, car)
