@@ -73,7 +73,8 @@ def check_annotations(path: Path) -> tuple[Check, list]:
     if report.test_overlap:
         detail += f", {len(report.test_overlap)} videos also in the official test split (test AUC would be contaminated)"
     if errors or report.test_overlap:
-        return Check("annotations", "WARN", f"{detail}, {len(errors)} errors: see `fgclip-vad validate {path}`"), report.records
+        problems = f", {len(errors)} record errors" if errors else ""
+        return Check("annotations", "WARN", f"{detail}{problems}: see `fgclip-vad validate {path}`"), report.records
     return Check("annotations", "OK", detail), report.records
 
 

@@ -4,6 +4,7 @@ processes writes one log, and the CLI's train/doctor commands fail with one-line
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -204,3 +205,29 @@ def test_cli_train_and_doctor(shard_dir, model_dir, tmp_path):
                                "--output-dir", str(tmp_path / "out"), "--min-free-gb", "1e9", "--num-frames", "4"])
     assert bad.exit_code == 1
     assert "[FAIL] model" in bad.output and "[FAIL] disk" in bad.output and "2 required check(s) failed" in bad.output
+
+
+def test_doctor_checks_the_annotation_file_and_its_videos(shared_data, tmp_path):
+    from fgclip.doctor import check_annotations, check_videos
+
+    # the group's real training file: usable, but 140 of its videos are official test videos
+    real = shared_data / "annotations" / "ucf_fgclip_train_with_timestamps_en.json"
+    check, records = check_annotations(real)
+    assert check.status == "WARN" and "140 videos also in the official test split" in check.detail
+    assert check_videos(records, shared_data / "videos").status == "FAIL"  # UCF-Crime itself is not here
+
+    annotations = tmp_path / "clips.json"
+    annotations.write_text(json.dumps([
+        {"video": "car_traffic.mp4", "global_caption": "Cars drive along a busy road in the daytime.",
+         "region_captions": ["a white car driving"], "box_infos": [[{"frame": 10, "bbox": [0.1, 0.2, 0.4, 0.5]}]],
+         "timestamps": None},
+        {"video": "vtest_campus_cctv.mp4", "global_caption": "People walk across a campus square.",
+         "region_captions": [], "box_infos": [], "timestamps": None},
+    ]))
+    check, records = check_annotations(annotations)
+    assert check.status == "OK" and len(records) == 2
+    videos = check_videos(records, shared_data / "videos")
+    assert videos.status == "OK" and "2 videos" in videos.detail
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all" * 100)
+    broken = check_videos([dataclasses.replace(records[0], video="broken.mp4")], tmp_path)
+    assert broken.status == "FAIL" and "broken.mp4" in broken.detail
