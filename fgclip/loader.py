@@ -56,7 +56,8 @@ class LoaderError(RuntimeError):
 
 @dataclass(frozen=True)
 class CaptionTables:
-    """Token ids and keys of every record, indexed by dataset position (kept on the device)."""
+    """Token ids and keys of every record, indexed by dataset position (kept on the device),
+    and on the host the token count of each record's longest caption of each kind."""
 
     global_ids: torch.Tensor  # (N, 248)
     global_key: torch.Tensor  # (N,)
@@ -66,9 +67,31 @@ class CaptionTables:
     negative_ids: torch.Tensor  # (N, Rmax, Kmax, 77)
     negative_valid: torch.Tensor  # (N, Rmax, Kmax)
     record_index: torch.Tensor  # (N,)
+    global_tokens: np.ndarray  # (N,) tokens of the global caption, end token included
+    short_tokens: np.ndarray  # (N,) tokens of the record's longest region caption or negative
 
     def to(self, device) -> "CaptionTables":
-        return CaptionTables(**{k: getattr(self, k).to(device) for k in self.__dataclass_fields__})
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return CaptionTables(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in values.items()})
+
+
+def token_counts(ids: torch.Tensor, tokenizer) -> np.ndarray:
+    """Tokens up to and including the end token of each row of (..., L) ids.
+
+    CLIP pads with its end token, so the first end token ends the caption; with another padding
+    token, the last non-padding token does.
+    """
+    if ids.shape[-1] == 0:
+        return np.zeros(ids.shape[:-1], dtype=np.int64)
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    positions = torch.arange(1, ids.shape[-1] + 1)
+    if pad is not None and pad == eos:
+        is_end = ids == eos
+        first_end = torch.where(is_end.any(-1), is_end.int().argmax(-1) + 1, torch.full(ids.shape[:-1], ids.shape[-1]))
+        return first_end.numpy()
+    if pad is None:
+        return np.full(ids.shape[:-1], ids.shape[-1], dtype=np.int64)
+    return ((ids != pad) * positions).amax(-1).numpy()
 
 
 def build_caption_tables(metas: list[RecordMeta], tokenizer) -> CaptionTables:
@@ -99,7 +122,19 @@ def build_caption_tables(metas: list[RecordMeta], tokenizer) -> CaptionTables:
         negative_ids=negative_ids,
         negative_valid=negative_valid,
         record_index=torch.tensor([m.record_index for m in metas], dtype=torch.long),
+        global_tokens=token_counts(global_ids, tokenizer),
+        short_tokens=np.maximum(
+            _masked_max(token_counts(region_ids, tokenizer), np.arange(r_max) < np.array([len(m.region_captions) for m in metas])[:, None]),
+            _masked_max(token_counts(negative_ids, tokenizer).reshape(n, -1), negative_valid.reshape(n, -1).numpy()),
+        ),
     )
+
+
+def _masked_max(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Row-wise max of `values` where `mask` (0 for rows with nothing)."""
+    if values.shape[1] == 0:
+        return np.zeros(values.shape[0], dtype=np.int64)
+    return np.where(mask, values, 0).max(axis=1)
 
 
 def read_training_metas(shard_dir: os.PathLike | str, max_records: int | None = None) -> tuple[list[RecordMeta], tuple[int, int]]:
@@ -299,17 +334,22 @@ class ShardLoader:
         else:
             pixel_batch = self._preprocess(frames_uint8)
         t = self.tables
+        # Token ids are cut after the batch's longest caption: the text encoder is causal and pools
+        # at the end token, so the padding after it cannot change an embedding, only cost compute
+        # (a 248-position global caption is mostly padding).
+        long_width = max(1, int(t.global_tokens[positions_host].max()))
+        short_width = max(1, int(t.short_tokens[positions_host].max()))
         region_valid = torch.arange(regions, device=positions.device) < t.region_count[positions].unsqueeze(1)
         return {
             "pixels": pixel_batch,
             "boxes": boxes.float(),
             "box_mask": box_mask & region_valid.unsqueeze(-1),
             "region_valid": region_valid,
-            "global_ids": t.global_ids[positions],
+            "global_ids": t.global_ids[positions, :long_width],
             "global_key": t.global_key[positions],
-            "region_ids": t.region_ids[positions, :regions],
+            "region_ids": t.region_ids[positions, :regions, :short_width],
             "region_key": t.region_key[positions, :regions],
-            "negative_ids": t.negative_ids[positions, :regions, :negatives],
+            "negative_ids": t.negative_ids[positions, :regions, :negatives, :short_width],
             "negative_valid": t.negative_valid[positions, :regions, :negatives],
             "record_index": t.record_index[positions],
         }

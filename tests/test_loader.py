@@ -107,18 +107,34 @@ def test_batches_carry_the_right_records_frames_boxes_and_captions(shard_dir, mo
             assert torch.equal(batch["boxes"][b, :r], torch.from_numpy(record.boxes[:, rows]))
             assert torch.equal(batch["box_mask"][b, :r], torch.from_numpy(record.box_mask[:, rows]))
             assert batch["region_valid"][b].tolist() == [True] * r + [False] * (batch["boxes"].shape[1] - r)
-            assert torch.equal(batch["global_ids"][b], tokenize(tokenizer, [record.global_caption], LONG_TEXT_LENGTH)[0])
+            # token ids, cut after the batch's longest caption (only padding is cut)
+            assert_cut_padding(batch["global_ids"][b], tokenize(tokenizer, [record.global_caption], LONG_TEXT_LENGTH)[0], tokenizer)
             assert batch["global_key"][b].item() == caption_key(record.global_caption)
-            assert torch.equal(batch["region_ids"][b, :r], tokenize(tokenizer, record.region_captions, SHORT_TEXT_LENGTH))
+            assert_cut_padding(batch["region_ids"][b, :r], tokenize(tokenizer, record.region_captions, SHORT_TEXT_LENGTH), tokenizer)
             negatives = record.hard_negatives[0]
             assert batch["negative_valid"][b, 0].sum().item() == len(negatives)
             if negatives:
-                assert torch.equal(batch["negative_ids"][b, 0, : len(negatives)],
-                                   tokenize(tokenizer, negatives, SHORT_TEXT_LENGTH))
+                assert_cut_padding(batch["negative_ids"][b, 0, : len(negatives)],
+                                   tokenize(tokenizer, negatives, SHORT_TEXT_LENGTH), tokenizer)
+            assert batch["negative_ids"].shape[-1] == batch["region_ids"].shape[-1]
         assert batch["pixels"].shape == (3, 4, 3, model.image_size, model.image_size)
         assert batch["pixels"].dtype == torch.float32 and batch["boxes"].dtype == torch.float32
-        assert batch["global_ids"].shape == (3, LONG_TEXT_LENGTH) and batch["region_ids"].shape[-1] == SHORT_TEXT_LENGTH
+        assert batch["global_ids"].shape[0] == 3 and batch["global_ids"].shape[1] < LONG_TEXT_LENGTH
+        assert batch["region_ids"].shape[-1] < SHORT_TEXT_LENGTH
+        # the cut changes no text embedding: the text encoder is causal and pools at the end token
+        with torch.no_grad():
+            cut = model.encode_text(batch["global_ids"], long=True)
+            full = model.encode_text(tokenize(tokenizer, [records[i].global_caption for i in batch["record_index"].tolist()],
+                                              LONG_TEXT_LENGTH), long=True)
+        torch.testing.assert_close(cut, full, atol=1e-5, rtol=1e-5)
     assert len(set(seen)) == 9  # 9 distinct records: one epoch without repeats, one left over
+
+
+def assert_cut_padding(cut: torch.Tensor, full: torch.Tensor, tokenizer) -> None:
+    width = cut.shape[-1]
+    assert torch.equal(cut, full[..., :width])
+    assert torch.all(full[..., width:] == tokenizer.pad_token_id)
+    assert torch.all((cut == tokenizer.eos_token_id).any(-1))  # every caption keeps its end token
 
 
 def test_in_process_reading_gives_the_same_batches(shard_dir, model, tokenizer):
