@@ -65,6 +65,17 @@ LONG_EXPANSION = 4  # every later row becomes 4 rows
 MAX_LOGIT_SCALE = 100.0
 
 
+def _avoid_cudnn_attention() -> None:
+    """Use flash / memory-efficient attention, not cuDNN's fused attention, on CUDA.
+
+    With torch 2.11 on H100 (cuDNN 9), the cuDNN SDPA backend failed in our training step with
+    `mha_graph.execute(...).is_good()` and then an illegal memory access (pytorch#190321
+    reports the same; disabling it is the known mitigation). Flash attention is as fast here.
+    """
+    if torch.cuda.is_available() and hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 class ModelDirError(ValueError):
     """A model directory that is missing or is not a CLIP model (the message says which)."""
 
@@ -252,6 +263,7 @@ class FGCLIPVideo(nn.Module):
 
         path = Path(path)
         _read_model_dir(path)
+        _avoid_cudnn_attention()
         try:
             clip = CLIPModel.from_pretrained(
                 str(path), attn_implementation=attn_implementation, dtype=torch.float32, local_files_only=True
@@ -391,9 +403,11 @@ class FGCLIPVideo(nn.Module):
         b_index, r_index, t_index = box_mask.nonzero(as_tuple=True)
         frame_of_box = b_index * frames + t_index
         needed_frames, box_to_needed = torch.unique(frame_of_box, return_inverse=True)
-        dense = self._dense_patch_features(hidden[needed_frames])  # (F', D, g, g)
+        # RoIAlign in float32: under bf16 autocast the frame index column of `rois` would round
+        # (bf16 holds integers exactly only up to 256) and point at the wrong, or a missing, frame.
+        dense = self._dense_patch_features(hidden[needed_frames]).float()  # (F', D, g, g)
         grid = float(self.patch_grid)
-        rois = torch.cat([box_to_needed[:, None].to(dense.dtype), boxes[b_index, r_index, t_index].to(dense.dtype) * grid], dim=1)
+        rois = torch.cat([box_to_needed[:, None].float(), boxes[b_index, r_index, t_index].float() * grid], dim=1)
         pooled = roi_align(dense, rois, output_size=1, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
         pooled = pooled.flatten(1)  # (K, D)
         slot = b_index * regions + r_index
