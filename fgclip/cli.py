@@ -599,5 +599,72 @@ def eval_command(checkpoints, test_shards, annotations, baseline, no_baseline, o
 # --- benchmarks ---------------------------------------------------------------------------------
 
 
+@main.command("bench")
+@click.option("--out", "out_dir", default="bench", show_default=True, type=click.Path(file_okay=False),
+              help="Output dir: bench[-LABEL].json, the benchmark inputs (with --make-data) and the trainer's log.")
+@click.option("--model", default=None, type=click.Path(file_okay=False),
+              help="Model directory [default: OUT/model-PRESET, created with --model-preset].")
+@click.option("--model-preset", default="vit-b16", show_default=True, type=click.Choice(["tiny", "vit-b16"]),
+              help="init-model preset used when --model is not given.")
+@click.option("--shards", default=None, type=click.Path(file_okay=False), help="Uniform training shards [default: OUT/data/train_tT].")
+@click.option("--test-shards", default=None, type=click.Path(file_okay=False), help="Stride test shards [default: OUT/data/test_stride16].")
+@click.option("--videos", default=None, type=click.Path(file_okay=False), help="Videos for the decode baseline [default: OUT/data/videos].")
+@click.option("--make-data/--no-make-data", default=False, show_default=True,
+              help="Write synthetic full-size shards and short videos under OUT/data first (no ffmpeg needed on GPU hosts with OpenCV).")
+@click.option("--records", default=232, show_default=True, help="Training records of the generated shards.")
+@click.option("--test-videos", default=24, show_default=True, help="Test videos of the generated test shards (0: skip evaluation timing).")
+@click.option("--baseline-videos", default=8, show_default=True, help="Generated videos for the decode baseline (0: skip it).")
+@click.option("--size", default=224, show_default=True, help="Stored frame size of generated shards.")
+@click.option("--num-frames", default=256, show_default=True)
+@click.option("--batch-size", default=2, show_default=True)
+@click.option("--grad-accum", default=8, show_default=True)
+@click.option("--workers", default=8, show_default=True)
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True)
+@click.option("--steps", default=5, show_default=True, help="Timed optimizer steps per path.")
+@click.option("--warmup-steps", default=2, show_default=True)
+@click.option("--baseline-steps", default=2, show_default=True)
+@click.option("--eval/--no-eval", "time_eval", default=True, show_default=True, help="Time evaluation inference too.")
+@click.option("--label", default="", help="Name of this configuration (bench-LABEL.json).")
+def bench_command(out_dir, model, model_preset, shards, test_shards, videos, make_data, records, test_videos,
+                  baseline_videos, size, num_frames, batch_size, grad_accum, workers, gradient_checkpointing, steps,
+                  warmup_steps, baseline_steps, time_eval, label) -> None:
+    """Time the training step fed from device memory, from HDF5 shards and by decoding video in the
+    loop, plus evaluation inference; write bench.json and print a table."""
+    from pathlib import Path
+
+    from fgclip import distributed
+    from fgclip.bench import BenchConfig, format_table, make_bench_data, run_bench
+
+    out = Path(out_dir)
+    data = out / "data"
+    dist = distributed.init_from_env()
+    if make_data:
+        if dist.is_main:
+            make_bench_data(data, records=records, num_frames=num_frames, size=size, test_videos=test_videos,
+                            baseline_videos=baseline_videos)
+        distributed.barrier()
+    if model is None:
+        model = str(out / f"model-{model_preset}")
+        if dist.is_main and not (Path(model) / "config.json").is_file():
+            from fgclip.model_factory import init_model
+
+            init_model(model_preset, Path(model))
+        distributed.barrier()
+    config = BenchConfig(
+        out_dir=str(out), model=model,
+        shards=shards or str(data / f"train_t{num_frames}"),
+        test_shards=None if not time_eval else (
+            test_shards or (str(data / "test_stride16") if (data / "test_stride16").is_dir() else None)),
+        videos=videos or (str(data / "videos") if (data / "videos").is_dir() else None),
+        num_frames=num_frames, batch_size=batch_size, grad_accum=grad_accum, workers=workers,
+        gradient_checkpointing=gradient_checkpointing, steps=steps, warmup_steps=warmup_steps,
+        baseline_steps=baseline_steps, label=label,
+    )
+    results = run_bench(config)
+    if dist.is_main:
+        click.echo(format_table(results))
+        click.echo(f"results: {results['json_path']}")
+
+
 if __name__ == "__main__":
     main()

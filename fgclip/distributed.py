@@ -48,6 +48,12 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if is_distributed():
+        dist.barrier()
+
+
 def init_from_env() -> DistInfo:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 

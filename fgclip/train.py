@@ -296,7 +296,7 @@ class Trainer:
                     epoch_done = self.batch_in_epoch == self.batches_per_epoch
                     if len(window) < config.grad_accum and not epoch_done:
                         continue
-                    outcome = self._optimizer_step(window)
+                    outcome = self.optimizer_step(window)
                     window = []
                     self.step += 1
                     if epoch_done:
@@ -327,7 +327,7 @@ class Trainer:
         self._save_final()
         return "complete"
 
-    def _optimizer_step(self, window: list[dict]) -> StepOutcome:
+    def optimizer_step(self, window: list[dict]) -> StepOutcome:
         losses = grad_cached_window(self.model, window, self.loss_weights, autocast=self.autocast)
         distributed.all_reduce_gradients(self.model)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm, foreach=True))
