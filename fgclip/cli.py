@@ -339,6 +339,7 @@ _TRAIN_OVERRIDES = [
     ("--hard-weight", "hard_weight", click.FloatRange(min=0), "Weight of the hard-negative loss [0.5]."),
     ("--workers", "workers", click.IntRange(min=0), "Loader worker processes (0 = read in the main process) [4]."),
     ("--prefetch", "prefetch", click.IntRange(min=1), "Batches copied to the GPU ahead of the step [3]."),
+    ("--cpu-threads", "cpu_threads", click.IntRange(min=1), "CPU training: torch threads [cores minus loader workers]."),
     ("--seed", "seed", int, "Seed of shuffling, augmentation and initialisation [42]."),
     ("--save-every", "save_every", click.IntRange(min=1), "Optimizer steps between checkpoints [debug 5, full 100]."),
     ("--keep-last", "keep_last", click.IntRange(min=0), "Checkpoints kept (0 = all) [3]."),

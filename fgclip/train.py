@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import signal
 import time
@@ -111,6 +112,18 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
     return factor
 
 
+def cpu_threads(config: TrainConfig) -> int:
+    """Torch threads for CPU training: by default the cores this process may use minus one per
+    loader worker (and per other local rank). OpenMP threads that share a core with another busy
+    process wait for each other at every barrier; on a loaded 2-core machine two threads ran
+    20x slower than one."""
+    if config.cpu_threads is not None:
+        return config.cpu_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, cores // processes - config.workers)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -144,6 +157,8 @@ class Trainer:
         self._stop_signal: int | None = None
 
         seed_everything(config.seed)
+        if self.device.type == "cpu":
+            torch.set_num_threads(cpu_threads(config))
         self.resume_from = resolve_resume(resume, self.output_dir)
         model_dir = self.resume_from if self.resume_from is not None else Path(config.model)
         self.model = FGCLIPVideo.from_pretrained(model_dir).to(self.device)
