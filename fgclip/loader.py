@@ -5,13 +5,14 @@
                  ──model.preprocess + augmentation on the GPU──> the batch dict of interfaces.md
 
 Decoding happened once in stage 1, so a step costs a memory copy per frame. Workers are
-separate processes (h5py serialises all calls of one process behind a lock) started with
-'spawn', so no CUDA context or open HDF5 file is ever inherited. Captions are tokenised once
-for all records and looked up on the device per batch.
+separate processes (h5py serialises all calls of one process behind a lock), each a fresh
+`python -m fgclip.loader_worker` (see there), so no CUDA context or open HDF5 file is ever
+inherited. Captions are tokenised once for all records and looked up on the device per batch.
 
 Each epoch shuffles the records from (seed, epoch); each rank takes a disjoint, equally long
 part, so all ranks run the same number of steps. `set_epoch(epoch, start_batch)` positions the
-loader exactly where a checkpoint left it.
+loader exactly where a checkpoint left it. Reading runs ahead into the next epoch, so an epoch
+boundary costs no refill.
 """
 
 from __future__ import annotations
