@@ -405,9 +405,11 @@ class FGCLIPVideo(nn.Module):
         needed_frames, box_to_needed = torch.unique(frame_of_box, return_inverse=True)
         # RoIAlign in float32: under bf16 autocast the frame index column of `rois` would round
         # (bf16 holds integers exactly only up to 256) and point at the wrong, or a missing, frame.
-        dense = self._dense_patch_features(hidden[needed_frames]).float()  # (F', D, g, g)
+        dense = self._dense_patch_features(hidden[needed_frames])  # (F', D, g, g)
+        dense = dense.to(torch.promote_types(dense.dtype, torch.float32))
         grid = float(self.patch_grid)
-        rois = torch.cat([box_to_needed[:, None].float(), boxes[b_index, r_index, t_index].float() * grid], dim=1)
+        frame_column = box_to_needed[:, None].to(dense.dtype)
+        rois = torch.cat([frame_column, boxes[b_index, r_index, t_index].to(dense.dtype) * grid], dim=1)
         pooled = roi_align(dense, rois, output_size=1, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
         pooled = pooled.flatten(1)  # (K, D)
         slot = b_index * regions + r_index
