@@ -315,7 +315,7 @@ def _train_normal(rng, n_frames: int, layout: Layout, windows: int) -> tuple[lis
         person = _walker_in_view(rng, layout, colour, list(zip(bounds, directions)))
         actors.append(person)
         tracks.append((person, "person", colour, directions))
-    if walkers < MAX_ACTOR_COLOURS and rng.uniform() < 0.6:  # cars alone must not mean an accident
+    if walkers < MAX_ACTOR_COLOURS and rng.uniform() < 0.4:
         colour, direction = colours.take(), int(rng.choice([-1, 1]))
         car = _car_in_view(rng, layout, colour, n_frames - 1, direction)
         actors.insert(0, car)
@@ -463,8 +463,9 @@ def _crash(rng, layout: Layout, start: int, last: int, *, contact_x: float,
            from_edges: bool, speed_px_frame: float):
     """Two cars driving at each other from `start`, hitting at contact_x, wrecked until `last`.
 
-    Returns the two car paths (for the caller to extend), colours, tilts, the contact frame,
-    and the debris, smoke and impact-burst actors.
+    Returns the two car paths (for the caller to extend), per car its facing and tilts, the
+    contact frame, and the effects: debris, sparks at the impact, a fire at the crumpled fronts
+    and smoke (a wreck must read as an accident in one small frame, not as two parked cars).
     """
     lane_y = (layout.road_top + layout.road_bottom) / 2
     half_w, half_h = car_half_extent(0.0)
@@ -493,7 +494,9 @@ def _crash(rng, layout: Layout, start: int, last: int, *, contact_x: float,
                   seed=int(rng.integers(1 << 30)))
     impact = Burst(Track().add(contact, contact_x, lane_y - 4, 20, 20), contact, min(contact + 20, last),
                    seed=int(rng.integers(1 << 30)))
-    return paths, cars, contact, debris, smoke, impact
+    fire = Flash(_flash_track(rng, contact, last, contact_x, lane_y - 8, rng.uniform(18, 24), fade_out=False),
+                 contact, last, seed=int(rng.integers(1 << 30)))
+    return paths, cars, contact, [debris, fire, impact, smoke]
 
 
 def _train_road_accident(rng, n_frames, layout):
@@ -501,12 +504,11 @@ def _train_road_accident(rng, n_frames, layout):
     colour_a, colour_b = colours.take(), colours.take()
     contact_x = rng.uniform(110, WIDTH - 110)
     start = 0
-    paths, cars, contact, debris, smoke, impact = _crash(rng, layout, start, n_frames - 1,
-                                                         contact_x=contact_x, from_edges=False,
-                                                         speed_px_frame=rng.uniform(5.0, 7.0))
+    paths, cars, contact, effects = _crash(rng, layout, start, n_frames - 1, contact_x=contact_x, from_edges=False,
+                                           speed_px_frame=rng.uniform(5.0, 7.0))
     car_actors = [Car(path.track, 0, n_frames - 1, rgb=ACTOR_COLOURS[c], facing=facing, tilts=tilts)
                   for path, c, (facing, tilts) in zip(paths, (colour_a, colour_b), cars)]
-    actors = [*car_actors, debris, impact, smoke]
+    actors = [*car_actors, *effects]
     regions = [RegionPlan(car, "car", car.rgb, f"a {c} car crashing",
                           [f"a {colours.unused()} car crashing", f"a {c} car parked"])
                for car, c in zip(car_actors, (colour_a, colour_b))]
@@ -715,8 +717,8 @@ def _test_road_accident(rng, n_frames, layout):
     first, last = _event_span(rng, n_frames)
     colours = _Colours(rng)
     contact_x = rng.uniform(110, WIDTH - 110)
-    paths, cars, contact, debris, smoke, impact = _crash(rng, layout, first, last, contact_x=contact_x,
-                                                         from_edges=True, speed_px_frame=rng.uniform(6.0, 8.0))
+    paths, cars, contact, effects = _crash(rng, layout, first, last, contact_x=contact_x, from_edges=True,
+                                           speed_px_frame=rng.uniform(6.0, 8.0))
     actors = []
     for path, (facing, tilts) in zip(paths, cars):
         # after the event the wrecks are straightened and driven back out at normal speed
@@ -726,7 +728,7 @@ def _test_road_accident(rng, n_frames, layout):
         path.go(path.frame + int(abs(exit_x - path.x) / 1.2), exit_x, path.y)
         actors.append(Car(path.track, first, min(n_frames - 1, path.frame), rgb=ACTOR_COLOURS[colours.take()],
                           facing=facing, tilts=[*tilts, (last + 1, 0.0)]))
-    return [*actors, debris, impact, smoke], (first, last)
+    return [*actors, *effects], (first, last)
 
 
 def _test_stealing(rng, n_frames, layout):
