@@ -15,11 +15,14 @@
   frame count of every video (for tests that look for actors in decoded frames).
 
 What each class looks like, in any single frame (the demo scores frames one by one):
-Normal: persons walking (and now and then a car driving) at moderate speed, apart.
-Fighting: two persons overlapping, punching and jittering, a yellow-white burst between them.
+Normal: persons walking apart at moderate speed, now and then standing still; sometimes a car
+  driving slowly by or a bag lying on the ground.
+Fighting: two persons overlapping, punching and jittering, a big yellow-white burst between them.
 Explosion: a big orange / yellow / white flickering blob with smoke, a person running away.
-RoadAccidents: two cars tilted nose to nose after a fast head-on crash, debris and smoke.
-Stealing: a person running with a bag hanging behind them (taken from the ground).
+RoadAccidents: two cars tilted nose to nose after a fast head-on crash, burning where they
+  touch, debris and smoke.
+Stealing: a person running with a bag hanging behind them (taken from the ground beside its
+  owner), the owner running after them.
 Scenes (four textured, static backgrounds) are spread evenly over the classes.
 
 Motion is piecewise linear and each region's keyframes sit at the breakpoints, so the box that
