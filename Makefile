@@ -20,6 +20,7 @@ help:
 	@echo "make eval    - frame-level AUC of the latest debug checkpoint vs its starting model (report, plots)"
 	@echo "make train-debug / train-full - stage 2 presets; override e.g. NUM_FRAMES=128 BATCH_SIZE=1 GRAD_ACCUM=16"
 	@echo "make doctor  - pre-flight checks (data, GPU, disk, model) for PRESET=debug|full"
+	@echo "make bench   - GPU benchmark: device-memory ceiling vs HDF5 loader vs decode-in-the-loop, eval speed"
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -97,6 +98,16 @@ demo: frames
 .PHONY: eval
 eval: venv
 	$(FGCLIP) eval $(EVAL_ARGS)
+
+# Benchmarks (docs/PERFORMANCE.md): on a GPU, full-size synthetic inputs and a ViT-B/16-shaped model;
+# results in bench/bench*.json. `make bench-smoke` runs the same four measurements tiny, on a CPU.
+BENCH_ARGS ?=
+.PHONY: bench bench-smoke
+bench: venv
+	$(FGCLIP) bench --out bench --make-data $(BENCH_ARGS)
+
+bench-smoke: venv
+	$(FGCLIP) bench --out bench/smoke --smoke
 
 clean-data:
 	rm -rf data/synth data/shards data/models

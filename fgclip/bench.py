@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 FULL_PRESET_FRAMES = 232 * 256 * 10  # records x frames x epochs of MISSION.md's full run
 
+# `bench --smoke`: every measurement in seconds on a CPU, so CI keeps the command working.
+SMOKE = {"records": 4, "num_frames": 4, "size": 56, "test_videos": 1, "baseline_videos": 1,
+         "data": {"test_stored_frames": 24, "video_seconds": 1.0}}
+
 # Dense bf16 tensor-core peaks from the vendors' datasheets, by a substring of the device name.
 BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "RTX 3090": 71.0, "L40S": 362.0, "A10": 125.0}
 

@@ -626,15 +626,22 @@ def eval_command(checkpoints, test_shards, annotations, baseline, no_baseline, o
 @click.option("--baseline-steps", default=2, show_default=True)
 @click.option("--eval/--no-eval", "time_eval", default=True, show_default=True, help="Time evaluation inference too.")
 @click.option("--label", default="", help="Name of this configuration (bench-LABEL.json).")
+@click.option("--smoke", is_flag=True,
+              help="A seconds-long CPU configuration of all four measurements (tiny model and data; CI runs it).")
 def bench_command(out_dir, model, model_preset, shards, test_shards, videos, make_data, records, test_videos,
                   baseline_videos, size, num_frames, batch_size, grad_accum, workers, gradient_checkpointing, steps,
-                  warmup_steps, baseline_steps, time_eval, label) -> None:
+                  warmup_steps, baseline_steps, time_eval, label, smoke) -> None:
     """Time the training step fed from device memory, from HDF5 shards and by decoding video in the
     loop, plus evaluation inference; write bench.json and print a table."""
     from pathlib import Path
 
     from fgclip import distributed
-    from fgclip.bench import BenchConfig, format_table, make_bench_data, run_bench
+    from fgclip.bench import SMOKE, BenchConfig, format_table, make_bench_data, run_bench
+
+    if smoke:
+        make_data, model_preset, records, num_frames, size = True, "tiny", SMOKE["records"], SMOKE["num_frames"], SMOKE["size"]
+        test_videos, baseline_videos, batch_size, grad_accum = SMOKE["test_videos"], SMOKE["baseline_videos"], 1, 2
+        workers, steps, warmup_steps, baseline_steps, label = 1, 1, 1, 1, label or "smoke"
 
     out = Path(out_dir)
     data = out / "data"
@@ -642,7 +649,7 @@ def bench_command(out_dir, model, model_preset, shards, test_shards, videos, mak
     if make_data:
         if dist.is_main:
             make_bench_data(data, records=records, num_frames=num_frames, size=size, test_videos=test_videos,
-                            baseline_videos=baseline_videos)
+                            baseline_videos=baseline_videos, **(SMOKE["data"] if smoke else {}))
         distributed.barrier()
     if model is None:
         model = str(out / f"model-{model_preset}")

@@ -1,0 +1,23 @@
+"""`fgclip-vad bench --smoke`: the benchmark's four measurements run end to end on the CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_bench_smoke_writes_every_measurement(tmp_path):
+    out = tmp_path / "bench"
+    result = subprocess.run([sys.executable, "-m", "fgclip.cli", "bench", "--smoke", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    results = json.loads((out / "bench-smoke.json").read_text())
+    for path in ("ceiling", "real", "baseline", "eval"):
+        assert results[path]["frames_per_s"] > 0, path
+    assert results["ceiling"]["flops_per_step"] > 0
+    assert 0.0 <= results["real"]["data_wait_share"] < 1.0
+    assert results["projected_full_preset_s"] > 0
+    # The table printed last names every path.
+    for row in ("ceiling", "real (HDF5 loader)", "decode in the loop", "evaluation inference"):
+        assert row in result.stdout
