@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from pipeline.shards import ShardReader
+from pipeline.shards import ShardFormatError, ShardReader
 
 _PARENT_POLL_S = 2.0  # how often an idle reader checks that the evaluation is still running
 _RESULT_POLL_S = 5.0  # how often the main process checks that its readers are alive
@@ -136,7 +136,8 @@ def read_unit_into(shards: _OpenShards, sources: Sequence[RecordSource], unit: R
 
 def reader_main(shm_name: str, layout: SlotLayout, sources: tuple[RecordSource, ...], units: tuple[ReadUnit, ...],
                 tasks, results, parent_pid: int) -> None:
-    """Serve (unit_number, slot) tasks until None; reply ("ok", unit, slot) or ("error", unit, slot, message)."""
+    """Serve (unit_number, slot) tasks until None; reply ("ok", unit, slot) or
+    ("error", unit, slot, message, whether it is a damaged shard)."""
     shm = shared_memory.SharedMemory(name=shm_name)
     slots = layout.view(shm.buf)
     shards = _OpenShards()
@@ -155,7 +156,8 @@ def reader_main(shm_name: str, layout: SlotLayout, sources: tuple[RecordSource, 
                 read_unit_into(shards, sources, units[unit_number], slots[slot])
                 results.put(("ok", unit_number, slot))
             except Exception as err:  # noqa: BLE001 - reported to the main process with the record at fault
-                results.put(("error", unit_number, slot, str(err) or type(err).__name__))
+                results.put(("error", unit_number, slot, str(err) or type(err).__name__,
+                             isinstance(err, ShardFormatError)))
     finally:
         shards.close()
         del slots
@@ -252,6 +254,7 @@ class UnitReader:
             yield self._next_result()
 
     def _next_result(self) -> tuple[int, int]:
+        """The next finished (unit, slot); a damaged shard raises ShardFormatError naming its record."""
         while True:
             try:
                 reply = self._results.get(timeout=_RESULT_POLL_S)
@@ -262,7 +265,9 @@ class UnitReader:
                     raise RuntimeError(f"an evaluation reader process died (exit code {dead[0].exitcode}); "
                                        f"rerun with --readers 0 to read in the main process and see the error")
         if reply[0] == "error":
-            _, unit_number, _, message = reply
+            _, unit_number, _, message, damaged_shard = reply
+            if damaged_shard:  # the message names the shard, record and video, and how to rebuild it
+                raise ShardFormatError(message)
             raise RuntimeError(f"reading test frames failed: {message}")
         return reply[1], reply[2]
 

@@ -32,13 +32,20 @@ record, so record i is rows i*T:(i+1)*T and each record is one HDF5 chunk) and `
 checksum filter, so a flipped byte on disk fails the read instead of training on garbage.
 It is not compressed: decoded surveillance frames shrink little under the fast filters, and
 the loader's budget is I/O bandwidth, not disk space (docs/PERFORMANCE.md has the figures).
+Every other numeric dataset carries the same filter (boxes and masks chunked like the frames,
+so damage there names its record too), and an optional `text_sha256` (N, 32) uint8 dataset
+holds a SHA-256 of each record's strings, which live in a heap no HDF5 filter covers. The
+file's own structure (superblock, object headers, chunk indices) is checksummed by HDF5
+itself (`libver="latest"`). Readers check what a shard has; shards written before the
+digests existed read as before. docs/RELIABILITY.md has the cost (under 0.1 % of the bytes).
 
-Files are written under a temporary name and renamed only when complete, so a file named
-`shard-XXXXX.h5` is always whole.
+Files are assembled in memory, written under a temporary name, fsync'ed and renamed only when
+complete, so a file named `shard-XXXXX.h5` is always whole.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -52,6 +59,7 @@ SCHEMA_VERSION = 1
 SHARD_SUFFIX = ".h5"
 TMP_SUFFIX = ".h5.tmp"
 MANIFEST_NAME = "manifest.json"
+TEXT_DIGEST_DATASET = "text_sha256"  # optional (N, 32) uint8: record_text_digest of each record
 SAMPLING_MODES = ("uniform", "stride")
 RESIZE_MODES = ("squash", "center-crop")
 
@@ -80,6 +88,16 @@ DATASETS: dict[str, tuple[object, str]] = {
 
 class ShardFormatError(RuntimeError):
     """A shard or manifest that this version cannot read; the message says how to rebuild."""
+
+
+class ShardVersionError(ShardFormatError):
+    """Shards of another schema version: not damaged, but they must be rebuilt."""
+
+
+# What h5py raises reading a damaged file: OSError (a chunk fails its checksum, a short read),
+# KeyError (an object header fails its checksum), RuntimeError (a damaged link table).
+_DAMAGE_ERRORS = (OSError, KeyError, RuntimeError)
+REBUILD_ADVICE = "delete it and rerun `fgclip-vad frames` (the same command) to rebuild this shard."
 
 
 @dataclass
@@ -153,9 +171,12 @@ class ShardAttrs:
 
     @classmethod
     def from_h5(cls, attrs: h5py.AttributeManager, path: os.PathLike | str) -> "ShardAttrs":
-        version = int(attrs.get("schema_version", -1))
+        if "schema_version" not in attrs:
+            raise ShardFormatError(f"{path}: no schema_version attribute, so the file is damaged (or not a shard): "
+                                   f"{REBUILD_ADVICE}")
+        version = int(attrs["schema_version"])
         if version != SCHEMA_VERSION:
-            raise ShardFormatError(
+            raise ShardVersionError(
                 f"{path}: shard schema version {version}, this fgclip-vad reads version {SCHEMA_VERSION}. "
                 f"Rebuild the shards with `fgclip-vad frames` (or `make frames`) into a new output directory."
             )
@@ -204,54 +225,89 @@ def write_shard(path: os.PathLike | str, records: Sequence[ShardRecord], attrs: 
 
     tmp = path.with_name(path.name[: -len(SHARD_SUFFIX)] + TMP_SUFFIX)
     tmp.parent.mkdir(parents=True, exist_ok=True)
+    # The file is assembled in memory (HDF5's core driver) and reaches the disk in one plain
+    # write: a full disk then fails that write with a clean OSError. HDF5 (2.0) writing to the
+    # disk itself crashed the process (segfault) when a write failed mid-file.
+    with h5py.File(f"in-memory {path.name}", "w", libver="latest", driver="core", backing_store=False) as f:
+        for key, value in attrs.to_h5().items():
+            f.attrs[key] = value
+        f.attrs["num_records"] = n
+        f.attrs["max_regions"] = max_regions
+
+        frames = f.create_dataset(
+            "frames", shape=(total, height, width, 3), dtype=np.uint8,
+            chunks=(chunk_frames, height, width, 3), fletcher32=True,
+        )
+        frame_index = np.empty(total, dtype=np.int64)
+        boxes = np.zeros((total, max_regions, 4), dtype=np.float32)
+        box_mask = np.zeros((total, max_regions), dtype=bool)
+        region_captions = np.full((n, max_regions), "", dtype=object)
+        hard_negatives = np.full((n, max_regions, max_negatives), "", dtype=object)
+        for i, rec in enumerate(records):
+            lo, hi = offsets[i], offsets[i + 1]
+            frames[lo:hi] = rec.frames_uint8
+            frame_index[lo:hi] = rec.frame_index
+            r = rec.num_regions
+            boxes[lo:hi, :r] = rec.boxes.transpose(1, 0, 2)
+            box_mask[lo:hi, :r] = rec.box_mask.T
+            region_captions[i, :r] = rec.region_captions
+            for j, negatives in enumerate(rec.hard_negatives):
+                hard_negatives[i, j, : len(negatives)] = negatives
+
+        # Every numeric dataset is checksummed like the frames (see the module docstring).
+        f.create_dataset("frame_offset", data=offsets, fletcher32=True)
+        f.create_dataset("frame_index", data=frame_index, chunks=(chunk_frames,), fletcher32=True)
+        f.create_dataset("boxes", data=boxes, chunks=(chunk_frames, max_regions, 4), fletcher32=True)
+        f.create_dataset("box_mask", data=box_mask, chunks=(chunk_frames, max_regions), fletcher32=True)
+        f.create_dataset("region_count", data=np.array([rec.num_regions for rec in records], dtype=np.int32), fletcher32=True)
+        texts = {
+            "global_caption": [rec.global_caption for rec in records],
+            "region_captions": region_captions,
+            "hard_negatives": hard_negatives,
+            "video": [rec.video for rec in records],
+            "label": [rec.label for rec in records],
+        }
+        for name, values in texts.items():
+            f.create_dataset(name, data=values, dtype=_STR)
+        digests = [record_text_digest(rec.global_caption, region_captions[i], hard_negatives[i], rec.video, rec.label)
+                   for i, rec in enumerate(records)]
+        f.create_dataset(TEXT_DIGEST_DATASET, data=np.array(digests, dtype=np.uint8).reshape(n, 32), fletcher32=True)
+        for name, values in (
+            ("is_anomaly", np.array([rec.is_anomaly for rec in records], dtype=bool)),
+            ("window_s", np.array([rec.window_s for rec in records], dtype=np.float64)),
+            ("fps", np.array([rec.fps for rec in records], dtype=np.float64)),
+            ("num_source_frames", np.array([rec.num_source_frames for rec in records], dtype=np.int64)),
+            ("record_index", np.array([rec.record_index for rec in records], dtype=np.int64)),
+        ):
+            f.create_dataset(name, data=values, fletcher32=True)
+        f.flush()
+        image = f.id.get_file_image()
     try:
-        with h5py.File(tmp, "w", libver="latest") as f:
-            for key, value in attrs.to_h5().items():
-                f.attrs[key] = value
-            f.attrs["num_records"] = n
-            f.attrs["max_regions"] = max_regions
-
-            frames = f.create_dataset(
-                "frames", shape=(total, height, width, 3), dtype=np.uint8,
-                chunks=(chunk_frames, height, width, 3), fletcher32=True,
-            )
-            frame_index = np.empty(total, dtype=np.int64)
-            boxes = np.zeros((total, max_regions, 4), dtype=np.float32)
-            box_mask = np.zeros((total, max_regions), dtype=bool)
-            region_captions = np.full((n, max_regions), "", dtype=object)
-            hard_negatives = np.full((n, max_regions, max_negatives), "", dtype=object)
-            for i, rec in enumerate(records):
-                lo, hi = offsets[i], offsets[i + 1]
-                frames[lo:hi] = rec.frames_uint8
-                frame_index[lo:hi] = rec.frame_index
-                r = rec.num_regions
-                boxes[lo:hi, :r] = rec.boxes.transpose(1, 0, 2)
-                box_mask[lo:hi, :r] = rec.box_mask.T
-                region_captions[i, :r] = rec.region_captions
-                for j, negatives in enumerate(rec.hard_negatives):
-                    hard_negatives[i, j, : len(negatives)] = negatives
-
-            f.create_dataset("frame_offset", data=offsets)
-            f.create_dataset("frame_index", data=frame_index)
-            f.create_dataset("boxes", data=boxes, chunks=(chunk_frames, max_regions, 4))
-            f.create_dataset("box_mask", data=box_mask, chunks=(chunk_frames, max_regions))
-            f.create_dataset("region_count", data=np.array([rec.num_regions for rec in records], dtype=np.int32))
-            f.create_dataset("global_caption", data=[rec.global_caption for rec in records], dtype=_STR)
-            f.create_dataset("region_captions", data=region_captions, dtype=_STR)
-            f.create_dataset("hard_negatives", data=hard_negatives, dtype=_STR)
-            f.create_dataset("video", data=[rec.video for rec in records], dtype=_STR)
-            f.create_dataset("label", data=[rec.label for rec in records], dtype=_STR)
-            f.create_dataset("is_anomaly", data=np.array([rec.is_anomaly for rec in records], dtype=bool))
-            f.create_dataset("window_s", data=np.array([rec.window_s for rec in records], dtype=np.float64))
-            f.create_dataset("fps", data=np.array([rec.fps for rec in records], dtype=np.float64))
-            f.create_dataset("num_source_frames", data=np.array([rec.num_source_frames for rec in records], dtype=np.int64))
-            f.create_dataset("record_index", data=np.array([rec.record_index for rec in records], dtype=np.int64))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        with open(tmp, "wb") as handle:
+            handle.write(image)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def record_text_digest(global_caption: str, region_captions, hard_negatives, video: str, label: str) -> np.ndarray:
+    """SHA-256 (32 uint8) of one record's strings as stored: captions, negatives, video, label.
+
+    HDF5 keeps variable-length strings in a heap that no filter checksums, so the writer stores
+    these digests (a checksummed dataset) and the reader compares them; shards written before
+    the digests existed are read unchecked.
+    """
+    digest = hashlib.sha256()
+    values = [global_caption, *np.asarray(region_captions, dtype=object).ravel(),
+              *np.asarray(hard_negatives, dtype=object).ravel(), video, label]
+    for value in values:
+        encoded = str(value).encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "little"))
+        digest.update(encoded)
+    return np.frombuffer(digest.digest(), dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -286,13 +342,21 @@ class ShardReader:
             raise ShardFormatError(
                 f"{self.path}: not a readable HDF5 shard ({err}). Delete it and rerun `fgclip-vad frames` to rebuild it."
             ) from err
-        self.attrs = ShardAttrs.from_h5(self._file.attrs, self.path)
-        missing = [name for name in DATASETS if name not in self._file]
-        if missing:
-            raise ShardFormatError(f"{self.path}: missing datasets {missing}; rebuild with `fgclip-vad frames`")
-        self.offsets = self._file["frame_offset"][:]
-        self.num_records = len(self.offsets) - 1
-        self.max_regions = int(self._file["boxes"].shape[1])
+        try:
+            self.attrs = ShardAttrs.from_h5(self._file.attrs, self.path)
+            missing = [name for name in DATASETS if name not in self._file]
+            if missing:
+                raise ShardFormatError(f"{self.path}: missing datasets {missing}; rebuild with `fgclip-vad frames`")
+            self.offsets = self._file["frame_offset"][:]
+            self.num_records = len(self.offsets) - 1
+            self.max_regions = int(self._file["boxes"].shape[1])
+        except ShardFormatError:
+            self._file.close()
+            raise
+        except (*_DAMAGE_ERRORS, ValueError, TypeError) as err:  # a damaged header, attribute or offset table
+            self._file.close()
+            raise ShardFormatError(f"{self.path}: the file is damaged ({err}): {REBUILD_ADVICE}") from err
+        self.damaged: dict[int, str] = {}  # local record index -> why, for records metas() left out
 
     def close(self) -> None:
         self._file.close()
@@ -313,53 +377,84 @@ class ShardReader:
         `out` without a temporary copy.
         """
         lo, hi = self.frame_range(i)
-        dataset = self._file["frames"]
+        if isinstance(rows, slice):
+            start, stop, step = rows.indices(hi - lo)
+            if step != 1:
+                raise ValueError(f"{self.path}: record {i}: read_frames_into takes contiguous slices, got step {step}")
         try:
+            dataset = self._file["frames"]
             if rows is None:
                 dataset.read_direct(out, source_sel=np.s_[lo:hi])
             elif isinstance(rows, slice):
-                start, stop, step = rows.indices(hi - lo)
-                if step != 1:
-                    raise ValueError(f"{self.path}: record {i}: read_frames_into takes contiguous slices, got step {step}")
                 dataset.read_direct(out, source_sel=np.s_[lo + start:lo + stop])
             else:
                 out[...] = dataset[lo + np.asarray(rows)]
-        except OSError as err:
-            raise ShardFormatError(
-                f"{self.path}: record {i} (video {self.video(i)}): frames failed their checksum or could not be read "
-                f"({err}). The file is damaged: delete it and rerun `fgclip-vad frames` to rebuild this shard."
-            ) from err
+        except _DAMAGE_ERRORS as err:
+            raise self._damaged_record(i, "frames", err) from err
 
     def read_boxes(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(R, S, 4) boxes and (R, S) mask of record i, R = the shard's region slots."""
         lo, hi = self.frame_range(i)
-        boxes = self._file["boxes"][lo:hi].transpose(1, 0, 2)
-        mask = self._file["box_mask"][lo:hi].T
+        try:
+            boxes = self._file["boxes"][lo:hi].transpose(1, 0, 2)
+            mask = self._file["box_mask"][lo:hi].T
+        except _DAMAGE_ERRORS as err:
+            raise self._damaged_record(i, "boxes", err) from err
         return np.ascontiguousarray(boxes), np.ascontiguousarray(mask)
 
     def read_frame_index(self, i: int) -> np.ndarray:
         lo, hi = self.frame_range(i)
-        return self._file["frame_index"][lo:hi]
+        try:
+            return self._file["frame_index"][lo:hi]
+        except _DAMAGE_ERRORS as err:
+            raise self._damaged_record(i, "frame_index", err) from err
 
     def video(self, i: int) -> str:
-        return self._file["video"].asstr()[i]
+        try:
+            return self._file["video"].asstr()[i]
+        except (*_DAMAGE_ERRORS, UnicodeDecodeError):
+            return "unreadable"
 
-    def metas(self) -> list[RecordMeta]:
+    def _damaged_record(self, i: int, what: str, err: Exception) -> ShardFormatError:
+        return ShardFormatError(
+            f"{self.path}: record {i} (video {self.video(i)}): {what} failed their checksum or could not be read "
+            f"({err}). The file is damaged: {REBUILD_ADVICE}"
+        )
+
+    def metas(self, *, skip_damaged: bool = False) -> list[RecordMeta]:
+        """Every record's metadata. A record whose strings fail their digest raises
+        ShardFormatError naming it, or with `skip_damaged` is left out and listed in `damaged`."""
         f = self._file
-        counts = f["region_count"][:]
-        global_caption = f["global_caption"].asstr()[:]
-        region_captions = f["region_captions"].asstr()[:]
-        hard_negatives = f["hard_negatives"].asstr()[:]
-        video = f["video"].asstr()[:]
-        label = f["label"].asstr()[:]
-        is_anomaly = f["is_anomaly"][:]
-        window_s = f["window_s"][:]
-        fps = f["fps"][:]
-        num_source_frames = f["num_source_frames"][:]
-        record_index = f["record_index"][:]
+        try:
+            counts = f["region_count"][:]
+            global_caption = f["global_caption"].asstr()[:]
+            region_captions = f["region_captions"].asstr()[:]
+            hard_negatives = f["hard_negatives"].asstr()[:]
+            video = f["video"].asstr()[:]
+            label = f["label"].asstr()[:]
+            is_anomaly = f["is_anomaly"][:]
+            window_s = f["window_s"][:]
+            fps = f["fps"][:]
+            num_source_frames = f["num_source_frames"][:]
+            record_index = f["record_index"][:]
+            digests = f[TEXT_DIGEST_DATASET][:] if TEXT_DIGEST_DATASET in f else None
+        except (*_DAMAGE_ERRORS, UnicodeDecodeError) as err:
+            raise ShardFormatError(
+                f"{self.path}: the records' metadata (captions, labels, windows) failed its checksum or could not be "
+                f"read ({err}); all {self.num_records} records of this shard are affected. The file is damaged: "
+                f"{REBUILD_ADVICE}"
+            ) from err
         out = []
         for i in range(self.num_records):
             r = int(counts[i])
+            if digests is not None and not np.array_equal(
+                    digests[i], record_text_digest(global_caption[i], region_captions[i], hard_negatives[i], video[i], label[i])):
+                message = (f"{self.path}: record {i} (record_index {int(record_index[i])}, video {video[i]!r}): its "
+                           f"captions, video name or label do not match their checksum. The file is damaged: {REBUILD_ADVICE}")
+                if not skip_damaged:
+                    raise ShardFormatError(message)
+                self.damaged[i] = message
+                continue
             out.append(
                 RecordMeta(
                     shard=str(self.path),
@@ -416,18 +511,33 @@ def write_manifest(shard_dir: os.PathLike | str, manifest: dict) -> None:
     """Atomically write the manifest (a JSON dict; see `pipeline.frames` for its fields)."""
     path = manifest_path(shard_dir)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())  # a power cut after the rename must not leave an empty manifest
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_manifest(shard_dir: os.PathLike | str) -> dict:
     path = manifest_path(shard_dir)
     if not path.is_file():
         raise ShardFormatError(f"{shard_dir}: no {MANIFEST_NAME}; build the shards with `fgclip-vad frames` (or `make frames`)")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict):
+            raise ValueError(f"a JSON {type(manifest).__name__}, not an object")
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise ShardFormatError(
+            f"{path}: damaged, not a manifest ({err}). Rebuild the shards with `fgclip-vad frames` into a new output "
+            f"directory (or delete this one and rerun the same command)"
+        ) from err
     version = int(manifest.get("schema_version", -1))
     if version != SCHEMA_VERSION:
-        raise ShardFormatError(
+        raise ShardVersionError(
             f"{path}: schema version {version}, this fgclip-vad reads {SCHEMA_VERSION}. "
             f"Rebuild with `fgclip-vad frames` into a new output directory."
         )
