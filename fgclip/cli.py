@@ -283,6 +283,8 @@ def frames_command(ctx, annotations, video_root, out_root, num_frames, size, res
         _print_frames_summary(summary)
     except (FramesError, VideoError) as err:
         raise click.ClickException(str(err)) from None
+    except OSError as err:  # e.g. an output directory that cannot be created; the message names it
+        raise click.ClickException(f"{err}; nothing was lost: fix that, then rerun the same command") from None
     except KeyboardInterrupt:
         raise click.ClickException("interrupted; rerun the same command to resume (finished shards are kept)") from None
 
@@ -416,6 +418,9 @@ def train_command(preset: str, resume: str | None, stop_after_step: int | None, 
         summary = trainer.run(handle_signals=True)
     except (TrainingError, LoaderError, CheckpointError, ModelDirError, ShardFormatError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
+    except OSError as err:  # e.g. a log file on a full disk; the message names the file
+        raise click.ClickException(f"{err}. If the disk is full, free space; then continue from the last checkpoint "
+                                   f"with --resume auto") from None
     except KeyboardInterrupt:
         raise click.ClickException("interrupted without a checkpoint; `--resume auto` continues from the last one") from None
     finally:

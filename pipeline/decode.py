@@ -220,6 +220,9 @@ def probe_video(path: os.PathLike | str) -> VideoInfo:
     result = _run_ffmpeg(["-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"])
     stderr = result.stderr.decode("utf-8", errors="replace")
     if result.returncode != 0:
+        streams = re.findall(r"^\s*Stream #0:\d+.*?: (\w+):", _input_section(stderr, 0), re.MULTILINE)
+        if streams and "Video" not in streams:  # e.g. an audio-only file with a video's name
+            raise VideoError(f"{path}: no video stream (the file holds only {', '.join(streams).lower()})")
         raise VideoError(f"{path}: ffmpeg cannot read it: {_last_error_line(stderr)}")
     return parse_probe_output(path, stderr)
 

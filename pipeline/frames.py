@@ -39,6 +39,7 @@ stored frames), `skipped` (`record_index`, `video`, `kind`, `reason`, `shard`),
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import multiprocessing
 import os
@@ -57,6 +58,7 @@ from tqdm import tqdm
 from pipeline import embedded
 from pipeline.annotations import AnnotationRecord, read_split_list, validate_annotations
 from pipeline.decode import CropRegion, VideoError, VideoInfo, crop_for, decode_selected, probe_video, probe_videos
+from pipeline.run_lock import LOCK_FILE_NAME, RunLock, RunLockError
 from pipeline.sampling import SamplingSpec, WindowError, window_frames
 from pipeline.shards import (
     RESIZE_MODES,
@@ -82,6 +84,14 @@ TEST_RECORDS_PER_SHARD = 4  # whole test videos per shard file
 
 class FramesError(RuntimeError):
     """Stage 1 cannot go on (strict mode hit a bad record, nothing usable, incompatible output dir)."""
+
+
+def write_failure(path: Path, err: OSError) -> FramesError:
+    """The error for a file stage 1 could not write (most often: the disk is full)."""
+    full = err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    cause = "the disk is full (or a file size limit was hit)" if full else (err.strerror or str(err))
+    return FramesError(f"{path}: cannot write it: {cause}. Finished shards are kept: "
+                       f"{'free some space, then ' if full else ''}rerun the same command to continue")
 
 
 # --- work items -------------------------------------------------------------------------------
@@ -136,6 +146,8 @@ def _video_skip_kind(err: VideoError, path: Path) -> str:
         return "video-missing"
     if path.stat().st_size == 0:
         return "video-empty"
+    if "no video stream" in str(err):
+        return "no-video-stream"
     return "no-frames" if "no frames" in str(err) else "video-unreadable"
 
 
@@ -216,7 +228,11 @@ def process_video(job: VideoJob) -> VideoResult:
     for plan in plans:
         _build_record(plan, decoded.frame_numbers, info, num_frames, crop, result, rows)
     if job.spool is not None and result.built:
-        _write_spool(result, decoded.frames_uint8, rows, job.spool)
+        try:
+            _write_spool(result, decoded.frames_uint8, rows, job.spool)
+        except OSError as err:
+            job.spool.unlink(missing_ok=True)
+            raise write_failure(job.spool, err) from None
     else:
         for key, record in result.built.items():
             record.frames_uint8 = decoded.frames_uint8[rows[key]]
@@ -502,7 +518,10 @@ class _ShardDir:
             return False
         shard_records = [results[i] for i in order if results[i] is not False]
         if shard_records:
-            write_shard(self.path / shard_name(k), shard_records, self.attrs)
+            try:
+                write_shard(self.path / shard_name(k), shard_records, self.attrs)
+            except OSError as err:
+                raise write_failure(self.path / shard_name(k), err) from None
             self.shards_written += 1
             self.complete[k] = {
                 "file": shard_name(k),
@@ -541,7 +560,10 @@ class _ShardDir:
             "dropped_regions": sorted(self.dropped_regions, key=lambda d: (d["record_index"], d["region"])),
             "summary": summary,
         }
-        write_manifest(self.path, manifest)
+        try:
+            write_manifest(self.path, manifest)
+        except OSError as err:
+            raise write_failure(manifest_path(self.path), err) from None
         return manifest
 
 
@@ -560,7 +582,8 @@ def _check_settings(size: int, resize_mode: str, records_per_shard: int) -> None
 class _Build:
     """One set of records and its output directories (one per sampling), run alongside others.
 
-    Opening it checks the settings, claims the directories (manifest), keeps finished shards
+    Opening it checks the settings, claims the directories (a `RunLock` each, released when
+    `run_builds` ends, and the manifest), keeps finished shards
     and works out which videos must be decoded for which samplings; `on_result` files each
     video's records into their shard groups and writes every group that is complete.
     """
@@ -582,6 +605,25 @@ class _Build:
             raise FramesError(f"--strict: record {first['record_index']} ({first['video']}) is unusable: {first['reason']}")
         self.records, self.size, self.resize_mode, self.strict = list(records), size, resize_mode, strict
         self.prior_skips = list(skipped)
+        # Each output directory is this run's alone until it ends (a second run is refused).
+        self.locks: list[RunLock] = []
+        try:
+            for path in outputs.values():
+                self.locks.append(lock_output_dir(Path(path)))
+            self._open(records, video_root, outputs, size, resize_mode, records_per_shard, source_json, source_sha256,
+                       skipped)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Give up the output directories (the run ended, or failed)."""
+        for lock in self.locks:
+            lock.release()
+        self.locks = []
+
+    def _open(self, records, video_root, outputs, size, resize_mode, records_per_shard, source_json, source_sha256,
+              skipped) -> None:
         groups = [list(records[i:i + records_per_shard]) for i in range(0, len(records), records_per_shard)]
         self.group_of = {r.index: k for k, group in enumerate(groups) for r in group}
         self.order_of = {k: [r.index for r in group] for k, group in enumerate(groups)}
@@ -681,6 +723,14 @@ class _Build:
         return summary
 
 
+def lock_output_dir(path: Path) -> RunLock:
+    """Hold `path` for this run; FramesError naming the other run if one is writing there."""
+    try:
+        return RunLock(path, what="fgclip-vad frames", hint="choose another --out").acquire()
+    except RunLockError as err:
+        raise FramesError(str(err)) from None
+
+
 def run_builds(builds: Sequence[_Build], *, workers: int | None = None, progress: bool = True) -> list[dict]:
     """Decode the videos of all `builds` in one pool of workers; one summary per build.
 
@@ -707,13 +757,14 @@ def run_builds(builds: Sequence[_Build], *, workers: int | None = None, progress
 
     try:
         _run_jobs(jobs, workers, on_result, start_progress)
+        elapsed = time.perf_counter() - started
+        return [b.finish(elapsed) for b in builds]
     finally:
         if bar is not None:
             bar.close()
         for b in builds:
             shutil.rmtree(b.spool_root, ignore_errors=True)
-    elapsed = time.perf_counter() - started
-    return [b.finish(elapsed) for b in builds]
+            b.release()
 
 
 def build(
@@ -819,12 +870,18 @@ def ensure_embedded_dataset() -> None:
 
 
 def _remove_if_other_source(shard_dir: Path, source_sha256: str) -> None:
-    try:
-        manifest = read_manifest(shard_dir)
-    except ShardFormatError:
+    if not shard_dir.is_dir():
         return
-    if manifest.get("source_sha256") != source_sha256:
-        shutil.rmtree(shard_dir)
+    with lock_output_dir(shard_dir):  # another run may be writing there: never delete under it
+        try:
+            manifest = read_manifest(shard_dir)
+        except ShardFormatError:
+            return  # no manifest, or one `frames` refuses with its own message
+        if manifest.get("source_sha256") != source_sha256:
+            for entry in shard_dir.iterdir():
+                if entry.name == LOCK_FILE_NAME:
+                    continue  # held: deleting it would let a second run lock a new file
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 def build_embedded_default(*, shard_root: Path | None = None, workers: int | None = None, strict: bool = False,
@@ -854,9 +911,13 @@ def build_embedded_default(*, shard_root: Path | None = None, workers: int | Non
                    resize_mode="squash", records_per_shard=TRAIN_RECORDS_PER_SHARD, strict=strict,
                    source_json=str(embedded.TRAIN_JSON),
                    source_sha256=report.source_sha256)
-    test = _test_build(embedded.TEST_LIST, video_root=embedded.TEST_VIDEO_ROOT, out_dir=test_dir,
-                       stride=embedded.TEST_STRIDE, size=embedded.FRAME_SIZE, resize_mode="squash",
-                       records_per_shard=TEST_RECORDS_PER_SHARD, strict=strict)
+    try:
+        test = _test_build(embedded.TEST_LIST, video_root=embedded.TEST_VIDEO_ROOT, out_dir=test_dir,
+                           stride=embedded.TEST_STRIDE, size=embedded.FRAME_SIZE, resize_mode="squash",
+                           records_per_shard=TEST_RECORDS_PER_SHARD, strict=strict)
+    except BaseException:
+        train.release()
+        raise
     # The test videos are the long ones: started first, they do not hold up the end of the run.
     test_summary, train_summary = run_builds([test, train], workers=workers, progress=progress)
     return {"train": train_summary, "test": test_summary}

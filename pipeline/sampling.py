@@ -74,9 +74,7 @@ def window_frames(window_s: tuple[float, float] | None, fps: float, num_frames: 
         return 0, num_frames
     start_s, end_s = window_s
     duration_s = num_frames / fps
-    start = max(0, math.floor(start_s * fps + _EPS))
-    stop = math.ceil(end_s * fps - _EPS)
-    if start >= num_frames:
+    if start_s * fps + _EPS >= num_frames:  # (checked before rounding: 1e308 s times fps is inf)
         raise WindowError(
             f"window [{start_s:g}, {end_s:g}] s starts after the video ends ({duration_s:.2f} s, "
             f"{num_frames} frames at {fps:g} fps); fix the record's timestamps"
@@ -86,7 +84,8 @@ def window_frames(window_s: tuple[float, float] | None, fps: float, num_frames: 
             f"window [{start_s:g}, {end_s:g}] s ends {end_s - duration_s:.2f} s past the end of the video "
             f"({duration_s:.2f} s, {num_frames} frames at {fps:g} fps); fix the record's timestamps"
         )
-    stop = min(max(stop, start + 1), num_frames)
+    start = max(0, math.floor(start_s * fps + _EPS))
+    stop = min(max(math.ceil(end_s * fps - _EPS), start + 1), num_frames)
     return start, stop
 
 
