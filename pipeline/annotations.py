@@ -51,6 +51,7 @@ from pipeline.ucf_split import (  # noqa: F401  (find_test_split, label_from_vid
 )
 
 BOX_OVERSHOOT_TOLERANCE = 0.02  # coordinates within [-tol, 1 + tol] are clipped, beyond rejected
+MAX_FRAME = 10**9  # frame numbers above this are typos (10^9 frames = a year at 30 fps), and break int64 maths
 REQUIRED_FIELDS = ("video", "global_caption", "region_captions", "box_infos")
 OPTIONAL_FIELDS = ("timestamps", "hard_negatives")
 KEYFRAME_FIELDS = ("frame", "bbox")
@@ -151,7 +152,19 @@ class ValidationReport:
 
 def _show(value: object, limit: int = 80) -> str:
     text = json.dumps(value, ensure_ascii=False) if not isinstance(value, float) else repr(value)
+    if _text_defect(text):  # unpaired surrogates would break printing the message
+        text = json.dumps(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _printable(text: str) -> str:
+    """`text` as written, or JSON-escaped if it holds characters no terminal or UTF-8 file takes."""
+    return json.dumps(text)[1:-1] if _text_defect(text) else text
+
+
+def _escaped(name: str) -> str:
+    """A JSON key as a field name on one line (control characters escaped as in JSON)."""
+    return json.dumps(name, ensure_ascii=bool(_text_defect(name)))[1:-1]
 
 
 def _type_name(value: object) -> str:
@@ -164,6 +177,26 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _as_float(value: int | float) -> float:
+    """float(value), with integers too large for a float (JSON allows 1e400 as an integer) as inf."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _text_defect(value: str) -> str | None:
+    """What makes a string unusable as a caption or path, or None: NUL characters (file systems
+    and HDF5 strings end at them) and unpaired surrogates (not encodable as UTF-8)."""
+    if "\x00" in value:
+        return "a NUL character (\\u0000)"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"an unpaired surrogate {value[err.start]!r} (invalid Unicode)"
+    return None
+
+
 class _RecordChecker:
     """Checks one raw record, collecting problems; `build()` returns it cleaned or None."""
 
@@ -174,7 +207,7 @@ class _RecordChecker:
         self.translations = translations
         self.fps_hint = fps_hint
         self.invalid_severity = invalid_severity
-        self.video = raw.get("video") if isinstance(raw.get("video"), str) else ""
+        self.video = _printable(raw["video"]) if isinstance(raw.get("video"), str) else ""  # for messages
         self.problems: list[Problem] = []
         self.unusable = False
         self.translated = 0
@@ -198,6 +231,10 @@ class _RecordChecker:
             return None
         if not value.strip():
             self._invalid(field_name, "empty-caption", f"{field_name} is empty; write a caption or remove the entry")
+            return None
+        defect = _text_defect(value)
+        if defect:
+            self._invalid(field_name, "bad-text", f"{field_name} contains {defect}: {_show(value)}")
             return None
         scripts = foreign_scripts(value)
         if not scripts:
@@ -228,13 +265,17 @@ class _RecordChecker:
         if value < 0:
             self._invalid(field_name, "negative-frame", f"{field_name} is {value}; frames are 0-based source frame numbers")
             return None
+        if value > MAX_FRAME:
+            self._invalid(field_name, "frame-too-large",
+                          f"{field_name} is {_show(value)}: no video has that many frames (limit {MAX_FRAME:.0e})")
+            return None
         return value
 
     def _box(self, field_name: str, value: object) -> tuple[float, float, float, float] | None:
         if not isinstance(value, list) or len(value) != 4 or not all(_is_number(v) for v in value):
             self._invalid(field_name, "wrong-type", f"{field_name} must be [x1, y1, x2, y2] numbers in 0..1, got {_show(value)}")
             return None
-        coords = [float(v) for v in value]
+        coords = [_as_float(v) for v in value]
         if not all(math.isfinite(v) for v in coords):
             self._invalid(field_name, "non-finite", f"{field_name} is {_show(value)}: NaN or infinite coordinate")
             return None
@@ -273,7 +314,8 @@ class _RecordChecker:
                     ok = False
             for key in raw_keyframe:
                 if key not in KEYFRAME_FIELDS:
-                    self._warn(f"{where}.{key}", "unknown-field", f"unknown keyframe field \"{key}\" = {_show(raw_keyframe[key])}; ignored")
+                    self._warn(f"{where}.{_escaped(key)}", "unknown-field",
+                               f"unknown keyframe field {_show(key)} = {_show(raw_keyframe[key])}; ignored")
             if "frame" not in raw_keyframe or "bbox" not in raw_keyframe:
                 continue
             frame = self._frame(f"{where}.frame", raw_keyframe["frame"])
@@ -303,7 +345,7 @@ class _RecordChecker:
         if not isinstance(value, list) or len(value) != 2 or not all(_is_number(v) for v in value):
             self._invalid("timestamps", "wrong-type", f"timestamps must be null or [start_s, end_s], got {_show(value)}")
             return None
-        start_s, end_s = float(value[0]), float(value[1])
+        start_s, end_s = _as_float(value[0]), _as_float(value[1])
         if not (math.isfinite(start_s) and math.isfinite(end_s)):
             self._invalid("timestamps", "non-finite", f"timestamps {_show(value)} are not finite")
         elif start_s < 0 or end_s < 0:
@@ -337,11 +379,14 @@ class _RecordChecker:
                 self._invalid(name, "missing-field", f"record has no \"{name}\"")
         for name in raw:
             if name not in REQUIRED_FIELDS and name not in OPTIONAL_FIELDS:
-                self._warn(name, "unknown-field", f"unknown field \"{name}\" = {_show(raw[name])}; kept in the file, not used")
+                self._warn(_escaped(name), "unknown-field",
+                           f"unknown field {_show(name)} = {_show(raw[name])}; kept in the file, not used")
 
         video = raw.get("video")
         if "video" in raw and (not isinstance(video, str) or not video.strip()):
             self._invalid("video", "wrong-type", f"video must be a non-empty path string, got {_show(video)}")
+        elif isinstance(video, str) and _text_defect(video):
+            self._invalid("video", "bad-text", f"video path contains {_text_defect(video)}: {_show(video)}")
         label, is_anomaly = label_from_video_path(self.video) if self.video else ("", False)
         if self.video and not is_known_label(label):
             self._warn("video", "unknown-label",
@@ -414,6 +459,9 @@ def _load(path: Path) -> tuple[list | None, str, Problem | None]:
     except json.JSONDecodeError as exc:
         return None, sha256, _file_problem(
             "not-json", f"annotation file {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    except RecursionError:
+        return None, sha256, _file_problem(
+            "not-json", f"annotation file {path}: JSON nested too deeply to read; records are objects of plain fields")
     if not isinstance(raw, list):
         return None, sha256, _file_problem(
             "not-a-list", f"annotation file {path}: the top level must be a list of records, got a JSON {_type_name(raw)}")
@@ -518,7 +566,7 @@ def validate_annotations(path, *, test_split: Path | None = None, allow_test_ove
             continue
         content = json.dumps(raw, sort_keys=True, ensure_ascii=False)
         if content in first_by_content:
-            video = raw.get("video") if isinstance(raw.get("video"), str) else ""
+            video = _printable(raw["video"]) if isinstance(raw.get("video"), str) else ""
             report.problems.append(Problem(index, video, "", "duplicate-record", WARNING,
                                            f"identical to record {first_by_content[content]}; this copy is dropped"))
             report.dropped.append(index)
