@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TMP_PREFIX = ".tmp-"
@@ -134,11 +135,14 @@ def write_model_dir(target: Path, model, config: dict, state: dict | None = None
         else:
             os.replace(tmp, target)
         _fsync_dir(target.parent)
-    except OSError as err:
+    except (OSError, RuntimeError, SafetensorError) as err:
+        # A full disk surfaces as OSError from plain writes, RuntimeError from torch.save and
+        # SafetensorError from the weights; the checkpoints written before stay complete.
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(
             f"{target}: writing the checkpoint failed ({err}); check free disk space in {target.parent} "
-            f"(`fgclip-vad doctor` checks it)"
+            f"(`fgclip-vad doctor` checks it). The earlier checkpoints are intact: free space, then continue "
+            f"with --resume auto"
         ) from err
     return target
 

@@ -125,12 +125,12 @@ def check_disk(output_dir: Path, min_free_gb: float) -> Check:
 
 
 def check_model(model_dir: Path) -> Check:
-    from fgclip.model import FGCLIPVideo, ModelDirError
+    from fgclip.model import FGCLIPVideo, ModelDirError, check_tokenizer
     from fgclip.text import load_tokenizer
 
     try:
         model = FGCLIPVideo.from_pretrained(model_dir)
-        load_tokenizer(model_dir)
+        check_tokenizer(model, load_tokenizer(model_dir), model_dir)
     except (ModelDirError, FileNotFoundError, OSError) as err:
         return Check("model", "FAIL", str(err))
     parameters = sum(p.numel() for p in model.parameters()) / 1e6

@@ -454,7 +454,7 @@ def evaluate(checkpoints: list[Path], test_shard_dir: Path, annotations: Path, o
     """Score the test shards with every checkpoint and the baseline; write report.json, report.md,
     plots/, scores/ and TensorBoard scalars under `out_dir`. Returns the report dict."""
     from fgclip import report as report_writer
-    from fgclip.model import FGCLIPVideo
+    from fgclip.model import FGCLIPVideo, check_tokenizer
 
     if smoothing_window < 1 or smoothing_window % 2 == 0:
         raise EvaluationError(f"--smooth {smoothing_window}: the smoothing window must be an odd number of snippets "
@@ -484,6 +484,7 @@ def evaluate(checkpoints: list[Path], test_shard_dir: Path, annotations: Path, o
         started = time.perf_counter()
         model = FGCLIPVideo.from_pretrained(choice.path).to(torch_device)
         tokenizer = load_tokenizer(choice.path)
+        check_tokenizer(model, tokenizer, choice.path)
         load_s = time.perf_counter() - started
         started = time.perf_counter()
         scores = score_videos(model, tokenizer, test_shard_dir, class_names=class_names, device=torch_device,

@@ -43,7 +43,7 @@ from fgclip.loader_worker import (
     subsample_rows,
 )
 from fgclip.text import LONG_TEXT_LENGTH, SHORT_TEXT_LENGTH, caption_key, tokenize
-from pipeline.shards import RecordMeta, ShardFormatError, ShardReader, list_shards
+from pipeline.shards import RecordMeta, ShardFormatError, ShardReader, ShardVersionError, list_shards
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +138,25 @@ def _masked_max(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask, values, 0).max(axis=1)
 
 
-def read_training_metas(shard_dir: os.PathLike | str, max_records: int | None = None) -> tuple[list[RecordMeta], tuple[int, int]]:
+def read_training_metas(shard_dir: os.PathLike | str, max_records: int | None = None, *,
+                        skip_damaged: bool = False) -> tuple[list[RecordMeta], tuple[int, int]]:
     """All records of a uniform (training) shard directory in manifest order, and the frame size.
 
-    `max_records` keeps the first records only (the debug preset's "first 10 videos").
+    `max_records` keeps the first records only (the debug preset's "first 10 videos"). A damaged
+    shard or record raises ShardFormatError naming it, or with `skip_damaged` is left out with a
+    logged warning.
     """
     metas: list[RecordMeta] = []
     size: tuple[int, int] | None = None
     for path in list_shards(shard_dir):
-        with ShardReader(path) as reader:
+        try:
+            reader = ShardReader(path)
+        except ShardFormatError as err:
+            if not skip_damaged or isinstance(err, ShardVersionError):  # old shards are not damaged: rebuild them
+                raise
+            log.warning("skipping a damaged shard (--skip-damaged): %s", err)
+            continue
+        with reader:
             if reader.attrs.sampling != "uniform":
                 raise ShardFormatError(
                     f"{path}: {reader.attrs.sampling} sampling (test shards); training needs uniformly "
@@ -156,7 +166,14 @@ def read_training_metas(shard_dir: os.PathLike | str, max_records: int | None = 
             if size is not None and this_size != size:
                 raise ShardFormatError(f"{path}: frames of {this_size} px, earlier shards of {shard_dir} hold {size}")
             size = this_size
-            metas.extend(reader.metas())
+            try:
+                metas.extend(reader.metas(skip_damaged=skip_damaged))
+            except ShardFormatError as err:
+                if not skip_damaged:
+                    raise
+                log.warning("skipping a damaged shard (--skip-damaged): %s", err)
+            for message in reader.damaged.values():
+                log.warning("skipping a damaged record (--skip-damaged): %s", message)
         if max_records is not None and len(metas) >= max_records:
             break
     if max_records is not None:
@@ -215,7 +232,8 @@ class ShardLoader:
                 f"num_workers ({num_workers}) >= 0"
             )
         self.shard_dir = Path(shard_dir)
-        self.metas, (self.frame_height, self.frame_width) = read_training_metas(shard_dir, max_records)
+        self.metas, (self.frame_height, self.frame_width) = read_training_metas(shard_dir, max_records,
+                                                                                skip_damaged=skip_damaged)
         stored = min(m.num_frames for m in self.metas)
         if num_frames > stored:
             raise ShardFormatError(
@@ -517,21 +535,31 @@ class _SlotRing:
             worker = min(self.workers, key=lambda w: w.outstanding)  # the least busy one
             worker.send((key, slot, row, position))
             return
-        # num_workers == 0: the same read, in this process (debugging, profiling)
-        source = self.loader.sources[position]
-        reader = self._local_readers.get(source.shard)
-        if reader is None:
-            reader = self._local_readers[source.shard] = ShardReader(source.shard)
-        try:
-            read_record_into(
-                reader, source, subsample_rows(source.stored_frames, self.layout.num_frames),
-                self.views["frames"][slot, row], self.views["boxes"][slot, row], self.views["box_mask"][slot, row],
-                self._local_scratch,
-            )
-        except Exception as err:
-            raise LoaderError(f"{source.shard}: record {source.local_index} (video {source.video}): {err}") from err
-        self.views["positions"][slot, row] = position
-        self._local_done.append((key, row, position))
+        # num_workers == 0: the same read, in this process (debugging, profiling), and the same
+        # --skip-damaged rule as the workers': a damaged record is replaced by the next readable one
+        candidate = position
+        while True:
+            source = self.loader.sources[candidate]
+            try:
+                reader = self._local_readers.get(source.shard)
+                if reader is None:
+                    reader = self._local_readers[source.shard] = ShardReader(source.shard)
+                read_record_into(
+                    reader, source, subsample_rows(source.stored_frames, self.layout.num_frames),
+                    self.views["frames"][slot, row], self.views["boxes"][slot, row], self.views["box_mask"][slot, row],
+                    self._local_scratch,
+                )
+                break
+            except Exception as err:
+                message = f"{source.shard}: record {source.local_index} (video {source.video}): {err}"
+                if not self.loader.skip_damaged:
+                    raise LoaderError(message) from err
+                self.loader._report_skips([(candidate, message)])
+                candidate = (candidate + 1) % len(self.loader.sources)
+                if candidate == position:
+                    raise LoaderError("no readable record left: " + message) from err
+        self.views["positions"][slot, row] = candidate
+        self._local_done.append((key, row, candidate))
 
     def _collect(self) -> None:
         """Wait for one worker reply and file it (raise on a read error)."""

@@ -204,12 +204,33 @@ def _read_model_dir(path: Path) -> dict:
     return config
 
 
+def check_tokenizer(model: "FGCLIPVideo", tokenizer, model_dir) -> None:
+    """ModelDirError unless `tokenizer` fits `model`: every id inside its token table, and the
+    end token the one the text tower pools at (otherwise training reads past the table, or
+    pools every caption at the wrong position without an error)."""
+    rows = model.clip.text_model.embeddings.token_embedding.num_embeddings
+    if len(tokenizer) > rows:
+        raise ModelDirError(
+            f"{model_dir}: the tokenizer has {len(tokenizer)} tokens but the model's token table only {rows} rows; "
+            f"the tokenizer files belong to another model. Copy the tokenizer of the model these weights came from"
+        )
+    model_eos = model.clip.text_model.eos_token_id
+    if model_eos != 2 and tokenizer.eos_token_id is not None and tokenizer.eos_token_id != model_eos:
+        raise ModelDirError(
+            f"{model_dir}: the tokenizer's end token has id {tokenizer.eos_token_id}, the model (config.json "
+            f"eos_token_id) pools at id {model_eos}; the tokenizer files belong to another model"
+        )
+
+
 def _image_normalisation(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
     processor_file = path / "preprocessor_config.json"
     if not processor_file.is_file():
         log.warning("%s: no preprocessor_config.json; using CLIP's mean/std", path)
         return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    processor = json.loads(processor_file.read_text())
+    try:
+        processor = json.loads(processor_file.read_text())
+    except ValueError as err:
+        raise ModelDirError(f"{processor_file}: unreadable JSON ({err}); copy it again from the model you started from") from err
     return tuple(processor.get("image_mean", OPENAI_CLIP_MEAN)), tuple(processor.get("image_std", OPENAI_CLIP_STD))
 
 
@@ -258,6 +279,7 @@ class FGCLIPVideo(nn.Module):
     @classmethod
     def from_pretrained(cls, path, *, attn_implementation: str = "sdpa") -> "FGCLIPVideo":
         """A plain HF CLIP directory (extras initialised) or one of our checkpoints (extras loaded)."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
         from transformers import CLIPModel
 
@@ -268,26 +290,40 @@ class FGCLIPVideo(nn.Module):
             clip = CLIPModel.from_pretrained(
                 str(path), attn_implementation=attn_implementation, dtype=torch.float32, local_files_only=True
             )
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+            # missing or truncated weights, weights of another shape than config.json says
             raise ModelDirError(f"{path}: CLIPModel could not load it ({err})") from err
         extras_config_file = path / EXTRAS_CONFIG_NAME
-        extras = json.loads(extras_config_file.read_text()) if extras_config_file.is_file() else {}
+        try:
+            extras = json.loads(extras_config_file.read_text()) if extras_config_file.is_file() else {}
+        except ValueError as err:
+            raise ModelDirError(f"{extras_config_file}: unreadable JSON ({err}); the checkpoint is damaged, "
+                                f"use an earlier one") from err
         mean, std = _image_normalisation(path)
         aux_files = {name: (path / name).read_bytes() for name in AUX_FILE_NAMES if (path / name).is_file()}
-        model = cls(
-            clip,
-            image_mean=mean,
-            image_std=std,
-            temporal_layers=extras.get("temporal_layers", 2),
-            temporal_heads=extras.get("temporal_heads"),
-            aux_files=aux_files,
-        )
+        try:
+            model = cls(
+                clip,
+                image_mean=mean,
+                image_std=std,
+                temporal_layers=extras.get("temporal_layers", 2),
+                temporal_heads=extras.get("temporal_heads"),
+                aux_files=aux_files,
+            )
+        except ValueError as err:
+            raise ModelDirError(f"{extras_config_file}: does not fit this CLIP ({err})") from err
         if extras:
             weights_file = path / EXTRAS_WEIGHTS_NAME
             if not weights_file.is_file():
                 raise ModelDirError(f"{path}: {EXTRAS_CONFIG_NAME} is present but {EXTRAS_WEIGHTS_NAME} is missing")
-            state = load_file(str(weights_file))
-            missing, unexpected = model.load_state_dict(state, strict=False)
+            try:
+                state = load_file(str(weights_file))
+                missing, unexpected = model.load_state_dict(state, strict=False)
+            except (OSError, RuntimeError, SafetensorError) as err:
+                # e.g. extras written for a model of another width: the message lists the shapes
+                details = " ".join(str(err).split())  # one line
+                raise ModelDirError(f"{weights_file}: does not fit the CLIP weights of {path} (damaged, or copied from "
+                                    f"another model): {details}") from err
             missing = [name for name in missing if not name.startswith("clip.")]
             if missing or unexpected:
                 raise ModelDirError(f"{weights_file}: does not match the model (missing {missing}, unexpected {unexpected})")

@@ -18,8 +18,17 @@ SHORT_TEXT_LENGTH = 77  # CLIP's original positions (region captions, hard negat
 
 def load_tokenizer(model_dir: os.PathLike | str):
     """The CLIP tokenizer saved in `model_dir` (HF format), loaded without network access."""
+    from pathlib import Path
+
     from transformers import AutoTokenizer
 
+    folder = Path(model_dir)
+    # Without its files transformers may build an empty tokenizer that maps every word to one id.
+    if not (folder / "tokenizer.json").is_file() and not ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()):
+        raise FileNotFoundError(
+            f"{model_dir}: no tokenizer files (tokenizer.json, or vocab.json + merges.txt). "
+            f"A model directory needs its tokenizer; `fgclip-vad init-model` writes both."
+        )
     try:
         return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     except (OSError, ValueError) as err:

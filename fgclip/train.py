@@ -47,10 +47,11 @@ from fgclip.checkpoint import (
 from fgclip.grad_cache import grad_cached_window
 from fgclip.loader import ShardLoader
 from fgclip.losses import LossWeights
-from fgclip.model import FGCLIPVideo
+from fgclip.model import FGCLIPVideo, check_tokenizer
 from fgclip.presets import TrainConfig
 from fgclip.text import load_tokenizer
 from fgclip.train_log import TrainLog, gpu_stats
+from pipeline.run_lock import RunLock, RunLockError
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,27 @@ class Trainer:
         self.stop_after_step = stop_after_step
         self.show_progress = show_progress and self.is_main
         self._stop_signal: int | None = None
+        # The output directory is this run's alone (rank 0 writes it): a second trainer pointed
+        # there stops here, naming this one. Released when run() ends.
+        self._lock: RunLock | None = None
+        if self.is_main:
+            try:
+                self._lock = RunLock(self.output_dir, what="fgclip-vad train", hint="choose another --output-dir").acquire()
+            except RunLockError as err:
+                raise TrainingError(str(err)) from None
+        try:
+            self._build(config, resume)
+        except BaseException:
+            self.release()
+            raise
 
+    def release(self) -> None:
+        """Give up the output directory (run() does this when it ends)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _build(self, config: TrainConfig, resume: str | None) -> None:
         seed_everything(config.seed)
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(config))
@@ -165,6 +186,7 @@ class Trainer:
         self.model.set_gradient_checkpointing(config.gradient_checkpointing)
         self.model.train()
         self.tokenizer = load_tokenizer(model_dir)
+        check_tokenizer(self.model, self.tokenizer, model_dir)
 
         use_bf16 = config.bf16 if config.bf16 is not None else self.device.type == "cuda"
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16 else None
@@ -274,6 +296,7 @@ class Trainer:
         """Train to the end (or `stop_after_step`, or a signal). Returns a summary dict."""
         if self.step >= self.total_steps:
             self.loader.close()
+            self.release()
             return self._summary("already complete")
         previous_handlers = self._install_signal_handlers() if handle_signals else {}
         progress = None
@@ -292,6 +315,7 @@ class Trainer:
             if self.log is not None:
                 self.log.close()
                 self.log = None
+            self.release()
 
     def _loop(self, progress) -> str:
         config = self.config

@@ -103,20 +103,24 @@ class TrainLog:
     def _truncate_metrics_after(self, step: int) -> None:
         if not self.metrics_path.is_file():
             return
-        kept = [
-            line for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
+        kept = []
+        for line in self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short when the run was killed or the disk filled up
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line)
         self.metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def note(self, message: str) -> None:
         """A comment line in trainer_log.txt (start, resume, checkpoints, stop)."""
-        self._text.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        self._write(self._text, self.text_path, f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     def step(self, record: dict) -> str:
         line = format_line(record)
-        self._text.write(line + "\n")
-        self._metrics.write(json.dumps(record) + "\n")
+        self._write(self._text, self.text_path, line + "\n")
+        self._write(self._metrics, self.metrics_path, json.dumps(record) + "\n")
         if self._writer is not None:
             step = record["step"]
             for key in ("loss", "loss_global", "loss_region", "loss_hard", "grad_norm", "lr", "text_lr",
@@ -127,8 +131,18 @@ class TrainLog:
                 self._writer.add_scalar(f"temperature/{key}", value, step)
         return line
 
+    @staticmethod
+    def _write(handle, path: Path, text: str) -> None:
+        try:
+            handle.write(text)
+        except OSError as err:  # the message of a failed write names no file: add it
+            raise OSError(err.errno, err.strerror, str(path)) from err
+
     def close(self) -> None:
-        self._text.close()
-        self._metrics.close()
+        for handle in (self._text, self._metrics):
+            try:
+                handle.close()
+            except OSError:
+                pass  # a disk that filled up: the lines already written stay
         if self._writer is not None:
             self._writer.close()
