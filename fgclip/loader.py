@@ -551,9 +551,10 @@ class _SlotRing:
                 )
                 break
             except Exception as err:
-                message = f"{source.shard}: record {source.local_index} (video {source.video}): {err}"
+                message = str(err) if isinstance(err, ShardFormatError) else (
+                    f"{source.shard}: record {source.local_index} (video {source.video}): {err}")
                 if not self.loader.skip_damaged:
-                    raise LoaderError(message) from err
+                    raise LoaderError(f"{message} Or pass --skip-damaged to train on without this record.") from err
                 self.loader._report_skips([(candidate, message)])
                 candidate = (candidate + 1) % len(self.loader.sources)
                 if candidate == position:
@@ -578,10 +579,9 @@ class _SlotRing:
             reply = worker.receive()
         if reply[0] == "error":
             _, key, slot, row, message = reply
-            raise LoaderError(
-                f"{message}\nThe shard is damaged: delete it and rerun `fgclip-vad frames` to rebuild it, "
-                f"or pass --skip-damaged to train on without this record."
-            )
+            advice = "" if "fgclip-vad frames" in message else (
+                " The shard is damaged: delete it and rerun `fgclip-vad frames` to rebuild it.")
+            raise LoaderError(f"{message}{advice} Or pass --skip-damaged to train on without this record.")
         _, key, slot, row, position, skipped = reply
         if skipped:
             self.loader._report_skips(skipped)

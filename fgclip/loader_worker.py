@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from pipeline.shards import ShardReader
+from pipeline.shards import ShardFormatError, ShardReader
 
 # Shard files a worker keeps open at once (each open file costs a little memory and a handle).
 _MAX_OPEN_SHARDS = 64
@@ -225,7 +225,7 @@ def _serve(setup: WorkerSetup, block, conn: Connection) -> None:
                     reply = ("ok", batch_id, slot, row, candidate, skipped)
                     break
                 except Exception as err:  # noqa: BLE001 - every read failure is reported with its record
-                    message = (
+                    message = str(err) if isinstance(err, ShardFormatError) else (  # that one names it all
                         f"{source.shard}: record {source.local_index} (video {source.video}): "
                         f"{err if str(err) else type(err).__name__}"
                     )

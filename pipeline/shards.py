@@ -293,6 +293,10 @@ def write_shard(path: os.PathLike | str, records: Sequence[ShardRecord], attrs: 
         raise
 
 
+def _decode(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 def record_text_digest(global_caption: str, region_captions, hard_negatives, video: str, label: str) -> np.ndarray:
     """SHA-256 (32 uint8) of one record's strings as stored: captions, negatives, video, label.
 
@@ -422,23 +426,21 @@ class ShardReader:
         )
 
     def metas(self, *, skip_damaged: bool = False) -> list[RecordMeta]:
-        """Every record's metadata. A record whose strings fail their digest raises
-        ShardFormatError naming it, or with `skip_damaged` is left out and listed in `damaged`."""
+        """Every record's metadata. A record whose strings are damaged (not UTF-8, or not matching
+        their digest) raises ShardFormatError naming it, or with `skip_damaged` is left out and
+        listed in `damaged`."""
         f = self._file
         try:
             counts = f["region_count"][:]
-            global_caption = f["global_caption"].asstr()[:]
-            region_captions = f["region_captions"].asstr()[:]
-            hard_negatives = f["hard_negatives"].asstr()[:]
-            video = f["video"].asstr()[:]
-            label = f["label"].asstr()[:]
+            # raw bytes, decoded per record below: a damaged string then names its record
+            texts = {name: f[name][:] for name in ("global_caption", "region_captions", "hard_negatives", "video", "label")}
             is_anomaly = f["is_anomaly"][:]
             window_s = f["window_s"][:]
             fps = f["fps"][:]
             num_source_frames = f["num_source_frames"][:]
             record_index = f["record_index"][:]
             digests = f[TEXT_DIGEST_DATASET][:] if TEXT_DIGEST_DATASET in f else None
-        except (*_DAMAGE_ERRORS, UnicodeDecodeError) as err:
+        except _DAMAGE_ERRORS as err:
             raise ShardFormatError(
                 f"{self.path}: the records' metadata (captions, labels, windows) failed its checksum or could not be "
                 f"read ({err}); all {self.num_records} records of this shard are affected. The file is damaged: "
@@ -446,25 +448,33 @@ class ShardReader:
             ) from err
         out = []
         for i in range(self.num_records):
-            r = int(counts[i])
-            if digests is not None and not np.array_equal(
-                    digests[i], record_text_digest(global_caption[i], region_captions[i], hard_negatives[i], video[i], label[i])):
-                message = (f"{self.path}: record {i} (record_index {int(record_index[i])}, video {video[i]!r}): its "
-                           f"captions, video name or label do not match their checksum. The file is damaged: {REBUILD_ADVICE}")
+            try:
+                global_caption, video, label = (_decode(texts[name][i]) for name in ("global_caption", "video", "label"))
+                region_captions = [_decode(c) for c in texts["region_captions"][i]]
+                hard_negatives = [[_decode(c) for c in row] for row in texts["hard_negatives"][i]]
+                intact = digests is None or np.array_equal(
+                    digests[i], record_text_digest(global_caption, region_captions, hard_negatives, video, label))
+            except UnicodeDecodeError:
+                video, intact = "unreadable", False
+            if not intact:
+                message = (f"{self.path}: record {i} (record_index {int(record_index[i])}, video {video!r}): its "
+                           f"captions, video name or label do not match their checksum. The file is damaged: "
+                           f"{REBUILD_ADVICE}")
                 if not skip_damaged:
                     raise ShardFormatError(message)
                 self.damaged[i] = message
                 continue
+            r = int(counts[i])
             out.append(
                 RecordMeta(
                     shard=str(self.path),
                     local_index=i,
                     num_frames=int(self.offsets[i + 1] - self.offsets[i]),
-                    global_caption=str(global_caption[i]),
-                    region_captions=tuple(str(c) for c in region_captions[i, :r]),
-                    hard_negatives=tuple(tuple(str(c) for c in hard_negatives[i, j] if c) for j in range(r)),
-                    video=str(video[i]),
-                    label=str(label[i]),
+                    global_caption=global_caption,
+                    region_captions=tuple(region_captions[:r]),
+                    hard_negatives=tuple(tuple(c for c in hard_negatives[j] if c) for j in range(r)),
+                    video=video,
+                    label=label,
                     is_anomaly=bool(is_anomaly[i]),
                     window_s=(float(window_s[i, 0]), float(window_s[i, 1])),
                     fps=float(fps[i]),
