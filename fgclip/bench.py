@@ -22,6 +22,7 @@ Under `torchrun`, every rank steps and rank 0 reports frames/s of all ranks toge
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -69,6 +70,7 @@ class BenchConfig:
     grad_accum: int = 8
     workers: int = 8
     gradient_checkpointing: bool = True
+    compile: bool = False
     bf16: bool | None = None
     warmup_steps: int = 2
     steps: int = 5
@@ -279,7 +281,9 @@ def count_step_flops(step, window: list[dict]) -> int:
 
     def counted(frames: int) -> int:
         counter = FlopCounterMode(display=False)
-        with counter:
+        # eager: the counter sees every op, and other frame counts cause no recompilation
+        eager = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+        with counter, (eager("force_eager") if eager else contextlib.nullcontext()):
             step(_first_frames(window, frames))
         return int(counter.get_total_flops())
 
@@ -312,6 +316,7 @@ def run_bench(config: BenchConfig) -> dict:
         "shards": config.shards, "model": config.model, "output_dir": str(out_dir / "train"),
         "num_frames": config.num_frames, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
         "workers": config.workers, "gradient_checkpointing": config.gradient_checkpointing, "bf16": config.bf16,
+        "compile": config.compile,
         "epochs": 1000, "save_every": 10**9, "log_every": 10**9, "max_records": None,
     })
     trainer = Trainer(train_config, show_progress=False)
@@ -460,6 +465,7 @@ def format_table(results: dict) -> str:
     env = results["environment"]
     lines.insert(0, f"{results.get('label') or 'bench'}: {env['device']} x{results['world_size']}, torch {env['torch']}, "
                     f"{results['config']['batch_size']} x {results['config']['num_frames']} frames x accum "
-                    f"{results['config']['grad_accum']}, checkpointing {results['config']['gradient_checkpointing']}")
+                    f"{results['config']['grad_accum']}, checkpointing {results['config']['gradient_checkpointing']}, "
+                    f"compile {results['config'].get('compile', False)}")
     lines.append(f"projected full preset (232 x 256 x 10 epochs): {results['projected_full_preset_s'] / 60:.1f} min")
     return "\n".join(lines)

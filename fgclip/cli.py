@@ -351,6 +351,7 @@ _TRAIN_OVERRIDES = [
 _TRAIN_SWITCHES = [
     ("--bf16/--no-bf16", "bf16", "bf16 autocast [on with a GPU, off on CPU]."),
     ("--gradient-checkpointing/--no-gradient-checkpointing", "gradient_checkpointing", "Recompute activations in backward [on]."),
+    ("--compile/--no-compile", "compile", "torch.compile the transformer blocks (GPU; compiling takes a minute or two) [off]."),
     ("--augment/--no-augment", "augment", "Random resized crop + flip per video, boxes included [off]."),
     ("--skip-damaged/--stop-on-damaged", "skip_damaged", "On a damaged shard record: warn and train on, or stop [stop]."),
 ]
@@ -626,6 +627,8 @@ def eval_command(checkpoints, test_shards, annotations, baseline, no_baseline, o
 @click.option("--grad-accum", default=8, show_default=True)
 @click.option("--workers", default=8, show_default=True)
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True)
+@click.option("--compile/--no-compile", "compile_blocks", default=False, show_default=True,
+              help="torch.compile the transformer blocks (the warm-up steps absorb the compilation).")
 @click.option("--steps", default=5, show_default=True, help="Timed optimizer steps per path.")
 @click.option("--warmup-steps", default=2, show_default=True)
 @click.option("--baseline-steps", default=2, show_default=True)
@@ -634,8 +637,8 @@ def eval_command(checkpoints, test_shards, annotations, baseline, no_baseline, o
 @click.option("--smoke", is_flag=True,
               help="A seconds-long CPU configuration of all four measurements (tiny model and data; CI runs it).")
 def bench_command(out_dir, model, model_preset, shards, test_shards, videos, make_data, records, test_videos,
-                  baseline_videos, size, num_frames, batch_size, grad_accum, workers, gradient_checkpointing, steps,
-                  warmup_steps, baseline_steps, time_eval, label, smoke) -> None:
+                  baseline_videos, size, num_frames, batch_size, grad_accum, workers, gradient_checkpointing, compile_blocks,
+                  steps, warmup_steps, baseline_steps, time_eval, label, smoke) -> None:
     """Time the training step fed from device memory, from HDF5 shards and by decoding video in the
     loop, plus evaluation inference; write bench.json and print a table."""
     from pathlib import Path
@@ -670,7 +673,7 @@ def bench_command(out_dir, model, model_preset, shards, test_shards, videos, mak
             test_shards or (str(data / "test_stride16") if (data / "test_stride16").is_dir() else None)),
         videos=videos or (str(data / "videos") if (data / "videos").is_dir() else None),
         num_frames=num_frames, batch_size=batch_size, grad_accum=grad_accum, workers=workers,
-        gradient_checkpointing=gradient_checkpointing, steps=steps, warmup_steps=warmup_steps,
+        gradient_checkpointing=gradient_checkpointing, compile=compile_blocks, steps=steps, warmup_steps=warmup_steps,
         baseline_steps=baseline_steps, label=label,
     )
     results = run_bench(config)

@@ -359,6 +359,14 @@ class FGCLIPVideo(nn.Module):
         """Recompute each transformer block of both towers in backward instead of storing it."""
         self._checkpointing = bool(enabled)
 
+    def compile_blocks(self) -> None:
+        """torch.compile every transformer block that runs whole (vision blocks but the last, whose
+        parts the CLS and dense paths call separately; all text blocks). Identical blocks share one
+        compiled graph; it fuses the norms, activations and bias adds that run eager as separate
+        memory-bound kernels. Works with gradient checkpointing (the checkpoint wraps the compiled block)."""
+        for layer in (*self.clip.vision_model.encoder.layers[:-1], *self.clip.text_model.encoder.layers):
+            layer.compile()
+
     def _run_layer(self, layer: nn.Module, hidden: Tensor, attention_mask: Tensor | None, **kwargs) -> Tensor:
         if self._checkpointing and self.training and torch.is_grad_enabled():
             return torch.utils.checkpoint.checkpoint(layer, hidden, attention_mask, use_reentrant=False, **kwargs)

@@ -184,6 +184,8 @@ class Trainer:
         model_dir = self.resume_from if self.resume_from is not None else Path(config.model)
         self.model = FGCLIPVideo.from_pretrained(model_dir).to(self.device)
         self.model.set_gradient_checkpointing(config.gradient_checkpointing)
+        if config.compile:
+            self.model.compile_blocks()
         self.model.train()
         self.tokenizer = load_tokenizer(model_dir)
         check_tokenizer(self.model, self.tokenizer, model_dir)
