@@ -70,7 +70,7 @@ class BenchConfig:
     grad_accum: int = 8
     workers: int = 8
     gradient_checkpointing: bool = True
-    compile: bool = False
+    compile: bool | None = None  # None: as training decides (on with a GPU)
     bf16: bool | None = None
     warmup_steps: int = 2
     steps: int = 5
@@ -78,6 +78,7 @@ class BenchConfig:
     eval_batch_frames: int = 512
     eval_readers: int = 4
     label: str = ""
+    profile: bool = False  # also write a kernel table of one ceiling step (torch.profiler)
 
 
 # --- benchmark inputs -------------------------------------------------------------------------
@@ -257,6 +258,23 @@ def time_steps(step, windows, *, warmup: int, steps: int, device: torch.device) 
             "frames": frames, "frames_per_s": frames / total}
 
 
+def profile_step(step, window: list[dict], path: Path, rows: int = 40) -> Path:
+    """One optimizer step under torch.profiler; its kernels and ops by own device (else CPU)
+    time go to `path` (rank 0 writes), so a missed goal comes with what is in the way."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        step(window)
+        _sync(window[0]["pixels"].device)
+    sort_by = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=90)
+    if distributed.rank() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(table)
+    return path
+
+
 def _first_frames(window: list[dict], frames: int) -> list[dict]:
     """The window with every video cut to its first `frames` frames (boxes and masks too)."""
     cut = []
@@ -322,7 +340,8 @@ def run_bench(config: BenchConfig) -> dict:
     trainer = Trainer(train_config, show_progress=False)
     device = trainer.device
     world = distributed.world_size()
-    results: dict = {"label": config.label, "config": dataclasses.asdict(config), "world_size": world}
+    results: dict = {"label": config.label, "config": dataclasses.asdict(config), "world_size": world,
+                     "compiled": trainer.compiled}
     results["environment"] = {"torch": torch.__version__, "python": platform.python_version(),
                               "date": time.strftime("%Y-%m-%d"), "host_cpus": os.cpu_count()}
     peak_tflops, device_name = _peak_tflops(device)
@@ -364,7 +383,10 @@ def run_bench(config: BenchConfig) -> dict:
         flops = count_step_flops(step, fixed)
         ceiling["flops_per_step"] = flops
         ceiling["achieved_tflops"] = flops * world / ceiling["step_s_median"] / 1e12
-        ceiling["mfu"] = ceiling["achieved_tflops"] / peak_tflops if peak_tflops else None
+        # achieved_tflops is all ranks together, so utilisation is against all their peaks
+        ceiling["mfu"] = ceiling["achieved_tflops"] / (peak_tflops * world) if peak_tflops else None
+        if config.profile:
+            results["profile"] = str(profile_step(step, fixed, out_dir / f"profile{'-' + config.label if config.label else ''}.txt"))
         results["ceiling"] = ceiling
         results["real"] = real
         results["loader_efficiency"] = real["frames_per_s"] / ceiling["frames_per_s"]
@@ -466,6 +488,6 @@ def format_table(results: dict) -> str:
     lines.insert(0, f"{results.get('label') or 'bench'}: {env['device']} x{results['world_size']}, torch {env['torch']}, "
                     f"{results['config']['batch_size']} x {results['config']['num_frames']} frames x accum "
                     f"{results['config']['grad_accum']}, checkpointing {results['config']['gradient_checkpointing']}, "
-                    f"compile {results['config'].get('compile', False)}")
+                    f"compiled {results.get('compiled', False)}")
     lines.append(f"projected full preset (232 x 256 x 10 epochs): {results['projected_full_preset_s'] / 60:.1f} min")
     return "\n".join(lines)

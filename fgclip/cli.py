@@ -351,7 +351,7 @@ _TRAIN_OVERRIDES = [
 _TRAIN_SWITCHES = [
     ("--bf16/--no-bf16", "bf16", "bf16 autocast [on with a GPU, off on CPU]."),
     ("--gradient-checkpointing/--no-gradient-checkpointing", "gradient_checkpointing", "Recompute activations in backward [on]."),
-    ("--compile/--no-compile", "compile", "torch.compile the transformer blocks (GPU; compiling takes a minute or two) [off]."),
+    ("--compile/--no-compile", "compile", "torch.compile the transformer blocks; compiling takes a minute at the start [on with a GPU, off on CPU]."),
     ("--augment/--no-augment", "augment", "Random resized crop + flip per video, boxes included [off]."),
     ("--skip-damaged/--stop-on-damaged", "skip_damaged", "On a damaged shard record: warn and train on, or stop [stop]."),
 ]
@@ -627,18 +627,19 @@ def eval_command(checkpoints, test_shards, annotations, baseline, no_baseline, o
 @click.option("--grad-accum", default=8, show_default=True)
 @click.option("--workers", default=8, show_default=True)
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True)
-@click.option("--compile/--no-compile", "compile_blocks", default=False, show_default=True,
-              help="torch.compile the transformer blocks (the warm-up steps absorb the compilation).")
+@click.option("--compile/--no-compile", "compile_blocks", default=None,
+              help="torch.compile the transformer blocks, as training does [on with a GPU]; warm-up absorbs compiling.")
 @click.option("--steps", default=5, show_default=True, help="Timed optimizer steps per path.")
 @click.option("--warmup-steps", default=2, show_default=True)
 @click.option("--baseline-steps", default=2, show_default=True)
 @click.option("--eval/--no-eval", "time_eval", default=True, show_default=True, help="Time evaluation inference too.")
 @click.option("--label", default="", help="Name of this configuration (bench-LABEL.json).")
+@click.option("--profile", "profile_step", is_flag=True, help="Also write profile[-LABEL].txt: the kernels of one step by device time.")
 @click.option("--smoke", is_flag=True,
               help="A seconds-long CPU configuration of all four measurements (tiny model and data; CI runs it).")
 def bench_command(out_dir, model, model_preset, shards, test_shards, videos, make_data, records, test_videos,
                   baseline_videos, size, num_frames, batch_size, grad_accum, workers, gradient_checkpointing, compile_blocks,
-                  steps, warmup_steps, baseline_steps, time_eval, label, smoke) -> None:
+                  steps, warmup_steps, baseline_steps, time_eval, label, profile_step, smoke) -> None:
     """Time the training step fed from device memory, from HDF5 shards and by decoding video in the
     loop, plus evaluation inference; write bench.json and print a table."""
     from pathlib import Path
@@ -674,7 +675,7 @@ def bench_command(out_dir, model, model_preset, shards, test_shards, videos, mak
         videos=videos or (str(data / "videos") if (data / "videos").is_dir() else None),
         num_frames=num_frames, batch_size=batch_size, grad_accum=grad_accum, workers=workers,
         gradient_checkpointing=gradient_checkpointing, compile=compile_blocks, steps=steps, warmup_steps=warmup_steps,
-        baseline_steps=baseline_steps, label=label,
+        baseline_steps=baseline_steps, label=label, profile=profile_step,
     )
     results = run_bench(config)
     if dist.is_main:

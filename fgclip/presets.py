@@ -39,7 +39,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     bf16: bool | None = None  # None: on when training on a GPU
     gradient_checkpointing: bool = True
-    compile: bool = False  # torch.compile each transformer block (GPU: a minute or two of compiling, a faster step)
+    compile: bool | None = None  # torch.compile the transformer blocks; None: on when training on a GPU (1.3x faster steps on an H100)
     global_weight: float = 1.0
     region_weight: float = 0.1
     hard_weight: float = 0.5

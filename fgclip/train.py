@@ -184,7 +184,8 @@ class Trainer:
         model_dir = self.resume_from if self.resume_from is not None else Path(config.model)
         self.model = FGCLIPVideo.from_pretrained(model_dir).to(self.device)
         self.model.set_gradient_checkpointing(config.gradient_checkpointing)
-        if config.compile:
+        self.compiled = config.compile if config.compile is not None else self.device.type == "cuda"
+        if self.compiled:
             self.model.compile_blocks()
         self.model.train()
         self.tokenizer = load_tokenizer(model_dir)

@@ -9,7 +9,7 @@ import sys
 
 def test_bench_smoke_writes_every_measurement(tmp_path):
     out = tmp_path / "bench"
-    result = subprocess.run([sys.executable, "-m", "fgclip.cli", "bench", "--smoke", "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "fgclip.cli", "bench", "--smoke", "--profile", "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     results = json.loads((out / "bench-smoke.json").read_text())
@@ -18,6 +18,9 @@ def test_bench_smoke_writes_every_measurement(tmp_path):
     assert results["ceiling"]["flops_per_step"] > 0
     assert 0.0 <= results["real"]["data_wait_share"] < 1.0
     assert results["projected_full_preset_s"] > 0
+    # --profile: one step's ops by time, the training step's matrix products among them
+    profile = (out / "profile-smoke.txt").read_text()
+    assert results["profile"].endswith("profile-smoke.txt") and "aten::mm" in profile
     # The table printed last names every path.
     for row in ("ceiling", "real (HDF5 loader)", "decode in the loop", "evaluation inference"):
         assert row in result.stdout
