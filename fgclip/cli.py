@@ -387,7 +387,6 @@ def train_command(preset: str, resume: str | None, stop_after_step: int | None, 
     Writes trainer_log.txt, metrics.jsonl, tensorboard/, config.json, checkpoint-STEP/ and final/
     into the output directory. Ctrl-C or `kill` finishes the current step and writes a checkpoint.
     """
-    import logging
 
     import torch
 

@@ -17,7 +17,6 @@ losses and the gradient norm that decide whether the step is kept), never per mi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math

@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+from train_data import session_micro_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("FGCLIP_SHARED", REPO_ROOT.parent / "shared"))
@@ -24,3 +27,19 @@ def _offline_and_small():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     yield
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """2 shared cores: one intra-op thread is several times faster than two competing ones
+    (modules that train use it: `pytestmark = pytest.mark.usefixtures("one_torch_thread")`)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """The micro FG-CLIP model directory (with tokenizer) shared by the training-side tests."""
+    return session_micro_model(tmp_path_factory)

@@ -34,7 +34,7 @@ from pipeline.decode import find_ffmpeg
 from pipeline.frames import build_shards
 from pipeline.shards import ShardReader, list_shards, read_manifest
 from test_faults import one_line_error
-from train_data import session_micro_model, write_square_shards
+from train_data import write_square_shards
 
 # --- annotation JSON --------------------------------------------------------------------------------
 
@@ -245,11 +245,6 @@ def test_odd_videos_are_processed_or_skipped_with_the_reason(odd_videos, tmp_pat
 
 
 # --- model directories ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return session_micro_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -25,23 +25,11 @@ from fgclip.checkpoint import (
     save_checkpoint,
 )
 from fgclip.model import FGCLIPVideo
-from train_data import session_micro_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """2 shared cores: one intra-op thread is several times faster than two competing ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return session_micro_model(tmp_path_factory)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()

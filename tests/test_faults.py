@@ -28,7 +28,6 @@ import traceback
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -43,7 +42,8 @@ from fgclip.text import load_tokenizer
 from fgclip.train import Trainer, TrainingError
 from pipeline.run_lock import LOCK_FILE_NAME, LockHolder
 from pipeline.shards import ShardFormatError, ShardReader, list_shards, read_manifest
-from train_data import session_micro_model, write_square_shards
+from shard_checks import assert_same_shard_dirs
+from train_data import write_square_shards
 
 FGCLIP = str(Path(sys.executable).parent / "fgclip-vad")
 CLIPS = {  # the real clips, under UCF-Crime-like names
@@ -91,29 +91,10 @@ def check_readable(shard_dir: Path, *, killed: bool = False) -> dict[str, list[i
     return listed
 
 
-def shard_contents(path: Path) -> dict:
-    with h5py.File(path, "r") as f:
-        contents = {f"attr:{k}": f.attrs[k] for k in f.attrs}
-        for name, dataset in f.items():
-            contents[name] = dataset.asstr()[()] if dataset.dtype.kind == "O" else dataset[()]
-    return contents
-
-
-def assert_same_shards(a: Path, b: Path) -> None:
-    names = sorted(p.name for p in a.glob("*.h5"))
-    assert names and names == sorted(p.name for p in b.glob("*.h5"))
-    for name in names:
-        ca, cb = shard_contents(a / name), shard_contents(b / name)
-        assert ca.keys() == cb.keys()
-        for key in ca:
-            np.testing.assert_array_equal(ca[key], cb[key], err_msg=f"{name}: {key}")
-    ma, mb = read_manifest(a), read_manifest(b)
-    for volatile in ("created", "updated", "source"):
-        ma.pop(volatile), mb.pop(volatile)
-    assert ma == mb
-
-
 # --- stage 1 --------------------------------------------------------------------------------------
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +187,7 @@ def test_frames_survives_kills_a_second_run_and_a_full_disk(frames_job, tmp_path
     final = subprocess.run(frames_job(out), env=env, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr
     for name in ("train_t4", "train_t8"):
-        assert_same_shards(reference / name, out / name)
+        assert_same_shard_dirs(reference / name, out / name)
         assert not list((out / name).glob("*.tmp")) and not (out / name / ".spool").exists()
 
 
@@ -242,20 +223,6 @@ def test_frames_on_a_really_full_tmpfs(frames_job, tmp_path):
 
 TOTAL_STEPS = 8  # 8 records, batch 2, accumulation 2: 2 steps per epoch, 4 epochs
 METRIC_KEYS = ("loss", "loss_global", "loss_region", "loss_hard", "grad_norm", "lr", "text_lr")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """2 shared cores: one intra-op thread is several times faster than two competing ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return session_micro_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import psutil
 import pytest
 from click.testing import CliRunner
 from ffmpeg_reference import reference_frames
+from shard_checks import assert_same_shard_dirs
 
 from fgclip.cli import main as cli
 from pipeline.annotations import AnnotationRecord, Keyframe, Region
@@ -74,28 +74,6 @@ def read_all(shard_dir: Path) -> dict[int, object]:
                 rec = reader.read_record(i)
                 out[rec.record_index] = rec
     return out
-
-
-def shard_contents(path: Path) -> dict:
-    with h5py.File(path, "r") as f:
-        contents = {f"attr:{k}": f.attrs[k] for k in f.attrs}
-        for name, dataset in f.items():
-            contents[name] = dataset.asstr()[()] if dataset.dtype.kind == "O" else dataset[()]
-    return contents
-
-
-def assert_same_shard_dirs(a: Path, b: Path) -> None:
-    files_a = sorted(p.name for p in a.glob("*.h5"))
-    assert files_a == sorted(p.name for p in b.glob("*.h5")) and files_a
-    for name in files_a:
-        ca, cb = shard_contents(a / name), shard_contents(b / name)
-        assert ca.keys() == cb.keys()
-        for key in ca:
-            np.testing.assert_array_equal(ca[key], cb[key], err_msg=f"{name}: {key}")
-    ma, mb = read_manifest(a), read_manifest(b)
-    for volatile in ("created", "updated", "source"):
-        ma.pop(volatile), mb.pop(volatile)
-    assert ma == mb
 
 
 # --- sampling and stored frames ---------------------------------------------------------------

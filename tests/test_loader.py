@@ -24,25 +24,14 @@ from fgclip.loader_worker import subsample_rows
 from fgclip.model import FGCLIPVideo
 from fgclip.text import LONG_TEXT_LENGTH, SHORT_TEXT_LENGTH, caption_key, load_tokenizer, tokenize
 from pipeline.shards import ShardReader, list_shards
-from train_data import BACKGROUND, session_micro_model, write_square_shards
+from train_data import BACKGROUND, write_square_shards
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NUM_RECORDS = 10
 STORED_FRAMES = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """2 shared cores: one intra-op thread is several times faster than two competing ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return session_micro_model(tmp_path_factory)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

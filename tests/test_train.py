@@ -22,7 +22,7 @@ from fgclip.cli import main
 from fgclip.model import FGCLIPVideo
 from fgclip.presets import resolve_config
 from fgclip.train import Trainer, TrainingError
-from train_data import session_micro_model, write_square_shards
+from train_data import write_square_shards
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NUM_RECORDS = 16
@@ -30,18 +30,7 @@ BATCH, ACCUM = 4, 2  # effective batch 8, 2 optimizer steps per epoch
 EPOCHS = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """2 shared cores: one intra-op thread is several times faster than two competing ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return session_micro_model(tmp_path_factory)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
