@@ -39,8 +39,9 @@ file's own structure (superblock, object headers, chunk indices) is checksummed 
 itself (`libver="latest"`). Readers check what a shard has; shards written before the
 digests existed read as before. docs/RELIABILITY.md has the cost (under 0.1 % of the bytes).
 
-Files are assembled in memory, written under a temporary name, fsync'ed and renamed only when
-complete, so a file named `shard-XXXXX.h5` is always whole.
+Files are written under a temporary name (a failed write, e.g. on a full disk, is kept from
+HDF5 and raised after), fsync'ed and renamed only when complete, so a file named
+`shard-XXXXX.h5` is always whole.
 """
 
 from __future__ import annotations
@@ -193,6 +194,49 @@ def shard_name(shard_id: int) -> str:
     return f"shard-{shard_id:05d}{SHARD_SUFFIX}"
 
 
+class _WriteFailureShield:
+    """The temp file, for HDF5's file-object driver, with write failures kept from HDF5.
+
+    HDF5 (2.0) crashed the process (segfault) when a write failed mid-file, e.g. on a full
+    disk. Here a failing write is remembered and reported to HDF5 as done; `write_shard` then
+    discards the file and raises the remembered OSError. Writing straight to the file (not to
+    an in-memory image first) keeps stage 1's parent fast: one pass over the bytes."""
+
+    def __init__(self, handle) -> None:
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def _guarded(self, operation, *args, fallback):
+        if self.error is None:
+            try:
+                return operation(*args)
+            except OSError as err:
+                self.error = err
+        return fallback
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        return self._guarded(self._handle.write, data, fallback=size)
+
+    def truncate(self, size: int | None = None) -> int:
+        return self._guarded(self._handle.truncate, size, fallback=size if size is not None else self.tell())
+
+    def flush(self) -> None:
+        self._guarded(self._handle.flush, fallback=None)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def readinto(self, target) -> int:
+        return self._handle.readinto(target)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._handle.read(size)
+
+
 def write_shard(path: os.PathLike | str, records: Sequence[ShardRecord], attrs: ShardAttrs) -> None:
     """Write `records` to `path` atomically: a temp file, fsync, then rename.
 
@@ -225,72 +269,76 @@ def write_shard(path: os.PathLike | str, records: Sequence[ShardRecord], attrs: 
 
     tmp = path.with_name(path.name[: -len(SHARD_SUFFIX)] + TMP_SUFFIX)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    # The file is assembled in memory (HDF5's core driver) and reaches the disk in one plain
-    # write: a full disk then fails that write with a clean OSError. HDF5 (2.0) writing to the
-    # disk itself crashed the process (segfault) when a write failed mid-file.
-    with h5py.File(f"in-memory {path.name}", "w", libver="latest", driver="core", backing_store=False) as f:
-        for key, value in attrs.to_h5().items():
-            f.attrs[key] = value
-        f.attrs["num_records"] = n
-        f.attrs["max_regions"] = max_regions
-
-        frames = f.create_dataset(
-            "frames", shape=(total, height, width, 3), dtype=np.uint8,
-            chunks=(chunk_frames, height, width, 3), fletcher32=True,
-        )
-        frame_index = np.empty(total, dtype=np.int64)
-        boxes = np.zeros((total, max_regions, 4), dtype=np.float32)
-        box_mask = np.zeros((total, max_regions), dtype=bool)
-        region_captions = np.full((n, max_regions), "", dtype=object)
-        hard_negatives = np.full((n, max_regions, max_negatives), "", dtype=object)
-        for i, rec in enumerate(records):
-            lo, hi = offsets[i], offsets[i + 1]
-            frames[lo:hi] = rec.frames_uint8
-            frame_index[lo:hi] = rec.frame_index
-            r = rec.num_regions
-            boxes[lo:hi, :r] = rec.boxes.transpose(1, 0, 2)
-            box_mask[lo:hi, :r] = rec.box_mask.T
-            region_captions[i, :r] = rec.region_captions
-            for j, negatives in enumerate(rec.hard_negatives):
-                hard_negatives[i, j, : len(negatives)] = negatives
-
-        # Every numeric dataset is checksummed like the frames (see the module docstring).
-        f.create_dataset("frame_offset", data=offsets, fletcher32=True)
-        f.create_dataset("frame_index", data=frame_index, chunks=(chunk_frames,), fletcher32=True)
-        f.create_dataset("boxes", data=boxes, chunks=(chunk_frames, max_regions, 4), fletcher32=True)
-        f.create_dataset("box_mask", data=box_mask, chunks=(chunk_frames, max_regions), fletcher32=True)
-        f.create_dataset("region_count", data=np.array([rec.num_regions for rec in records], dtype=np.int32), fletcher32=True)
-        texts = {
-            "global_caption": [rec.global_caption for rec in records],
-            "region_captions": region_captions,
-            "hard_negatives": hard_negatives,
-            "video": [rec.video for rec in records],
-            "label": [rec.label for rec in records],
-        }
-        for name, values in texts.items():
-            f.create_dataset(name, data=values, dtype=_STR)
-        digests = [record_text_digest(rec.global_caption, region_captions[i], hard_negatives[i], rec.video, rec.label)
-                   for i, rec in enumerate(records)]
-        f.create_dataset(TEXT_DIGEST_DATASET, data=np.array(digests, dtype=np.uint8).reshape(n, 32), fletcher32=True)
-        for name, values in (
-            ("is_anomaly", np.array([rec.is_anomaly for rec in records], dtype=bool)),
-            ("window_s", np.array([rec.window_s for rec in records], dtype=np.float64)),
-            ("fps", np.array([rec.fps for rec in records], dtype=np.float64)),
-            ("num_source_frames", np.array([rec.num_source_frames for rec in records], dtype=np.int64)),
-            ("record_index", np.array([rec.record_index for rec in records], dtype=np.int64)),
-        ):
-            f.create_dataset(name, data=values, fletcher32=True)
-        f.flush()
-        image = f.id.get_file_image()
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(image)
-            handle.flush()
+        with open(tmp, "w+b") as handle:
+            shield = _WriteFailureShield(handle)
+            with h5py.File(shield, "w", libver="latest") as f:
+                _fill_shard(f, records, attrs, offsets, max_regions, max_negatives, chunk_frames)
+            shield.flush()
+            if shield.error is not None:
+                raise shield.error
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _fill_shard(f: h5py.File, records: Sequence[ShardRecord], attrs: ShardAttrs, offsets: np.ndarray,
+                max_regions: int, max_negatives: int, chunk_frames: int) -> None:
+    """Every dataset and attribute of one shard, into the open file `f`."""
+    n, total, height, width = len(records), int(offsets[-1]), attrs.height, attrs.width
+    for key, value in attrs.to_h5().items():
+        f.attrs[key] = value
+    f.attrs["num_records"] = n
+    f.attrs["max_regions"] = max_regions
+
+    frames = f.create_dataset(
+        "frames", shape=(total, height, width, 3), dtype=np.uint8,
+        chunks=(chunk_frames, height, width, 3), fletcher32=True,
+    )
+    frame_index = np.empty(total, dtype=np.int64)
+    boxes = np.zeros((total, max_regions, 4), dtype=np.float32)
+    box_mask = np.zeros((total, max_regions), dtype=bool)
+    region_captions = np.full((n, max_regions), "", dtype=object)
+    hard_negatives = np.full((n, max_regions, max_negatives), "", dtype=object)
+    for i, rec in enumerate(records):
+        lo, hi = offsets[i], offsets[i + 1]
+        frames[lo:hi] = rec.frames_uint8
+        frame_index[lo:hi] = rec.frame_index
+        r = rec.num_regions
+        boxes[lo:hi, :r] = rec.boxes.transpose(1, 0, 2)
+        box_mask[lo:hi, :r] = rec.box_mask.T
+        region_captions[i, :r] = rec.region_captions
+        for j, negatives in enumerate(rec.hard_negatives):
+            hard_negatives[i, j, : len(negatives)] = negatives
+
+    # Every numeric dataset is checksummed like the frames (see the module docstring).
+    f.create_dataset("frame_offset", data=offsets, fletcher32=True)
+    f.create_dataset("frame_index", data=frame_index, chunks=(chunk_frames,), fletcher32=True)
+    f.create_dataset("boxes", data=boxes, chunks=(chunk_frames, max_regions, 4), fletcher32=True)
+    f.create_dataset("box_mask", data=box_mask, chunks=(chunk_frames, max_regions), fletcher32=True)
+    f.create_dataset("region_count", data=np.array([rec.num_regions for rec in records], dtype=np.int32), fletcher32=True)
+    texts = {
+        "global_caption": [rec.global_caption for rec in records],
+        "region_captions": region_captions,
+        "hard_negatives": hard_negatives,
+        "video": [rec.video for rec in records],
+        "label": [rec.label for rec in records],
+    }
+    for name, values in texts.items():
+        f.create_dataset(name, data=values, dtype=_STR)
+    digests = [record_text_digest(rec.global_caption, region_captions[i], hard_negatives[i], rec.video, rec.label)
+               for i, rec in enumerate(records)]
+    f.create_dataset(TEXT_DIGEST_DATASET, data=np.array(digests, dtype=np.uint8).reshape(n, 32), fletcher32=True)
+    for name, values in (
+        ("is_anomaly", np.array([rec.is_anomaly for rec in records], dtype=bool)),
+        ("window_s", np.array([rec.window_s for rec in records], dtype=np.float64)),
+        ("fps", np.array([rec.fps for rec in records], dtype=np.float64)),
+        ("num_source_frames", np.array([rec.num_source_frames for rec in records], dtype=np.int64)),
+        ("record_index", np.array([rec.record_index for rec in records], dtype=np.int64)),
+    ):
+        f.create_dataset(name, data=values, fletcher32=True)
 
 
 def _decode(value: bytes | str) -> str:
