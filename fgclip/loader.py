@@ -39,6 +39,7 @@ from fgclip.loader_worker import (
     RecordSource,
     SlotLayout,
     WorkerSetup,
+    read_failure_message,
     read_record_into,
     subsample_rows,
 )
@@ -551,8 +552,7 @@ class _SlotRing:
                 )
                 break
             except Exception as err:
-                message = str(err) if isinstance(err, ShardFormatError) else (
-                    f"{source.shard}: record {source.local_index} (video {source.video}): {err}")
+                message = read_failure_message(source, err)
                 if not self.loader.skip_damaged:
                     raise LoaderError(f"{message} Or pass --skip-damaged to train on without this record.") from err
                 self.loader._report_skips([(candidate, message)])

@@ -99,6 +99,13 @@ class RecordSource:
     video: str
 
 
+def read_failure_message(source: RecordSource, err: BaseException) -> str:
+    """One line naming the shard, record and video of a failed read (a ShardFormatError names them itself)."""
+    if isinstance(err, ShardFormatError):
+        return str(err)
+    return f"{source.shard}: record {source.local_index} (video {source.video}): {err if str(err) else type(err).__name__}"
+
+
 @dataclass(frozen=True)
 class WorkerSetup:
     shm_name: str
@@ -225,10 +232,7 @@ def _serve(setup: WorkerSetup, block, conn: Connection) -> None:
                     reply = ("ok", batch_id, slot, row, candidate, skipped)
                     break
                 except Exception as err:  # noqa: BLE001 - every read failure is reported with its record
-                    message = str(err) if isinstance(err, ShardFormatError) else (  # that one names it all
-                        f"{source.shard}: record {source.local_index} (video {source.video}): "
-                        f"{err if str(err) else type(err).__name__}"
-                    )
+                    message = read_failure_message(source, err)
                     if not isinstance(err, (OSError, RuntimeError, ValueError, KeyError)):
                         message += "\n" + traceback.format_exc()
                     if not setup.skip_damaged:

@@ -22,6 +22,20 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def link_real_clips(shared_data):
+    """link(root, {name under root: real clip file name}) -> root: the shared real clips under
+    UCF-Crime-like names, as symbolic links."""
+
+    def link(root: Path, names: dict[str, str]) -> Path:
+        for name, real in names.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).symlink_to(shared_data / "videos" / real)
+        return root
+
+    return link
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _offline_and_small():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -98,12 +98,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def clip_root(shared_data, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("clips")
-    for name, real in CLIPS.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).symlink_to(shared_data / "videos" / real)
-    return root
+def clip_root(link_real_clips, tmp_path_factory) -> Path:
+    return link_real_clips(tmp_path_factory.mktemp("clips"), CLIPS)
 
 
 @pytest.fixture(scope="module")

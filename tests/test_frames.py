@@ -39,12 +39,8 @@ BOX_B = (0.5, 0.3, 0.9, 0.9)
 
 
 @pytest.fixture(scope="module")
-def video_root(shared_data, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ucf")
-    for name, real in CLIP_NAMES.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).symlink_to(shared_data / "videos" / real)
-    return root
+def video_root(link_real_clips, tmp_path_factory) -> Path:
+    return link_real_clips(tmp_path_factory.mktemp("ucf"), CLIP_NAMES)
 
 
 @pytest.fixture(scope="module")
