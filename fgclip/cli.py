@@ -32,10 +32,39 @@ def _load_translations_option(path: str | None) -> dict[str, str] | None:
         raise click.ClickException(str(exc)) from None
 
 
+def _test_split_option(values: tuple[str, ...]):
+    """--test-split values -> what validate_annotations takes: None, one path, or {dataset: path}."""
+    from pipeline.datasets import UnknownDatasetError, get_dataset
+
+    if not values:
+        return None
+    named: dict = {}
+    plain = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        if sep and "/" not in name:
+            try:
+                named[get_dataset(name).name] = path
+            except UnknownDatasetError as err:
+                raise click.BadParameter(str(err), param_hint="--test-split") from None
+        else:
+            plain.append(value)
+    if len(plain) > 1:
+        raise click.BadParameter("give one plain PATH (UCF-Crime's list); name the others DATASET=PATH",
+                                 param_hint="--test-split")
+    if plain and not named:
+        return plain[0]
+    if plain:
+        named.setdefault("ucf-crime", plain[0])
+    return named
+
+
 @main.command("validate")
 @click.argument("annotations", type=click.Path(dir_okay=False))
-@click.option("--test-split", type=click.Path(dir_okay=False), default=None,
-              help="Official UCF-Crime Anomaly_Test.txt (default: $FGCLIP_UCF_TEST_SPLIT, next to the JSON, ../ucf/, ../../ucf/).")
+@click.option("--test-split", "test_split", multiple=True, metavar="[DATASET=]PATH",
+              help="Official test split list: UCF-Crime's Anomaly_Test.txt (default: $FGCLIP_UCF_TEST_SPLIT, next to "
+                   "the JSON, ../ucf/, ../../ucf/), or DATASET=PATH for another dataset of the file (msad=MSAD_Test.txt); "
+                   "repeatable.")
 @click.option("--allow-test-overlap", is_flag=True,
               help="Keep training records of test-split videos (a warning instead of an error).")
 @click.option("--drop-test-overlap", is_flag=True, help="Drop training records of test-split videos (warnings).")
@@ -65,7 +94,7 @@ def validate_command(annotations, test_split, allow_test_overlap, drop_test_over
     if allow_test_overlap and drop_test_overlap:
         raise click.UsageError("--allow-test-overlap and --drop-test-overlap exclude each other; pick one")
     report = validate_annotations(
-        Path(annotations), test_split=Path(test_split) if test_split else None,
+        Path(annotations), test_split=_test_split_option(test_split),
         allow_test_overlap=allow_test_overlap, drop_test_overlap=drop_test_overlap,
         translations=_load_translations_option(translations), drop_invalid=drop_invalid, fps_hint=fps_hint)
     fatal = [p for p in report.problems if p.kind in FATAL_FILE_KINDS]
@@ -145,8 +174,10 @@ def _print_frames_summary(summary: dict) -> None:
         per = summary["per_output"][spec]
         kinds = ", ".join(f"{n} {k}" for k, n in per["skipped_by_kind"].items())
         line = f"{out}: {per['records']} records in {per['shards']} shards ({spec}), {per['skipped']} skipped"
+        warned = ", ".join(f"{n} {k}" for k, n in per.get("warnings_by_kind", {}).items())
         click.echo(line + (f" ({kinds})" if kinds else "") +
-                   (f", {per['dropped_regions']} regions dropped" if per["dropped_regions"] else ""))
+                   (f", {per['dropped_regions']} regions dropped" if per["dropped_regions"] else "") +
+                   (f", warnings: {warned} (listed in its manifest.json)" if warned else ""))
     click.echo(f"decoded {summary['videos_decoded']} videos ({summary['decoded_frames']} frames, "
                f"{summary['kept_frames']} kept), {summary['shards_written']} shards written, "
                f"{summary['shards_kept']} kept from an earlier run, {summary['elapsed_s']:.1f} s")
@@ -172,8 +203,8 @@ def _print_frames_summary(summary: dict) -> None:
               help="Records per shard file [default: 8, test mode 4].")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes [default: CPU count].")
 @click.option("--strict", is_flag=True, help="Fail at the first record that cannot be used, instead of skipping it.")
-@click.option("--test-split", type=click.Path(dir_okay=False), default=None,
-              help="Official UCF-Crime Anomaly_Test.txt to check overlap against (default: found like `validate` does).")
+@click.option("--test-split", "test_split", multiple=True, metavar="[DATASET=]PATH",
+              help="Official test split list(s) to check overlap against, as for `validate` (default: found like `validate` does).")
 @click.option("--allow-test-overlap", is_flag=True, help="Keep training records of test-split videos (contaminates test AUC).")
 @click.option("--drop-test-overlap", is_flag=True, help="Drop training records of test-split videos.")
 @click.option("--translations", type=click.Path(dir_okay=False), default=None,
@@ -182,13 +213,20 @@ def _print_frames_summary(summary: dict) -> None:
               help="Test mode: an official split list (Class/Name_x264.mp4 per line), stride sampling, no captions.")
 @click.option("--stride", type=click.IntRange(min=1), default=16, show_default=True,
               help="Test mode: one sample per this many source frames (the snippet length).")
+@click.option("--path-map", "path_maps", multiple=True, metavar="OLD=NEW",
+              help="Rewrite video paths starting with OLD to start with NEW (relative results are under --video-root); "
+                   "repeatable. Label Studio's /data/local-files/?d= and /data/upload/N/ resolve under --video-root "
+                   "without one.")
+@click.option("--dataset", "dataset_name", default=None,
+              help="Test mode: the dataset of the list's videos, for their labels (ucf-crime, xd-violence, msad, "
+                   "shanghaitech) [read from the first path].")
 @click.option("--benchmark", is_flag=True,
               help="Time stage 1 on the embedded default against a bare ffmpeg decode of the same videos; builds nothing.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Benchmark rounds.")
 @click.pass_context
 def frames_command(ctx, annotations, video_root, out_root, num_frames, size, resize_mode, records_per_shard, workers,
                    strict, test_split, allow_test_overlap, drop_test_overlap, translations, test_list, stride,
-                   benchmark, repeats) -> None:
+                   path_maps, dataset_name, benchmark, repeats) -> None:
     """Stage 1: decode each video once into HDF5 shards with box tracks.
 
     \b
@@ -216,8 +254,16 @@ def frames_command(ctx, annotations, video_root, out_root, num_frames, size, res
         validation_skips,
     )
 
+    from pipeline.datasets import UnknownDatasetError, get_dataset
+    from pipeline.video_paths import PathMap, PathMapError
+
     given = {name for name, value in ctx.params.items()
              if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT and value not in (None, ())}
+    try:
+        path_map = PathMap.parse(path_maps)
+        dataset = get_dataset(dataset_name) if dataset_name else None
+    except (PathMapError, UnknownDatasetError) as err:
+        raise click.UsageError(str(err)) from None
     if allow_test_overlap and drop_test_overlap:
         raise click.UsageError("--allow-test-overlap and --drop-test-overlap exclude each other; pick one")
     try:
@@ -238,7 +284,8 @@ def frames_command(ctx, annotations, video_root, out_root, num_frames, size, res
             summary = build_test_shards(
                 test_list_path, video_root=Path(video_root) if video_root else test_list_path.parent,
                 out_dir=root / embedded.test_shard_dir(stride).name, stride=stride, size=size, resize_mode=resize_mode,
-                records_per_shard=records_per_shard or TEST_RECORDS_PER_SHARD, workers=workers, strict=strict)
+                records_per_shard=records_per_shard or TEST_RECORDS_PER_SHARD, workers=workers, strict=strict,
+                dataset=dataset, path_map=path_map)
             _print_frames_summary(summary)
             return
         if annotations is None:
@@ -252,11 +299,14 @@ def frames_command(ctx, annotations, video_root, out_root, num_frames, size, res
             _print_frames_summary(result["test"])
             return
 
+        if dataset is not None:
+            raise click.UsageError("--dataset: for --test-list; a training record's dataset is its `dataset` field "
+                                   "or read from its path")
         from pipeline.annotations import FATAL_FILE_KINDS, format_report, validate_annotations
 
         annotation_path = Path(annotations)
         report = validate_annotations(
-            annotation_path, test_split=Path(test_split) if test_split else None,
+            annotation_path, test_split=_test_split_option(test_split),
             allow_test_overlap=allow_test_overlap, drop_test_overlap=drop_test_overlap,
             translations=_load_translations_option(translations), drop_invalid=not strict)
         fatal = [p for p in report.problems if p.kind in FATAL_FILE_KINDS]
@@ -279,7 +329,7 @@ def frames_command(ctx, annotations, video_root, out_root, num_frames, size, res
             outputs={SamplingSpec.uniform(t): root / embedded.train_shard_dir(t).name for t in counts},
             size=size, resize_mode=resize_mode, records_per_shard=records_per_shard or TRAIN_RECORDS_PER_SHARD,
             workers=workers, strict=strict, source_json=str(annotation_path), source_sha256=report.source_sha256,
-            skipped=validation_skips(report))
+            skipped=validation_skips(report), path_map=path_map)
         _print_frames_summary(summary)
     except (FramesError, VideoError) as err:
         raise click.ClickException(str(err)) from None

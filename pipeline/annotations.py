@@ -13,9 +13,12 @@ Severity policy (what makes `fgclip-vad validate` exit non-zero):
     which box belongs to which caption, or what a NaN meant, would train on made-up data.
     `drop_invalid=True` (`--drop-invalid`) accepts losing those records: they are still
     dropped and listed, as warnings;
-  - videos of the official UCF-Crime test split in the training data, or no test split to
-    check against (`allow_test_overlap=True` turns both into warnings and keeps the records;
-    `drop_test_overlap=True` drops the overlapping records, as warnings).
+  - videos of an official test split in the training data, or no test split to check against
+    (`allow_test_overlap=True` turns both into warnings and keeps the records;
+    `drop_test_overlap=True` drops the overlapping records, as warnings). A file may mix
+    datasets (UCF-Crime and MSAD records, say): each record's dataset is its `dataset` field or
+    is read from its path (`pipeline.datasets`), and each dataset is checked against its own
+    test split, with its own class list.
 * **warning**: fixed unambiguously or harmless, record kept: coordinates overshooting 0..1 by
   at most `BOX_OVERSHOOT_TOLERANCE` (clipped; the real files have 21-24 such keyframes, by at
   most 0.001), exact duplicate records (later copies dropped), the same video and window
@@ -40,10 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.captions import foreign_scripts, translate
+from pipeline.datasets import REGISTRY, Dataset, UnknownDatasetError, dataset_of_path, get_dataset, label_from_path
 from pipeline.ucf_split import (  # noqa: F401  (find_test_split, label_from_video_path: public API here)
     SplitEntry,
     find_test_split,
-    is_known_label,
     label_from_video_path,
     read_split_list,
     video_key,
@@ -53,7 +56,7 @@ from pipeline.ucf_split import (  # noqa: F401  (find_test_split, label_from_vid
 BOX_OVERSHOOT_TOLERANCE = 0.02  # coordinates within [-tol, 1 + tol] are clipped, beyond rejected
 MAX_FRAME = 10**9  # frame numbers above this are typos (10^9 frames = a year at 30 fps), and break int64 maths
 REQUIRED_FIELDS = ("video", "global_caption", "region_captions", "box_infos")
-OPTIONAL_FIELDS = ("timestamps", "hard_negatives")
+OPTIONAL_FIELDS = ("timestamps", "hard_negatives", "dataset")
 KEYFRAME_FIELDS = ("frame", "bbox")
 
 ERROR = "error"
@@ -82,8 +85,9 @@ class AnnotationRecord:
     global_caption: str
     regions: tuple[Region, ...]
     window_s: tuple[float, float] | None  # timestamps [start_s, end_s] or None = whole video
-    label: str  # UCF-Crime class from the path ("Normal" for normal videos)
+    label: str  # class from the path, by the dataset's rule ("Normal" for normal videos)
     is_anomaly: bool
+    dataset: str = REGISTRY["ucf-crime"].name  # `pipeline.datasets` name
 
 
 @dataclass(frozen=True)
@@ -114,9 +118,11 @@ class ValidationReport:
     problems: list[Problem]
     num_source_records: int = 0  # records in the file (0 if it could not be read)
     dropped: list[int] = field(default_factory=list)  # indices of records not in `records`
-    test_split: Path | None = None  # the split list checked against (None = not checked)
+    test_split: Path | None = None  # the split list checked against (None = not checked); see test_splits
     test_overlap: dict[str, list[int]] = field(default_factory=dict)  # test video stem -> record indices
     translated_captions: int = 0  # captions replaced from the translation file
+    test_splits: dict[str, Path | None] = field(default_factory=dict)  # dataset -> split list checked (None = not)
+    datasets: dict[str, dict] = field(default_factory=dict)  # dataset -> summary (see dataset_summary)
 
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == ERROR]
@@ -141,6 +147,8 @@ class ValidationReport:
             "dropped": self.dropped,
             "test_split": str(self.test_split) if self.test_split else None,
             "test_overlap": self.test_overlap,
+            "test_splits": {name: str(path) if path else None for name, path in self.test_splits.items()},
+            "datasets": self.datasets,
             "translated_captions": self.translated_captions,
             "counts": [
                 {"kind": kind, "severity": severity, "count": count}
@@ -387,10 +395,12 @@ class _RecordChecker:
             self._invalid("video", "wrong-type", f"video must be a non-empty path string, got {_show(video)}")
         elif isinstance(video, str) and _text_defect(video):
             self._invalid("video", "bad-text", f"video path contains {_text_defect(video)}: {_show(video)}")
-        label, is_anomaly = label_from_video_path(self.video) if self.video else ("", False)
-        if self.video and not is_known_label(label):
+        dataset = self._dataset(raw.get("dataset"), video if isinstance(video, str) else "")
+        label, is_anomaly = label_from_path(self.video, dataset) if self.video else ("", False)
+        if self.video and not dataset.is_known_label(label):
             self._warn("video", "unknown-label",
-                       f"no UCF-Crime class in the path {_show(self.video)}; label taken as {label!r}, anomalous")
+                       f"no {dataset.title} class in the path {_show(self.video)}; label taken as {label!r}, anomalous "
+                       f"(classes: {', '.join(dataset.anomaly_classes)}; a `dataset` field sets another dataset)")
 
         global_caption = self._caption("global_caption", raw["global_caption"]) if "global_caption" in raw else None
 
@@ -426,7 +436,20 @@ class _RecordChecker:
         regions = tuple(Region(c, kfs, negs) for c, kfs, negs in zip(captions, tracks, negatives))
         if self.fps_hint and window_s is not None:
             self._check_window(regions, window_s)
-        return AnnotationRecord(self.index, video, global_caption, regions, window_s, label, is_anomaly)
+        return AnnotationRecord(self.index, video, global_caption, regions, window_s, label, is_anomaly, dataset.name)
+
+    def _dataset(self, value: object, video: str) -> Dataset:
+        """The record's dataset: its `dataset` field, else read from the path."""
+        if value is None:
+            return dataset_of_path(video)
+        if not isinstance(value, str):
+            self._invalid("dataset", "wrong-type", f"dataset must be a dataset name, got {_show(value)}")
+            return dataset_of_path(video)
+        try:
+            return get_dataset(value)
+        except UnknownDatasetError as err:
+            self._invalid("dataset", "unknown-dataset", str(err))
+            return dataset_of_path(video)
 
     def _check_window(self, regions: tuple[Region, ...], window_s: tuple[float, float]) -> None:
         half_frame_s = 0.5 / self.fps_hint
@@ -468,33 +491,70 @@ def _load(path: Path) -> tuple[list | None, str, Problem | None]:
     return raw, sha256, None
 
 
-def _check_test_overlap(report: ValidationReport, named_videos: list[tuple[int, str]], test_split: Path | None,
+def assign_test_splits(test_split, datasets_present: list[str]) -> dict[str, Path]:
+    """dataset name -> split list the user gave. A mapping is taken as it is (keys: registry
+    names or aliases); a single path belongs to UCF-Crime, or to the one dataset of a file that
+    holds only one."""
+    if test_split is None:
+        return {}
+    if isinstance(test_split, dict):
+        return {get_dataset(name).name: Path(path) for name, path in test_split.items()}
+    default = "ucf-crime" if "ucf-crime" in datasets_present or len(datasets_present) != 1 else datasets_present[0]
+    return {default: Path(test_split)}
+
+
+def _split_search_text(dataset: Dataset) -> str:
+    env = "$FGCLIP_UCF_TEST_SPLIT, " if dataset.name == "ucf-crime" else ""
+    folder = "ucf" if dataset.name == "ucf-crime" else dataset.name
+    return f"{env}{dataset.test_split} next to it, ../{folder}/ and ../../{folder}/"
+
+
+def _check_test_overlap(report: ValidationReport, named_videos: list[tuple[int, str, str]], test_split,
                         annotation_path: Path, *, allow_test_overlap: bool, drop_test_overlap: bool) -> None:
     """Compare the videos of all records (dropped ones too: fixing them must not let a test
-    video in unnoticed) with the official test split; drop overlapping records if asked."""
-    explicit = test_split is not None
-    split_path = Path(test_split) if explicit else find_test_split(annotation_path)
-    if split_path is None:
-        severity = WARNING if allow_test_overlap else ERROR
-        report.problems.append(Problem(
-            None, "", "test_split", "test-split-missing", severity,
-            f"no official UCF-Crime test split found for {annotation_path} (looked for $FGCLIP_UCF_TEST_SPLIT, "
-            "Anomaly_Test.txt next to it, ../ucf/ and ../../ucf/); overlap with the test set is NOT checked. "
-            "Pass --test-split PATH/Anomaly_Test.txt, or --allow-test-overlap to go on unchecked"))
-        return
-    try:
-        entries = read_split_list(split_path)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        reason = "not found" if isinstance(exc, FileNotFoundError) else f"unreadable: {exc}"
-        report.problems.append(_file_problem(
-            "test-split-unreadable", f"test split {split_path} {reason}; pass --test-split with the official Anomaly_Test.txt",
-            "test_split"))
-        return
-    report.test_split = split_path
+    video in unnoticed) with their dataset's official test split; drop overlapping records if asked."""
+    by_dataset: dict[str, list[tuple[int, str]]] = {}
+    for index, video, dataset_name in named_videos:
+        by_dataset.setdefault(dataset_name, []).append((index, video))
+    given = assign_test_splits(test_split, list(by_dataset))
+    overlapping: set[int] = set()
+    for dataset_name, videos in by_dataset.items():
+        dataset = REGISTRY[dataset_name]
+        split_path = given.get(dataset_name) or find_test_split(annotation_path, dataset)
+        report.test_splits[dataset_name] = None
+        if split_path is None:
+            severity = WARNING if allow_test_overlap else ERROR
+            option = "--test-split PATH" if dataset_name == "ucf-crime" else f"--test-split {dataset_name}=PATH"
+            report.problems.append(Problem(
+                None, "", "test_split", "test-split-missing", severity,
+                f"no official {dataset.title} test split found for {annotation_path} ({len(videos)} records; looked "
+                f"for {_split_search_text(dataset)}); overlap with the test set is NOT checked. "
+                f"Pass {option}/{dataset.test_split}, or --allow-test-overlap to go on unchecked"))
+            continue
+        try:
+            entries = read_split_list(split_path, dataset)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            reason = "not found" if isinstance(exc, FileNotFoundError) else f"unreadable: {exc}"
+            report.problems.append(_file_problem(
+                "test-split-unreadable", f"{dataset.title} test split {split_path} {reason}; pass --test-split with "
+                f"the official {dataset.test_split}", "test_split"))
+            continue
+        report.test_splits[dataset_name] = split_path
+        if report.test_split is None or dataset_name == "ucf-crime":
+            report.test_split = split_path
+        overlapping |= _overlap_with(report, videos, entries, split_path, allow_test_overlap=allow_test_overlap,
+                                     drop_test_overlap=drop_test_overlap)
+    if drop_test_overlap:
+        report.records = [record for record in report.records if record.index not in overlapping]
+
+
+def _overlap_with(report: ValidationReport, videos: list[tuple[int, str]], entries: list[SplitEntry], split_path: Path,
+                  *, allow_test_overlap: bool, drop_test_overlap: bool) -> set[int]:
+    """Report the records of `videos` that are test videos of `entries`; their indices."""
     test_by_key: dict[str, SplitEntry] = {entry.key: entry for entry in entries}
     usable = {record.index for record in report.records}
     overlapping: set[int] = set()
-    for index, video in named_videos:
+    for index, video in videos:
         entry = test_by_key.get(video_key(video))
         if entry is None:
             continue
@@ -513,8 +573,40 @@ def _check_test_overlap(report: ValidationReport, named_videos: list[tuple[int, 
             outcome, severity = (": training on it contaminates the test AUC. Remove it, or pass --drop-test-overlap "
                                  "(drop such records) or --allow-test-overlap (keep them knowingly)"), ERROR
         report.problems.append(Problem(index, video, "video", "test-split-overlap", severity, where + outcome))
-    if drop_test_overlap:
-        report.records = [record for record in report.records if record.index not in overlapping]
+    return overlapping
+
+
+def _record_dataset(raw: dict) -> str:
+    """A raw record's dataset for the leak check (also for records dropped as invalid)."""
+    value = raw.get("dataset")
+    if isinstance(value, str):
+        try:
+            return get_dataset(value).name
+        except UnknownDatasetError:
+            pass
+    return dataset_of_path(raw["video"]).name
+
+
+def dataset_summary(report: ValidationReport, named_videos: list[tuple[int, str, str]]) -> dict[str, dict]:
+    """Per dataset: records named, usable, test split checked, test videos overlapped, usable records per class."""
+    usable = {record.index: record for record in report.records}
+    summary: dict[str, dict] = {}
+    for index, _video, dataset_name in named_videos:
+        entry = summary.setdefault(dataset_name, {"records": 0, "usable": 0, "classes": Counter()})
+        entry["records"] += 1
+        if index in usable:
+            entry["usable"] += 1
+            entry["classes"][usable[index].label] += 1
+    overlap_of = {i: stem for stem, indices in report.test_overlap.items() for i in indices}
+    for dataset_name, entry in summary.items():
+        split = report.test_splits.get(dataset_name)
+        entry["test_split"] = str(split) if split else None
+        entry["test_videos_overlapped"] = len({overlap_of[i] for i, _, d in named_videos
+                                               if d == dataset_name and i in overlap_of})
+        entry["classes"] = dict(sorted(entry["classes"].items()))
+        known = REGISTRY[dataset_name]
+        entry["unknown_labels"] = sorted(label for label in entry["classes"] if not known.is_known_label(label))
+    return dict(sorted(summary.items()))
 
 
 def _check_duplicate_windows(records: list[AnnotationRecord]) -> list[Problem]:
@@ -534,13 +626,15 @@ def _check_duplicate_windows(records: list[AnnotationRecord]) -> list[Problem]:
     return problems
 
 
-def validate_annotations(path, *, test_split: Path | None = None, allow_test_overlap: bool = False,
+def validate_annotations(path, *, test_split=None, allow_test_overlap: bool = False,
                          translations: dict[str, str] | None = None, drop_test_overlap: bool = False,
                          drop_invalid: bool = False, fps_hint: float | None = None) -> ValidationReport:
     """Read `path`, check every record (see the module docstring), return the report.
 
     Never raises for bad input: file-level failures come back as error problems with no
     records. `translations` maps original caption -> English (see `pipeline.captions`).
+    `test_split`: a split list (UCF-Crime's, or the only dataset's) or {dataset: split list};
+    datasets not given are looked for next to `path` (`pipeline.ucf_split.find_test_split`).
     """
     path = Path(path)
     if allow_test_overlap and drop_test_overlap:
@@ -557,7 +651,7 @@ def validate_annotations(path, *, test_split: Path | None = None, allow_test_ove
     invalid_severity = WARNING if drop_invalid else ERROR
 
     first_by_content: dict[str, int] = {}
-    named_videos: list[tuple[int, str]] = []  # (index, video) of every record that names one
+    named_videos: list[tuple[int, str, str]] = []  # (index, video, dataset) of every record that names one
     for index, raw in enumerate(raw_records):
         if not isinstance(raw, dict):
             report.problems.append(Problem(index, "", "", "not-an-object", invalid_severity,
@@ -573,7 +667,7 @@ def validate_annotations(path, *, test_split: Path | None = None, allow_test_ove
             continue
         first_by_content[content] = index
         if isinstance(raw.get("video"), str) and raw["video"].strip():
-            named_videos.append((index, raw["video"]))
+            named_videos.append((index, raw["video"], _record_dataset(raw)))
         checker = _RecordChecker(index, raw, translations=translations, fps_hint=fps_hint,
                                  invalid_severity=invalid_severity)
         record = checker.build()
@@ -587,6 +681,7 @@ def validate_annotations(path, *, test_split: Path | None = None, allow_test_ove
     report.problems.extend(_check_duplicate_windows(report.records))
     _check_test_overlap(report, named_videos, test_split, path, allow_test_overlap=allow_test_overlap,
                         drop_test_overlap=drop_test_overlap)
+    report.datasets = dataset_summary(report, named_videos)
     report.dropped.sort()
     report.problems.sort(key=lambda p: (-1 if p.record_index is None else p.record_index))
     return report
@@ -604,7 +699,9 @@ def format_report(report: ValidationReport, *, max_listed: int = 10) -> str:
         lines.append(f"sha256:      {report.source_sha256}")
     lines.append(f"records:     {report.num_source_records} in the file, {len(report.records)} usable, "
                  f"{len(report.dropped)} dropped")
-    lines.append(f"test split:  {report.test_split if report.test_split else 'not checked'}")
+    if len(report.datasets) <= 1:
+        lines.append(f"test split:  {report.test_split if report.test_split else 'not checked'}")
+    lines += _format_datasets(report)
     if report.translated_captions:
         lines.append(f"translated:  {report.translated_captions} captions from the translation file")
     counts = report.counts_by_severity()
@@ -650,11 +747,25 @@ def format_report(report: ValidationReport, *, max_listed: int = 10) -> str:
     return "\n".join(lines)
 
 
+def _format_datasets(report: ValidationReport) -> list[str]:
+    """One block per dataset of the file: records, test split, overlap, classes."""
+    lines = []
+    for name, entry in report.datasets.items():
+        dataset = REGISTRY[name]
+        lines.append(f"dataset {dataset.title}: {entry['records']} records, {entry['usable']} usable; test split "
+                     f"{entry['test_split'] or 'NOT CHECKED'}; {entry['test_videos_overlapped']} test videos in the file")
+        classes = ", ".join(f"{label} {count}" for label, count in entry["classes"].items())
+        lines.append(f"  classes: {classes or 'none'}"
+                     + (f" (not {dataset.title} classes: {', '.join(entry['unknown_labels'])})" if entry["unknown_labels"] else ""))
+    return lines
+
+
 def _format_overlap(report: ValidationReport, problems: list[Problem]) -> list[str]:
     indices = {p.record_index for p in problems}
     videos = {stem: idx for stem, idx in report.test_overlap.items() if indices.intersection(idx)}
+    splits = ", ".join(str(path) for path in report.test_splits.values() if path) or str(report.test_split)
     lines = [f"  test-split-overlap: {len(videos)} official test videos in {len(indices)} records "
-             f"(test split {report.test_split}):"]
+             f"(test split {splits}):"]
     lines.append(f"    e.g. record {problems[0].record_index}: {problems[0].message}")
     width = max(len(stem) for stem in videos)
     for stem in sorted(videos):

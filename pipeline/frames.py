@@ -18,6 +18,13 @@ Bad input does not stop the run: a missing, empty or undecodable video, a window
 video's end or an invalid box skips the record, with its reason in the manifest's `skipped`
 list and in the summary. `strict=True` turns the first of these into an error. A region whose
 track meets no sampled frame is dropped from its record (listed under `dropped_regions`).
+A video that is not found is skipped with every path tried (`pipeline.video_paths`: Label
+Studio URLs and `--path-map` rewrites resolve under the video root).
+
+Annotations made at another frame rate show as keyframes past the video's last frame, or a
+window ending past it (clipped when within `WINDOW_END_TOLERANCE_S`): each such record is
+kept and listed under `warnings` with the video's frame count and rate; `strict=True` makes
+it an error.
 
 Keyframes outside a record's window stay in its box tracks (see `pipeline.tracks`): they
 shape the interpolation inside the window, and one within half a sampling stride of the
@@ -31,7 +38,9 @@ Manifest (`manifest.json` per output directory, `pipeline.shards.write_manifest`
 `schema_version`, `sampling`, `num_frames` (T, uniform) and `stride` (stride mode), `size`,
 `resize_mode`, `records_per_shard`, `source` (annotation file or test list), `source_sha256`,
 `created`, `updated`, `shards` (`file`, `records` = record indices in order, `num_frames` =
-stored frames), `skipped` (`record_index`, `video`, `kind`, `reason`, `shard`),
+stored frames), `skipped` (`record_index`, `video`, `kind`, `reason`, `shard`, and `tried`:
+the paths looked at, for a video not found), `warnings` (`record_index`, `video`, `kind`,
+`message`, `num_frames`, `fps`),
 `dropped_regions` (`record_index`, `region`, `caption`, `keyframes`, `sampling`, `reason`) and
 `summary` (counts; `complete` is true once a run finished).
 """
@@ -57,9 +66,11 @@ from tqdm import tqdm
 
 from pipeline import embedded
 from pipeline.annotations import AnnotationRecord, read_split_list, validate_annotations
+from pipeline.datasets import Dataset, dataset_of_path
 from pipeline.decode import CropRegion, VideoError, VideoInfo, crop_for, decode_selected, probe_video, probe_videos
 from pipeline.run_lock import LOCK_FILE_NAME, RunLock, RunLockError
 from pipeline.sampling import SamplingSpec, WindowError, window_frames
+from pipeline.video_paths import PathMap, resolve_video
 from pipeline.shards import (
     RESIZE_MODES,
     SCHEMA_VERSION,
@@ -110,6 +121,7 @@ class VideoJob:
     decoder_threads: int = 0  # ffmpeg decoder and filter threads (0 = ffmpeg's choice)
     spool: Path | None = None  # file that carries the frames to the parent (None: in the result itself)
     build: int = 0  # which of the builds run together this video belongs to
+    tried: list[Path] = field(default_factory=list)  # where the video was looked for (all missing if `path` is)
 
 
 @dataclass
@@ -118,9 +130,13 @@ class Skip:
     video: str
     kind: str  # short stable code: video-missing, video-unreadable, window-past-end, ...
     reason: str
+    tried: list[str] = field(default_factory=list)  # paths looked at, for a video not found
 
     def to_dict(self) -> dict:
-        return {"record_index": self.record_index, "video": self.video, "kind": self.kind, "reason": self.reason}
+        entry = {"record_index": self.record_index, "video": self.video, "kind": self.kind, "reason": self.reason}
+        if self.tried:
+            entry["tried"] = self.tried
+        return entry
 
 
 @dataclass
@@ -132,6 +148,7 @@ class VideoResult:
     spool: Path | None = None  # the frames of `built`, back to back in `built`'s order
     skipped: list[Skip] = field(default_factory=list)
     dropped_regions: list[dict] = field(default_factory=list)
+    warnings: list[dict] = field(default_factory=list)  # records kept with a problem (keyframes past the end, ...)
     decoded_frames: int = 0  # frames the decoder went through (0 if the video was not decoded)
     kept_frames: int = 0  # distinct frames kept and scaled
     decode_passes: int = 0
@@ -159,8 +176,9 @@ class _RecordPlan:
     samples: dict[SamplingSpec, tuple[np.ndarray, float]]  # spec -> (frame numbers, half stride)
 
 
-def _plan_records(job: VideoJob, num_frames: int, fps: float) -> tuple[list[_RecordPlan], list[Skip]]:
-    plans, skips = [], []
+def _plan_records(job: VideoJob, num_frames: int, fps: float) -> tuple[list[_RecordPlan], list[Skip], list[dict]]:
+    """Each record's window and samples, the records skipped, and the warnings of those kept."""
+    plans, skips, warnings = [], [], []
     for record in job.records:
         try:
             start, stop = window_frames(record.window_s, fps, num_frames)
@@ -169,7 +187,30 @@ def _plan_records(job: VideoJob, num_frames: int, fps: float) -> tuple[list[_Rec
             continue
         samples = {spec: spec.sample(start, stop, num_frames) for spec in job.specs[record.index]}
         plans.append(_RecordPlan(record, start, stop, samples))
-    return plans, skips
+        warnings += past_end_warnings(record, num_frames, fps)
+    return plans, skips, warnings
+
+
+def past_end_warnings(record: AnnotationRecord, num_frames: int, fps: float) -> list[dict]:
+    """A warning per kind for a record whose keyframes lie past the video's last frame, or whose
+    window ends more than a frame past the video's end (it was clipped): the annotation was
+    most likely made at another frame rate or on another copy of the video."""
+    video_s = num_frames / fps
+    facts = {"record_index": record.index, "video": record.video, "num_frames": num_frames, "fps": fps}
+    warnings = []
+    late = [(j, kf.frame) for j, region in enumerate(record.regions) for kf in region.keyframes if kf.frame >= num_frames]
+    if late:
+        shown = ", ".join(f"region {j} frame {frame}" for j, frame in late[:5]) + (" ..." if len(late) > 5 else "")
+        warnings.append({**facts, "kind": "keyframe-past-end", "keyframes": [frame for _, frame in late],
+                         "message": f"{len(late)} keyframes past the last frame of the video ({num_frames} frames at "
+                                    f"{fps:g} fps, last frame {num_frames - 1}): {shown}; annotated at another frame "
+                                    f"rate? Their boxes only shape the track toward the end"})
+    if record.window_s is not None and record.window_s[1] > video_s + 1.0 / fps:
+        warnings.append({**facts, "kind": "window-past-end",
+                         "message": f"window [{record.window_s[0]:g}, {record.window_s[1]:g}] s ends "
+                                    f"{record.window_s[1] - video_s:.2f} s past the end of the video ({video_s:.2f} s, "
+                                    f"{num_frames} frames at {fps:g} fps); clipped to the video's end"})
+    return warnings
 
 
 def _wanted_frames(plans: Iterable[_RecordPlan]) -> np.ndarray:
@@ -187,6 +228,13 @@ def process_video(job: VideoJob) -> VideoResult:
         result.seconds = time.perf_counter() - started
         return result
 
+    if job.tried and not job.path.is_file():
+        tried = [str(path) for path in job.tried]
+        reason = (f"{job.path}: video file not found (record video {job.records[0].video!r}; tried "
+                  f"{', '.join(tried)}; see --video-root, --path-map)")
+        result.skipped.extend(Skip(r.index, r.video, "video-missing", reason, tried) for r in job.records)
+        result.seconds = time.perf_counter() - started
+        return result
     try:
         info = job.probe if job.probe is not None else probe_video(job.path)
         if isinstance(info, VideoError):
@@ -196,7 +244,7 @@ def process_video(job: VideoJob) -> VideoResult:
     crop = crop_for(info, job.resize_mode)
 
     num_frames = info.num_frames
-    plans, window_skips = _plan_records(job, num_frames, info.fps)
+    plans, window_skips, warnings = _plan_records(job, num_frames, info.fps)
     try:
         decoded = None
         # The packet count can disagree with what the decoder delivers (damaged files): then the
@@ -215,10 +263,11 @@ def process_video(job: VideoJob) -> VideoResult:
             num_frames = decoded.decoded_count
             if num_frames == 0:
                 return skip_all(job.records, "no-frames", f"{job.path}: the decoder produced no frames")
-            plans, window_skips = _plan_records(job, num_frames, info.fps)
+            plans, window_skips, warnings = _plan_records(job, num_frames, info.fps)
     except VideoError as err:
         return skip_all(job.records, "video-unreadable", str(err))
     result.skipped.extend(window_skips)
+    result.warnings.extend(warnings)
     if decoded is None:
         result.seconds = time.perf_counter() - started
         return result
@@ -441,6 +490,7 @@ class _ShardDir:
     open_groups: dict[int, dict[int, ShardRecord | None]] = field(default_factory=dict)  # group -> record -> result
     skipped: dict[int, list[dict]] = field(default_factory=dict)  # group -> skipped entries of this run
     dropped_regions: list[dict] = field(default_factory=list)
+    warnings: list[dict] = field(default_factory=list)  # records kept with a problem (see the module docstring)
     prior_skips: list[dict] = field(default_factory=list)  # records dropped before stage 1 (validation)
     shards_written: int = 0
 
@@ -502,6 +552,7 @@ class _ShardDir:
         group_of = {r.index: k for k, group in enumerate(groups) for r in group}
         self.dropped_regions = [d for d in old.get("dropped_regions", [])
                                 if group_of.get(d["record_index"]) in self.complete]
+        self.warnings = [w for w in old.get("warnings", []) if group_of.get(w["record_index"]) in self.complete]
 
     def open_group(self, k: int, group: list[AnnotationRecord]) -> None:
         self.open_groups[k] = {r.index: None for r in group}
@@ -550,6 +601,9 @@ class _ShardDir:
             "skipped": len(skips),
             "skipped_by_kind": dict(sorted(Counter(s["kind"] for s in skips).items())),
             "dropped_regions": len(self.dropped_regions),
+            "warnings": len(self.warnings),
+            "warnings_by_kind": dict(sorted(Counter(w["kind"] for w in self.warnings).items())),
+            "unresolved_videos": len({s["video"] for s in skips if s.get("tried")}),
             "complete": finished,
         }
         manifest = {
@@ -558,6 +612,7 @@ class _ShardDir:
             "shards": shards,
             "skipped": skips,
             "dropped_regions": sorted(self.dropped_regions, key=lambda d: (d["record_index"], d["region"])),
+            "warnings": sorted(self.warnings, key=lambda w: (w["record_index"], w["kind"])),
             "summary": summary,
         }
         try:
@@ -590,7 +645,7 @@ class _Build:
 
     def __init__(self, records: Sequence[AnnotationRecord], *, video_root: Path, outputs: dict[SamplingSpec, Path],
                  size: int, resize_mode: str, records_per_shard: int, strict: bool, source_json: str,
-                 source_sha256: str, skipped: Sequence[dict] = ()) -> None:
+                 source_sha256: str, skipped: Sequence[dict] = (), path_map: PathMap = PathMap()) -> None:
         _check_settings(size, resize_mode, records_per_shard)
         if not outputs:
             raise FramesError("no output directory given")
@@ -611,7 +666,7 @@ class _Build:
             for path in outputs.values():
                 self.locks.append(lock_output_dir(Path(path)))
             self._open(records, video_root, outputs, size, resize_mode, records_per_shard, source_json, source_sha256,
-                       skipped)
+                       skipped, path_map)
         except BaseException:
             self.release()
             raise
@@ -623,7 +678,7 @@ class _Build:
         self.locks = []
 
     def _open(self, records, video_root, outputs, size, resize_mode, records_per_shard, source_json, source_sha256,
-              skipped) -> None:
+              skipped, path_map) -> None:
         groups = [list(records[i:i + records_per_shard]) for i in range(0, len(records), records_per_shard)]
         self.group_of = {r.index: k for k, group in enumerate(groups) for r in group}
         self.order_of = {k: [r.index for r in group] for k, group in enumerate(groups)}
@@ -650,9 +705,14 @@ class _Build:
                 for record in group:
                     self.needs.setdefault(record.index, []).append(spec)
         self.by_video: OrderedDict[Path, list[AnnotationRecord]] = OrderedDict()
+        self.tried: dict[Path, list[Path]] = {}  # video -> paths tried, for videos not found
         for record in records:
             if record.index in self.needs:
-                self.by_video.setdefault(Path(video_root) / record.video, []).append(record)
+                found = resolve_video(record.video, Path(video_root), path_map)
+                path = found.path if found.path is not None else found.tried[0]
+                if found.path is None:
+                    self.tried[path] = found.tried
+                self.by_video.setdefault(path, []).append(record)
         self.stats: Counter = Counter()
         self.run_skips: list[dict] = []
 
@@ -661,7 +721,7 @@ class _Build:
         spool_dir = self.spool_root / f"run-{os.getpid()}"
         return [VideoJob(path, recs, {r.index: self.needs[r.index] for r in recs}, self.size, self.resize_mode,
                          decoder_threads=decoder_threads, build=tag,
-                         spool=spool_dir / f"video-{i:06d}.u8" if spool else None)
+                         spool=spool_dir / f"video-{i:06d}.u8" if spool else None, tried=self.tried.get(path, []))
                 for i, (path, recs) in enumerate(self.by_video.items())]
 
     def on_result(self, result: VideoResult) -> None:
@@ -671,6 +731,9 @@ class _Build:
         self.stats["kept_frames"] += result.kept_frames
         self.stats["decode_passes"] += result.decode_passes
         skipped_now = {s.record_index: s for s in result.skipped}
+        if self.strict and result.warnings:
+            w = result.warnings[0]
+            raise FramesError(f"--strict: record {w['record_index']} ({w['video']}): {w['message']}")
         if self.strict and (skipped_now or result.dropped_regions):
             if skipped_now:
                 first = next(iter(skipped_now.values()))
@@ -692,6 +755,9 @@ class _Build:
             touched.add((spec, k))
         for dropped in result.dropped_regions:
             self.dirs[self.spec_of[dropped["sampling"]]].dropped_regions.append(dropped)
+        kept_warnings = [w for w in result.warnings if w["record_index"] not in skipped_now]
+        for shard_dir in self.dirs.values():
+            shard_dir.warnings.extend(w for w in kept_warnings if self.group_of[w["record_index"]] in shard_dir.open_groups)
         for spec, k in sorted(touched, key=lambda t: (t[1], str(t[0]))):
             self.dirs[spec].flush(k, self.order_of[k])
 
@@ -770,12 +836,12 @@ def run_builds(builds: Sequence[_Build], *, workers: int | None = None, progress
 def build(
     records: Sequence[AnnotationRecord], *, video_root: Path, outputs: dict[SamplingSpec, Path], size: int,
     resize_mode: str, records_per_shard: int, workers: int | None, strict: bool, source_json: str,
-    source_sha256: str, skipped: Sequence[dict] = (), progress: bool = True,
+    source_sha256: str, skipped: Sequence[dict] = (), progress: bool = True, path_map: PathMap = PathMap(),
 ) -> dict:
     """The stage for any mix of samplings (one decode per video); see build_shards / build_test_shards."""
     one = _Build(records, video_root=video_root, outputs=outputs, size=size, resize_mode=resize_mode,
                  records_per_shard=records_per_shard, strict=strict, source_json=source_json,
-                 source_sha256=source_sha256, skipped=skipped)
+                 source_sha256=source_sha256, skipped=skipped, path_map=path_map)
     return run_builds([one], workers=workers, progress=progress)[0]
 
 
@@ -797,35 +863,47 @@ def build_shards(records: list[AnnotationRecord], *, video_root: Path, out_dirs:
                  source_sha256=source_sha256, skipped=skipped, progress=progress)
 
 
-def split_list_records(test_list: Path) -> list[AnnotationRecord]:
-    """Records of the videos of an official split list: label from the folder, no captions, no regions."""
+def split_list_records(test_list: Path, dataset: Dataset | None = None) -> list[AnnotationRecord]:
+    """Records of the videos of an official split list: label by the dataset's rule (`dataset`, or
+    each line's own from its path), no captions, no regions."""
+    if dataset is None:
+        with Path(test_list).open(encoding="utf-8") as handle:
+            first = next((line.split()[0] for line in handle if line.split()), "")
+        dataset = dataset_of_path(first)
     return [
         AnnotationRecord(index=i, video=entry.path, global_caption="", regions=(), window_s=None,
-                         label=entry.label, is_anomaly=entry.is_anomaly)
-        for i, entry in enumerate(read_split_list(Path(test_list)))
+                         label=entry.label, is_anomaly=entry.is_anomaly, dataset=dataset.name)
+        for i, entry in enumerate(read_split_list(Path(test_list), dataset))
     ]
 
 
 def _test_build(test_list: Path, *, video_root: Path, out_dir: Path, stride: int, size: int, resize_mode: str,
-                records_per_shard: int, strict: bool) -> _Build:
+                records_per_shard: int, strict: bool, dataset: Dataset | None = None,
+                path_map: PathMap = PathMap()) -> _Build:
     test_list = Path(test_list)
     try:
-        records = split_list_records(test_list)
+        records = split_list_records(test_list, dataset)
         sha256 = hashlib.sha256(test_list.read_bytes()).hexdigest()
     except (OSError, ValueError) as err:
         raise FramesError(f"test list {test_list} cannot be read: {err}") from err
     return _Build(records, video_root=video_root, outputs={SamplingSpec.strided(stride): Path(out_dir)}, size=size,
                   resize_mode=resize_mode, records_per_shard=records_per_shard, strict=strict,
-                  source_json=str(test_list), source_sha256=sha256)
+                  source_json=str(test_list), source_sha256=sha256, path_map=path_map)
 
 
 def build_test_shards(test_list: Path, *, video_root: Path, out_dir: Path, stride: int = 16, size: int = 224,
                       resize_mode: str = "squash", records_per_shard: int = TEST_RECORDS_PER_SHARD,
-                      workers: int | None = None,
-                      strict: bool = False, progress: bool = True) -> dict:
-    """Evaluation shards: every video of `test_list` sampled once per `stride` source frames."""
+                      workers: int | None = None, strict: bool = False, progress: bool = True,
+                      dataset: Dataset | None = None, path_map: PathMap = PathMap()) -> dict:
+    """Evaluation shards: every video of `test_list` sampled once per `stride` source frames.
+
+    Labels follow `dataset`'s naming (default: the dataset the list's first video path names,
+    `pipeline.datasets.dataset_of_path`). XD-Violence's `annotations.txt` works as a list of its
+    violent test videos; a name without extension is looked for as .mp4, .avi, ... under the root.
+    """
     test = _test_build(test_list, video_root=video_root, out_dir=out_dir, stride=stride, size=size,
-                       resize_mode=resize_mode, records_per_shard=records_per_shard, strict=strict)
+                       resize_mode=resize_mode, records_per_shard=records_per_shard, strict=strict,
+                       dataset=dataset, path_map=path_map)
     return run_builds([test], workers=workers, progress=progress)[0]
 
 
