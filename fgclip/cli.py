@@ -569,6 +569,10 @@ DEFAULT_EVAL_TRAINING_DIR = preset_config("debug").output_dir
 @click.option("--no-baseline", is_flag=True, help="Score the checkpoints only.")
 @click.option("--out", "out_dir", type=click.Path(), default=None,
               help="Output directory (report.json, report.md, plots/, TensorBoard). Default: reports/<run name>.")
+@click.option("--dataset", "dataset_name", default=None,
+              help="Dataset of the test set, for its ground-truth format and headline (ucf-crime: frame AUC; xd-violence: "
+                   "annotations.txt, frame AP; msad: anomaly_annotation.csv; shanghaitech: a test_frame_mask/ folder) "
+                   "[read from the annotation file's format].")
 @click.option("--convention", type=click.Choice(CONVENTIONS), default=DEFAULT_CONVENTION,
               show_default=True, help="How an annotated interval 'start end' maps to frames (see fgclip/ground_truth.py).")
 @click.option("--smooth", "smoothing_window", type=click.IntRange(min=1), default=1, show_default=True,
@@ -586,7 +590,7 @@ DEFAULT_EVAL_TRAINING_DIR = preset_config("debug").output_dir
 @click.option("--video-plots/--no-video-plots", default=True, show_default=True,
               help="Write a score-curve PNG per test video.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def eval_command(checkpoints, test_shards, annotations, baseline, no_baseline, out_dir, convention, smoothing_window,
+def eval_command(checkpoints, test_shards, annotations, baseline, no_baseline, out_dir, dataset_name, convention, smoothing_window,
                  threshold, device, batch_frames, readers, templates, normal_phrase, video_plots, quiet) -> None:
     """Frame-level AUC on the UCF-Crime test set: checkpoints vs their starting model, with plots.
 
@@ -609,7 +613,7 @@ def eval_command(checkpoints, test_shards, annotations, baseline, no_baseline, o
         given = [default_dir]
     test_shards = Path(test_shards) if test_shards else embedded.test_shard_dir()
     annotations = Path(annotations) if annotations else embedded.TEMPORAL_ANNOTATIONS
-    if not annotations.is_file():
+    if not annotations.exists():
         hint = "; run `make frames` first" if annotations == embedded.TEMPORAL_ANNOTATIONS else ""
         raise click.ClickException(f"{annotations}: temporal annotation file not found{hint}")
     if not (test_shards / "manifest.json").is_file():
@@ -641,7 +645,7 @@ def eval_command(checkpoints, test_shards, annotations, baseline, no_baseline, o
         report = ev.evaluate(given, test_shards, annotations, Path(out_dir), baseline=baseline_path,
                              convention=convention, smoothing_window=smoothing_window, threshold=threshold,
                              device=device, batch_frames=batch_frames, num_readers=readers,
-                             video_plots=video_plots, progress=not quiet, **options)
+                             video_plots=video_plots, progress=not quiet, dataset=dataset_name, **options)
     except (ev.EvaluationError, ShardFormatError, AnnotationFormatError, ModelDirError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
     except ValueError as err:  # bad option values (templates, smoothing window) name themselves

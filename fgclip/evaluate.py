@@ -1,9 +1,11 @@
-"""UCF-Crime evaluation: score test shards with one or more models, compare, report.
+"""Evaluation: score test shards with one or more models, compare, report.
 
 The flow of `evaluate` (what `fgclip-vad eval` / `make eval` runs):
 
-1. Ground truth from the official temporal annotation file (`fgclip.ground_truth`), and the
-   test videos present in the stride-mode test shards (one stored frame per 16 source frames).
+1. Ground truth from the dataset's official annotation file (`fgclip.ground_truth`: UCF-Crime's
+   temporal annotations, XD-Violence's annotations.txt, MSAD's CSV, ShanghaiTech's frame masks),
+   and the test videos present in the stride-mode test shards (one stored frame per 16 source
+   frames); test videos the file leaves out are normal when their name says so.
    Annotated videos missing from the shards and shard videos without annotation are listed in
    the report; a partial evaluation says so in its headline.
 2. Each model (the checkpoints, then the baseline) scores every stored frame: frame embedding
@@ -12,7 +14,9 @@ The flow of `evaluate` (what `fgclip-vad eval` / `make eval` runs):
    score = 1 - softmax(...)[normal].
 3. Optional temporal smoothing over snippets (off by default), then each snippet's score is
    given to the `stride` source frames it covers, cut or padded to the video's true length.
-4. Frame-level metrics (`fgclip.metrics`) and the report (`fgclip.report`).
+4. Frame-level metrics (`fgclip.metrics`) and the report (`fgclip.report`). The headline is
+   the dataset's (`pipeline.datasets`): frame AUC, or for XD-Violence frame AP, given both
+   ways (step-wise and trapezoidal) and named.
 
 Scoring speed: readers in other processes (`fgclip.eval_reader`) put whole records into one
 shared block, pinned for asynchronous copies; frames go to the device as uint8 and are
@@ -41,14 +45,16 @@ from fgclip.ground_truth import (
     DEFAULT_CONVENTION,
     anomaly_class_names,
     camel_case_to_words,
+    complete_with_normals,
     frame_labels,
     frame_ranges,
-    parse_temporal_annotations,
+    load_ground_truth,
     ranges_past_end,
     video_key,
 )
 from fgclip.metrics import DEFAULT_THRESHOLD, VideoFrames, compute_metrics
 from fgclip.text import SHORT_TEXT_LENGTH, load_tokenizer, tokenize
+from pipeline.datasets import ANOMALY_LABEL, get_dataset
 from pipeline.shards import ShardReader, list_shards, read_manifest
 
 log = logging.getLogger(__name__)
@@ -450,9 +456,13 @@ def evaluate(checkpoints: list[Path], test_shard_dir: Path, annotations: Path, o
              baseline: Path | None = None, convention: str = DEFAULT_CONVENTION, smoothing_window: int = 1,
              threshold: float = DEFAULT_THRESHOLD, device: str | None = None, batch_frames: int = 512,
              num_readers: int = 2, templates: Sequence[str] = PROMPT_TEMPLATES,
-             normal_phrase: str = NORMAL_PHRASE, video_plots: bool = True, progress: bool = True) -> dict:
+             normal_phrase: str = NORMAL_PHRASE, video_plots: bool = True, progress: bool = True,
+             dataset: str | None = None) -> dict:
     """Score the test shards with every checkpoint and the baseline; write report.json, report.md,
-    plots/, scores/ and TensorBoard scalars under `out_dir`. Returns the report dict."""
+    plots/, scores/ and TensorBoard scalars under `out_dir`. Returns the report dict.
+
+    `dataset` (a `pipeline.datasets` name) says how to read `annotations`; by default its format
+    decides (`fgclip.ground_truth.detect_dataset`)."""
     from fgclip import report as report_writer
     from fgclip.model import FGCLIPVideo, check_tokenizer
 
@@ -461,10 +471,12 @@ def evaluate(checkpoints: list[Path], test_shard_dir: Path, annotations: Path, o
                               f"(1 = no smoothing)")
     test_shard_dir, annotations, out_dir = Path(test_shard_dir), Path(annotations), Path(out_dir)
     models = choose_models(checkpoints, baseline)
-    ground_truth = parse_temporal_annotations(annotations)
-    class_names = anomaly_class_names(ground_truth)
-    class_prompts(class_names, templates, normal_phrase)  # bad templates fail here, before any model loads
+    dataset_name, ground_truth = load_ground_truth(annotations, dataset)
+    spec = get_dataset(dataset_name)
     test_set = list_test_videos(test_shard_dir)
+    ground_truth = complete_with_normals(ground_truth, [(v.key, v.video) for v in test_set.videos], dataset_name)
+    class_names = anomaly_class_names(ground_truth) or [ANOMALY_LABEL]
+    class_prompts(class_names, templates, normal_phrase)  # bad templates fail here, before any model loads
     coverage = _coverage(ground_truth, test_set)
     videos = [v for v in test_set.videos if v.key in ground_truth and v.stored_frames > 0]
     if not videos:
@@ -514,8 +526,11 @@ def evaluate(checkpoints: list[Path], test_shard_dir: Path, annotations: Path, o
 
     partial = coverage["evaluated_videos"] < coverage["annotated_videos"]
     report = {
-        "headline": _headline(results, coverage, partial),
+        "headline": _headline(results, coverage, partial, spec.headline),
         "partial": partial,
+        "dataset": {"name": spec.name, "title": spec.title, "headline_metric": spec.headline,
+                    "ap": "step-wise average precision: sum over thresholds of (R_n - R_{n-1}) P_n",
+                    "ap_trapezoid": "area under the precision-recall curve by the trapezoidal rule"},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": {
             "test_shards": str(test_shard_dir), "annotations": str(annotations), "out_dir": str(out_dir),
@@ -548,11 +563,15 @@ def evaluate(checkpoints: list[Path], test_shard_dir: Path, annotations: Path, o
     return report
 
 
-def _headline(results: list[dict], coverage: dict, partial: bool) -> str:
-    def auc(value):
+def _headline(results: list[dict], coverage: dict, partial: bool, metric: str = "auc") -> str:
+    def fmt(value):
         return "n/a" if value is None else f"{value:.4f}"
 
-    parts = [f"{r['name']}: frame AUC {auc(r['metrics']['auc'])}" for r in results]
+    if metric == "ap":
+        parts = [f"{r['name']}: frame AP {fmt(r['metrics']['ap'])} (step-wise; trapezoidal PR area "
+                 f"{fmt(r['metrics']['ap_trapezoid'])}), AUC {fmt(r['metrics']['auc'])}" for r in results]
+    else:
+        parts = [f"{r['name']}: frame AUC {fmt(r['metrics']['auc'])}" for r in results]
     scope = f"{coverage['evaluated_videos']} of {coverage['annotated_videos']} annotated test videos"
     text = "; ".join(parts) + f" ({scope})"
     if partial:

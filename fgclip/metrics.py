@@ -5,7 +5,12 @@ Every metric works on frame scores and frame labels of whole videos, concatenate
 * `auc`: ROC AUC over all test frames of all videos (the headline number of UCF-Crime papers).
 * `auc_anomalous_videos`: ROC AUC over the frames of anomalous videos only (can the model find
   the event inside a video it already flags?).
-* `ap`: average precision over all frames.
+* `ap`: average precision over all frames, step-wise: sum over thresholds of
+  (R_n - R_{n-1}) * P_n (scikit-learn's `average_precision_score`).
+* `ap_trapezoid`: the area under the precision-recall curve by the trapezoidal rule
+  (`auc(recall, precision)`), the other AP in the literature (XD-Violence's headline is
+  reported both ways; the trapezoid interpolates linearly between PR points, which is
+  optimistic, so the two differ).
 * `per_class_auc`: for each anomaly class, ROC AUC over the frames of that class's videos plus
   all frames of the normal videos.
 * `false_alarm_rate`: the fraction of normal-video frames scored above `threshold` (0.5).
@@ -19,7 +24,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.metrics import auc as curve_area
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -63,6 +69,14 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float | None:
     return float(average_precision_score(labels, scores))
 
 
+def pr_area_trapezoid(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Area under the precision-recall curve, trapezoidal rule; None when no frame is anomalous."""
+    if labels.size == 0 or not labels.any():
+        return None
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    return float(curve_area(recall, precision))
+
+
 def false_alarm_rate(normal_scores: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> float | None:
     """Fraction of normal-video frames with a score strictly above `threshold`."""
     if normal_scores.size == 0:
@@ -99,6 +113,7 @@ def compute_metrics(videos: Sequence[VideoFrames], *, threshold: float = DEFAULT
         "auc": roc_auc(scores, labels),
         "auc_anomalous_videos": roc_auc(anomalous_scores, anomalous_labels),
         "ap": average_precision(scores, labels),
+        "ap_trapezoid": pr_area_trapezoid(scores, labels),
         "false_alarm_rate": false_alarm_rate(normal_scores, threshold),
         "false_alarm_threshold": threshold,
         "per_class_auc": per_class_auc,

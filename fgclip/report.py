@@ -148,7 +148,7 @@ def plot_videos(frame_results: dict[str, list[VideoFrames]], roles: dict[str, st
 
 # --- TensorBoard --------------------------------------------------------------------------------------
 
-HEADLINE_METRICS = ("auc", "auc_anomalous_videos", "ap", "false_alarm_rate")
+HEADLINE_METRICS = ("auc", "auc_anomalous_videos", "ap", "ap_trapezoid", "false_alarm_rate")
 
 
 def write_tensorboard(log_dir: Path, report: dict) -> None:
@@ -160,7 +160,7 @@ def write_tensorboard(log_dir: Path, report: dict) -> None:
         step = model["step"] or 0
         try:
             for key in HEADLINE_METRICS:
-                value = model["metrics"][key]
+                value = model["metrics"].get(key)
                 if value is not None:
                     writer.add_scalar(f"eval/{key}", value, step)
             for label, value in model["metrics"]["per_class_auc"].items():
@@ -182,18 +182,19 @@ def render_markdown(report: dict) -> str:
     models = report["models"]
     baseline = next((m for m in models if m["role"] == "baseline"), None)
     config, gt, coverage = report["config"], report["ground_truth"], report["coverage"]
-    lines = ["# UCF-Crime evaluation", "", f"**{report['headline']}**", ""]
+    title = report.get("dataset", {}).get("title", "UCF-Crime")
+    lines = [f"# {title} evaluation", "", f"**{report['headline']}**", ""]
 
-    lines += ["| model | role | frame AUC | AUC (anomalous videos) | AP | false alarms @" +
+    lines += ["| model | role | frame AUC | AUC (anomalous videos) | AP (step-wise) | AP (trapezoid) | false alarms @" +
               f"{models[0]['metrics']['false_alarm_threshold']} | AUC vs baseline | stored frames/s |",
-              "|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|"]
     for m in models:
         met = m["metrics"]
         delta = ""
         if baseline is not None and m is not baseline and met["auc"] is not None and baseline["metrics"]["auc"] is not None:
             delta = f"{met['auc'] - baseline['metrics']['auc']:+.4f}"
         lines.append(f"| {m['name']} | {m['role']} | {_fmt(met['auc'])} | {_fmt(met['auc_anomalous_videos'])} | "
-                     f"{_fmt(met['ap'])} | {_fmt(met['false_alarm_rate'])} | {delta} | "
+                     f"{_fmt(met['ap'])} | {_fmt(met.get('ap_trapezoid'))} | {_fmt(met['false_alarm_rate'])} | {delta} | "
                      f"{m['timing']['stored_frames_per_s'] or 'n/a'} |")
     first = models[0]["metrics"]
     lines += ["", f"{first['num_videos']} videos ({first['num_anomalous_videos']} anomalous, "

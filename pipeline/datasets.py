@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from pipeline.video_paths import logical_path
+from pipeline.video_paths import logical_path, video_stem
 
 UCF_CRIME = "ucf-crime"
 XD_VIOLENCE = "xd-violence"
@@ -151,11 +151,6 @@ _UCF_NAME_PREFIX = re.compile(r"^([A-Za-z]+(?:_[A-Za-z]+)*?)_?\d+")
 _MSAD_NAME_PREFIX = re.compile(r"^(.+?)_\d+$")
 
 
-def _stem(video: str) -> str:
-    name = PurePosixPath(video.replace("\\", "/")).name
-    return name.rsplit(".", 1)[0] if "." in name else name
-
-
 def _match_class(token: str, dataset: Dataset) -> str | None:
     lowered = token.lower()
     if "normal" in lowered:
@@ -174,7 +169,7 @@ def label_from_path(video: str, dataset: Dataset) -> tuple[str, bool]:
     """
     video = logical_path(video)
     parts = PurePosixPath(video.replace("\\", "/")).parts
-    stem = _stem(video)
+    stem = video_stem(video)
     if dataset.label_rule == "xd":
         match = _XD_LABEL.search(stem)
         label = _XD_CODES.get(match.group(1), match.group(1)) if match else stem

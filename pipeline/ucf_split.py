@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from pipeline.datasets import REGISTRY, UCF_CRIME, Dataset, label_from_path
-from pipeline.video_paths import logical_path
+from pipeline.video_paths import video_stem  # noqa: F401  (public here)
 
 _UCF = REGISTRY[UCF_CRIME]
 # The 13 anomaly classes of UCF-Crime, as spelled in the official folder and file names.
@@ -28,12 +28,6 @@ NORMAL_LABEL = _UCF.normal_label
 
 TEST_SPLIT_ENV = "FGCLIP_UCF_TEST_SPLIT"  # UCF-Crime's test list; other datasets: --test-split NAME=PATH
 TEST_SPLIT_NAME = _UCF.test_split
-
-
-def video_stem(video: str) -> str:
-    """File name without folders and extension: `Abuse/Abuse028_x264.mp4` -> `Abuse028_x264`."""
-    name = PurePosixPath(logical_path(video).replace("\\", "/")).name
-    return name.rsplit(".", 1)[0] if "." in name else name
 
 
 def video_key(video: str) -> str:

@@ -16,12 +16,14 @@ unresolved video can be reported with them (stage 1's manifest lists them).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 LABEL_STUDIO_LOCAL = "/data/local-files/"
 LABEL_STUDIO_UPLOAD = "/data/upload/"
+_UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")  # Label Studio's prefix of an uploaded file's name
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")  # tried for a name without extension
 
 
@@ -68,9 +70,27 @@ def annotation_tool_path(video: str) -> list[str] | None:
 
 def logical_path(video: str) -> str:
     """The path a `video` value names, without annotation-tool URL wrapping: for names, classes and
-    dataset markers (`/data/local-files/?d=MSAD/x/Assault_1.mp4` -> `MSAD/x/Assault_1.mp4`)."""
+    dataset markers (`/data/local-files/?d=MSAD/x/Assault_1.mp4` -> `MSAD/x/Assault_1.mp4`). An
+    upload loses its project folder and the 8-hex-digit prefix Label Studio gives uploaded files
+    (`/data/upload/12/4f1c2d3e-Fire_3.mp4` -> `Fire_3.mp4`)."""
     relative = annotation_tool_path(video)
-    return relative[0] if relative else video
+    if relative is None:
+        return video
+    if video.startswith(LABEL_STUDIO_UPLOAD):
+        return _UPLOAD_PREFIX.sub("", relative[-1].rsplit("/", 1)[-1])
+    return relative[0]
+
+
+_EXTENSION = re.compile(r"\.[A-Za-z0-9]{2,4}$")
+
+
+def video_stem(video: str) -> str:
+    """File name without folders and extension: `Abuse/Abuse028_x264.mp4` -> `Abuse028_x264`.
+
+    Only a short alphanumeric extension is one: XD-Violence names hold dots
+    (`Bad.Boys.1995__#01-11-55_01-12-40_label_B2-0-0`)."""
+    name = logical_path(video).replace("\\", "/").rsplit("/", 1)[-1]
+    return _EXTENSION.sub("", name)
 
 
 @dataclass
@@ -92,7 +112,7 @@ def candidate_paths(video: str, video_root: Path, path_map: PathMap = PathMap())
     relative = annotation_tool_path(video)
     if relative is not None:
         return [root / r for r in relative]
-    if not Path(video).suffix:  # split lists of some datasets name videos without extension
+    if not _EXTENSION.search(video):  # split lists of some datasets name videos without extension
         return [root / f"{video}{suffix}" for suffix in VIDEO_SUFFIXES]
     return [root / video]  # an absolute `video` stays absolute (Path joining)
 
