@@ -85,18 +85,22 @@ def camel_case_to_words(name: str) -> str:
     return " ".join(spaced.lower().split())
 
 
+def _data_lines(path: Path, missing: str):
+    """(line number, fields, "file:line", line) of each line that is not empty or a # comment."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {missing}")
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.split()
+        if fields and not fields[0].startswith("#"):
+            yield line_number, fields, f"{path}:{line_number}", line
+
+
 def parse_temporal_annotations(path: os.PathLike | str) -> dict[str, VideoAnnotation]:
     """All videos of an official-format temporal annotation file, keyed by `video_key`, file order."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: temporal annotation file not found (official UCF-Crime format: "
-                                f"`video class start1 end1 start2 end2`)")
     annotations: dict[str, VideoAnnotation] = {}
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
-        where = f"{path}:{line_number}"
+    for line_number, fields, where, line in _data_lines(path, "temporal annotation file not found (official "
+                                                              "UCF-Crime format: `video class start1 end1 start2 end2`)"):
         if len(fields) < 4 or (len(fields) - 2) % 2:
             raise AnnotationFormatError(
                 f"{where}: expected `video class start1 end1 [start2 end2 ...]`, got {line.strip()!r}")
@@ -179,14 +183,9 @@ def parse_xd_annotations(path: os.PathLike | str) -> dict[str, VideoAnnotation]:
     from pipeline.datasets import REGISTRY, XD_VIOLENCE, label_from_path
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: XD-Violence annotation file not found (format: `video s1 e1 [s2 e2 ...]`)")
     annotations: dict[str, VideoAnnotation] = {}
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
-        where = f"{path}:{line_number}"
+    for line_number, fields, where, line in _data_lines(path, "XD-Violence annotation file not found (format: "
+                                                              "`video s1 e1 [s2 e2 ...]`)"):
         if len(fields) < 3 or (len(fields) - 1) % 2:
             raise AnnotationFormatError(f"{where}: expected `video start1 end1 [start2 end2 ...]`, got {line.strip()!r}")
         try:
