@@ -37,10 +37,11 @@ import numpy as np
 import torch
 
 from fgclip import distributed
+from fgclip.batch import MicroBatch, first_frames, window_frames
 
 log = logging.getLogger(__name__)
 
-FULL_PRESET_FRAMES = 232 * 256 * 10  # records x frames x epochs of MISSION.md's full run
+FULL_PRESET_FRAMES = 232 * 256 * 10  # UCF-Crime's 232 training records x the full preset's 256 frames x 10 epochs
 
 # `bench --smoke`: every measurement in seconds on a CPU, so CI keeps the command working.
 SMOKE = {"records": 4, "num_frames": 4, "size": 56, "test_videos": 1, "baseline_videos": 1,
@@ -232,12 +233,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _clone_window(window: list[dict]) -> list[dict]:
+def _clone_window(window: list[MicroBatch]) -> list[MicroBatch]:
     return [{key: value.clone() for key, value in batch.items()} for batch in window]
-
-
-def _window_frames(window: list[dict], world_size: int) -> int:
-    return sum(int(b["pixels"].shape[0] * b["pixels"].shape[1]) for b in window) * world_size
 
 
 def time_steps(step, windows, *, warmup: int, steps: int, device: torch.device) -> dict:
@@ -252,13 +249,13 @@ def time_steps(step, windows, *, warmup: int, steps: int, device: torch.device) 
         _sync(device)
         if i >= warmup:
             durations.append(time.perf_counter() - start)
-            frames += _window_frames(window, distributed.world_size())
+            frames += window_frames(window, distributed.world_size())
     total = sum(durations)
     return {"steps": steps, "step_s_median": float(np.median(durations)), "step_s_mean": total / steps,
             "frames": frames, "frames_per_s": frames / total}
 
 
-def profile_step(step, window: list[dict], path: Path, rows: int = 40) -> Path:
+def profile_step(step, window: list[MicroBatch], path: Path, rows: int = 40) -> Path:
     """One optimizer step under torch.profiler; its kernels and ops by own device (else CPU)
     time go to `path` (rank 0 writes), so a missed goal comes with what is in the way."""
     from torch.profiler import ProfilerActivity, profile
@@ -275,19 +272,7 @@ def profile_step(step, window: list[dict], path: Path, rows: int = 40) -> Path:
     return path
 
 
-def _first_frames(window: list[dict], frames: int) -> list[dict]:
-    """The window with every video cut to its first `frames` frames (boxes and masks too)."""
-    cut = []
-    for batch in window:
-        short = dict(batch)
-        short["pixels"] = batch["pixels"][:, :frames]
-        short["boxes"] = batch["boxes"][:, :, :frames]
-        short["box_mask"] = batch["box_mask"][:, :, :frames]
-        cut.append(short)
-    return cut
-
-
-def count_step_flops(step, window: list[dict]) -> int:
+def count_step_flops(step, window: list[MicroBatch]) -> int:
     """FLOPs of one optimizer step on `window`, counted by torch's FlopCounterMode.
 
     Counting a full 256-frame window under the counter needs far more memory than the step
@@ -302,7 +287,7 @@ def count_step_flops(step, window: list[dict]) -> int:
         # eager: the counter sees every op, and other frame counts cause no recompilation
         eager = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
         with counter, (eager("force_eager") if eager else contextlib.nullcontext()):
-            step(_first_frames(window, frames))
+            step([first_frames(batch, frames) for batch in window])
         return int(counter.get_total_flops())
 
     frames = int(window[0]["pixels"].shape[1])
@@ -411,7 +396,7 @@ def run_bench(config: BenchConfig) -> dict:
     return results
 
 
-def _time_baseline(config: BenchConfig, trainer, template: list[dict], step, device: torch.device) -> dict:
+def _time_baseline(config: BenchConfig, trainer, template: list[MicroBatch], step, device: torch.device) -> dict:
     """Same step, but every micro-batch's pixels come from decoding video files in DataLoader workers."""
     videos = sorted(p for p in Path(config.videos).iterdir() if p.suffix in {".mp4", ".avi", ".mkv"})
     if not videos:

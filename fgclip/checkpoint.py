@@ -1,13 +1,8 @@
-"""Training checkpoints: written atomically, the last K kept, found again for `--resume`.
+"""Writing training checkpoints: atomically, the last K kept; and the RNG states they carry.
 
-A checkpoint is a directory `checkpoint-STEP/` inside the run's output directory:
-
-    config.json, model.safetensors, fgclip_video.*, tokenizer files
-                         the model, as `FGCLIPVideo.save_pretrained` writes it (so a checkpoint
-                         directory is also a model directory: evaluation and
-                         `FGCLIPVideo.from_pretrained` load it directly)
-    trainer_state.pt     optimizer, scheduler, RNG states, data position, counters
-    training_config.json the resolved training configuration of the run
+Where things live in a run's output directory, and finding them again (`--resume`, evaluation),
+is `fgclip.run_dir`'s. A checkpoint `checkpoint-STEP/` is a model directory
+(`FGCLIPVideo.save_pretrained`) plus `trainer_state.pt` and `run_config.json`.
 
 It is written under a hidden temporary name, every file fsync'ed, then renamed in one step, so
 a directory named `checkpoint-STEP` is always complete; a kill during writing leaves only a
@@ -16,7 +11,6 @@ a directory named `checkpoint-STEP` is always complete; a kill during writing le
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -26,65 +20,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
-CHECKPOINT_PREFIX = "checkpoint-"
-TMP_PREFIX = ".tmp-"
-FINAL_DIR_NAME = "final"
-STATE_FILE = "trainer_state.pt"
-CONFIG_FILE = "training_config.json"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written or read; the message names it and what to do."""
-
-
-def checkpoint_dir(output_dir: os.PathLike | str, step: int) -> Path:
-    return Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
-
-
-def _step_of(path: Path) -> int | None:
-    suffix = path.name[len(CHECKPOINT_PREFIX):]
-    return int(suffix) if path.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
-
-
-def is_complete(path: Path) -> bool:
-    return (path / STATE_FILE).is_file() and (path / "config.json").is_file()
-
-
-def list_checkpoints(output_dir: os.PathLike | str) -> list[Path]:
-    """Complete `checkpoint-STEP` directories of `output_dir`, oldest step first."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return []
-    found = [(step, p) for p in output_dir.iterdir() if p.is_dir() and (step := _step_of(p)) is not None and is_complete(p)]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(output_dir: os.PathLike | str) -> Path | None:
-    checkpoints = list_checkpoints(output_dir)
-    return checkpoints[-1] if checkpoints else None
-
-
-def resolve_resume(resume: str | None, output_dir: os.PathLike | str) -> Path | None:
-    """`--resume` -> the checkpoint directory to load, or None to start fresh.
-
-    "auto": the newest complete checkpoint of `output_dir` if there is one; a path: that
-    checkpoint (or, for a run's output directory, its newest one), which must exist.
-    """
-    if resume is None or resume == "" or resume == "none":
-        return None
-    if resume == "auto":
-        return latest_checkpoint(output_dir)
-    path = Path(resume)
-    if path.is_dir() and not is_complete(path):
-        newest = latest_checkpoint(path)
-        if newest is not None:
-            return newest
-    if not path.is_dir() or not is_complete(path):
-        raise CheckpointError(
-            f"{path}: not a complete checkpoint (a `checkpoint-STEP` directory with {STATE_FILE}); "
-            f"pass one, a run's output directory, or --resume auto"
-        )
-    return path
+from fgclip.run_dir import STATE_FILE, TMP_PREFIX, CheckpointError, checkpoint_dir, list_checkpoints, write_run_config
 
 
 def _fsync_tree(root: Path) -> None:
@@ -123,7 +59,7 @@ def write_model_dir(target: Path, model, config: dict, state: dict | None = None
         shutil.rmtree(tmp)
     try:
         model.save_pretrained(tmp)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_run_config(tmp, config)
         if state is not None:
             torch.save(state, tmp / STATE_FILE)
         _fsync_tree(tmp)

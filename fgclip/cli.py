@@ -434,14 +434,14 @@ def train_command(preset: str, resume: str | None, stop_after_step: int | None, 
     fgclip-vad train --preset full --resume auto                                      (continue after a stop)
     torchrun --nproc_per_node=4 -m fgclip.cli train --preset full                      (4 GPUs)
 
-    Writes trainer_log.txt, metrics.jsonl, tensorboard/, config.json, checkpoint-STEP/ and final/
+    Writes trainer_log.txt, metrics.jsonl, tensorboard/, run_config.json, checkpoint-STEP/ and final/
     into the output directory. Ctrl-C or `kill` finishes the current step and writes a checkpoint.
     """
 
     import torch
 
     from fgclip import distributed
-    from fgclip.checkpoint import CheckpointError
+    from fgclip.run_dir import CheckpointError
     from fgclip.loader import LoaderError
     from fgclip.model import ModelDirError
     from fgclip.presets import resolve_config
@@ -549,23 +549,20 @@ def doctor_command(preset, shards, model, output_dir, annotations, video_root, m
 
 from fgclip.ground_truth import CONVENTIONS, DEFAULT_CONVENTION  # noqa: E402 - numpy only, light
 
-from fgclip.presets import preset_config  # noqa: E402 - dataclasses and paths only, light
-
-# `make eval` with no arguments: the debug preset's training output directory.
-DEFAULT_EVAL_TRAINING_DIR = preset_config("debug").output_dir
+from fgclip.run_dir import default_eval_run  # noqa: E402 - paths only, light
 
 
 @main.command("eval")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(),
               help="Model directory, or a training output dir (its final model, or latest checkpoint-STEP). "
-                   "Repeat to compare several in one table. Default: " + DEFAULT_EVAL_TRAINING_DIR + ".")
+                   "Repeat to compare several in one table. Default: " + str(default_eval_run()) + ".")
 @click.option("--test-shards", type=click.Path(), default=None,
               help="Stride-mode test shard directory from stage 1. Default: the embedded default's.")
 @click.option("--annotations", type=click.Path(), default=None,
               help="Temporal_Anomaly_Annotation.txt (official format). Default: the embedded default's.")
 @click.option("--baseline", type=click.Path(), default=None,
               help="Model to compare against. Default: the model the (first) training run started from, "
-                   "as its config.json records.")
+                   "as its run_config.json records.")
 @click.option("--no-baseline", is_flag=True, help="Score the checkpoints only.")
 @click.option("--out", "out_dir", type=click.Path(), default=None,
               help="Output directory (report.json, report.md, plots/, TensorBoard). Default: reports/<run name>.")
@@ -602,39 +599,7 @@ def eval_command(checkpoints, test_shards, annotations, baseline, no_baseline, o
     from fgclip import evaluate as ev
     from fgclip.ground_truth import AnnotationFormatError
     from fgclip.model import ModelDirError
-    from pipeline import embedded
     from pipeline.shards import ShardFormatError
-
-    given = [Path(c) for c in checkpoints]
-    if not given:
-        default_dir = Path(DEFAULT_EVAL_TRAINING_DIR)
-        if not default_dir.is_dir() or ev.latest_model_dir(default_dir) is None:
-            raise click.ClickException(f"{default_dir}: no checkpoint yet; run make train-debug first")
-        given = [default_dir]
-    test_shards = Path(test_shards) if test_shards else embedded.test_shard_dir()
-    annotations = Path(annotations) if annotations else embedded.TEMPORAL_ANNOTATIONS
-    if not annotations.exists():
-        hint = "; run `make frames` first" if annotations == embedded.TEMPORAL_ANNOTATIONS else ""
-        raise click.ClickException(f"{annotations}: temporal annotation file not found{hint}")
-    if not (test_shards / "manifest.json").is_file():
-        raise click.ClickException(f"{test_shards}: no test shards (manifest.json missing); run `make frames` "
-                                   f"(or `fgclip-vad frames` on the test split) first")
-
-    baseline_path = None if no_baseline else (Path(baseline) if baseline else None)
-    if baseline_path is None and not no_baseline:
-        for path in given:
-            start = ev.starting_model(path) if path.is_dir() else None
-            if start is not None:
-                if not start.exists():
-                    raise click.ClickException(
-                        f"{path / 'config.json'}: the run started from {start}, which does not exist here; "
-                        f"pass --baseline DIR or --no-baseline")
-                baseline_path = start
-                break
-    if out_dir is None:
-        first = given[0].resolve()
-        name = first.parent.name if first.name == "final" or first.name.startswith("checkpoint-") else first.name
-        out_dir = Path("reports") / name
 
     options = {}
     if templates:
@@ -642,8 +607,11 @@ def eval_command(checkpoints, test_shards, annotations, baseline, no_baseline, o
     if normal_phrase:
         options["normal_phrase"] = normal_phrase
     try:
-        report = ev.evaluate(given, test_shards, annotations, Path(out_dir), baseline=baseline_path,
-                             convention=convention, smoothing_window=smoothing_window, threshold=threshold,
+        inputs = ev.eval_inputs(checkpoints, test_shards=test_shards, annotations=annotations, baseline=baseline,
+                                no_baseline=no_baseline, out_dir=out_dir)
+        report = ev.evaluate(inputs.checkpoints, inputs.test_shards, inputs.annotations, inputs.out_dir,
+                             baseline=inputs.baseline, convention=convention, smoothing_window=smoothing_window,
+                             threshold=threshold,
                              device=device, batch_frames=batch_frames, num_readers=readers,
                              video_plots=video_plots, progress=not quiet, dataset=dataset_name, **options)
     except (ev.EvaluationError, ShardFormatError, AnnotationFormatError, ModelDirError, FileNotFoundError) as err:
@@ -653,8 +621,8 @@ def eval_command(checkpoints, test_shards, annotations, baseline, no_baseline, o
     click.echo(report["headline"])
     for model in report["models"]:
         click.echo(f"  {model['name']}: {model['path']}")
-    click.echo(f"report: {Path(out_dir) / 'report.md'}  (plots in {Path(out_dir) / 'plots'}, "
-               f"TensorBoard: tensorboard --logdir {out_dir})")
+    click.echo(f"report: {inputs.out_dir / 'report.md'}  (plots in {inputs.out_dir / 'plots'}, "
+               f"TensorBoard: tensorboard --logdir {inputs.out_dir})")
 
 # --- benchmarks ---------------------------------------------------------------------------------
 

@@ -26,9 +26,7 @@ preprocessed there, in batches that span videos, under bf16 autocast on CUDA (fl
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +35,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from fgclip.checkpoint import CHECKPOINT_PREFIX, FINAL_DIR_NAME, latest_checkpoint
-from fgclip.checkpoint import CONFIG_FILE as TRAINING_CONFIG_FILE
+from fgclip import run_dir
 from fgclip.eval_reader import RecordSource, UnitReader, plan_units
 from fgclip.ground_truth import (
     CONVENTION_DOC,
@@ -320,78 +317,20 @@ class ModelChoice:
     step: int | None  # training step, when known from the directory name
 
 
-_CHECKPOINT_NAME = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
-
-
-def _is_model_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(
-        (path / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
-
-
-def latest_model_dir(training_dir: Path) -> Path | None:
-    """A training output dir's newest model: `final/` unless a `checkpoint-STEP/` was written after it
-    (a run resumed and trained on past its first end)."""
-    latest = latest_checkpoint(training_dir)
-    final = Path(training_dir) / FINAL_DIR_NAME
-    if _is_model_dir(final) and (latest is None or final.stat().st_mtime >= latest.stat().st_mtime):
-        return final
-    return latest
-
-
 def resolve_model_dir(path: Path) -> Path:
     """A model directory as given, or the newest model of a training output directory."""
     path = Path(path)
     if not path.exists():
         raise EvaluationError(f"{path}: no such checkpoint or training output directory")
-    if path.is_dir() and not _is_model_dir(path):
-        latest = latest_model_dir(path)
+    if path.is_dir() and not run_dir.is_model_dir(path):
+        latest = run_dir.latest_model_dir(path)
         if latest is None:
             raise EvaluationError(f"{path}: neither a model directory (config.json + weights) nor a training output "
-                                  f"directory with {CHECKPOINT_PREFIX}STEP/ or {FINAL_DIR_NAME}/ inside")
+                                  f"directory with {run_dir.CHECKPOINT_PREFIX}STEP/ or {run_dir.FINAL_DIR_NAME}/ inside")
         return latest
-    if not _is_model_dir(path):
+    if not run_dir.is_model_dir(path):
         raise EvaluationError(f"{path}: not a model directory (needs config.json and model.safetensors)")
     return path
-
-
-def _training_config(model_or_run_dir: Path) -> dict | None:
-    """The run configuration the trainer saved: `config.json` of an output dir, or
-    `training_config.json` inside one of its checkpoints / final model."""
-    for name in ("config.json", TRAINING_CONFIG_FILE):
-        config_file = Path(model_or_run_dir) / name
-        if not config_file.is_file():
-            continue
-        try:
-            config = json.loads(config_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            continue
-        # A model's own config.json has "model_type" and no "model".
-        if isinstance(config, dict) and config.get("model") and "model_type" not in config:
-            return config
-    return None
-
-
-def starting_model(model_or_run_dir: Path) -> Path | None:
-    """The model a training run started from (its config's "model"), for a run dir or a checkpoint."""
-    config = _training_config(model_or_run_dir)
-    if config is None:
-        return None
-    model_path = Path(config["model"])
-    if not model_path.is_absolute() and not model_path.exists():
-        for base in (Path(model_or_run_dir), Path(model_or_run_dir).parent):
-            if (base / model_path).exists():
-                return base / model_path
-    return model_path
-
-
-def _training_step(model_dir: Path) -> int | None:
-    """The step a model was saved at: from `checkpoint-STEP`, or a final model's total steps."""
-    match = _CHECKPOINT_NAME.match(model_dir.name)
-    if match:
-        return int(match.group(1))
-    config = _training_config(model_dir)
-    steps = config.get("total_steps") if config else None
-    return int(steps) if isinstance(steps, int) else None
 
 
 def choose_models(checkpoints: Sequence[Path], baseline: Path | None) -> list[ModelChoice]:
@@ -410,13 +349,71 @@ def choose_models(checkpoints: Sequence[Path], baseline: Path | None) -> list[Mo
 
     for given in checkpoints:
         path = resolve_model_dir(Path(given))
-        in_run = _CHECKPOINT_NAME.match(path.name) or path.name == FINAL_DIR_NAME
-        display = f"{path.parent.name}/{path.name}" if in_run else path.name
-        choices.append(ModelChoice(unique(display), "checkpoint", path, Path(given), _training_step(path)))
+        display = f"{path.parent.name}/{path.name}" if run_dir.in_run(path) else path.name
+        choices.append(ModelChoice(unique(display), "checkpoint", path, Path(given), run_dir.training_step(path)))
     if baseline is not None:
         path = resolve_model_dir(Path(baseline))
         choices.append(ModelChoice(unique(f"baseline ({path.name})"), "baseline", path, Path(baseline), 0))
     return choices
+
+
+# --- what `fgclip-vad eval` evaluates when not told ------------------------------------------------
+
+REPORTS_ROOT = Path("reports")  # reports/<run name>/ unless --out says otherwise
+
+
+@dataclass(frozen=True)
+class EvalInputs:
+    """Everything `evaluate` is given, with the command line's defaults filled in."""
+
+    checkpoints: list[Path]
+    test_shards: Path
+    annotations: Path
+    baseline: Path | None
+    out_dir: Path
+
+
+def default_baseline(checkpoints: Sequence[Path]) -> Path | None:
+    """The model the first training run among `checkpoints` started from (its run config's
+    "model"); None when none of them is part of a run."""
+    for path in checkpoints:
+        start = run_dir.starting_model(path) if Path(path).is_dir() else None
+        if start is not None:
+            if not start.exists():
+                raise EvaluationError(f"{path}: the run started from {start}, which does not exist here; "
+                                      f"pass --baseline DIR or --no-baseline")
+            return start
+    return None
+
+
+def eval_inputs(checkpoints: Sequence[Path] = (), *, test_shards: Path | None = None, annotations: Path | None = None,
+                baseline: Path | None = None, no_baseline: bool = False, out_dir: Path | None = None) -> EvalInputs:
+    """Fill in the defaults: the debug preset's run, the embedded default's test shards and
+    annotations, the model the run started from as baseline, reports/<run name>/ for the output."""
+    from pipeline import embedded
+
+    given = [Path(c) for c in checkpoints]
+    if not given:
+        default_dir = run_dir.default_eval_run()
+        if not default_dir.is_dir() or run_dir.latest_model_dir(default_dir) is None:
+            raise EvaluationError(f"{default_dir}: no checkpoint yet; run make train-debug first")
+        given = [default_dir]
+    test_shards = Path(test_shards) if test_shards else embedded.test_shard_dir()
+    annotations = Path(annotations) if annotations else embedded.TEMPORAL_ANNOTATIONS
+    if not annotations.exists():  # a file, or a folder of frame masks (ShanghaiTech)
+        hint = "; run `make frames` first" if annotations == embedded.TEMPORAL_ANNOTATIONS else ""
+        raise EvaluationError(f"{annotations}: temporal annotation file not found{hint}")
+    if not (test_shards / "manifest.json").is_file():
+        raise EvaluationError(f"{test_shards}: no test shards (manifest.json missing); run `make frames` "
+                              f"(or `fgclip-vad frames` on the test split) first")
+    if no_baseline:
+        baseline = None
+    elif baseline is not None:
+        baseline = Path(baseline)
+    else:
+        baseline = default_baseline(given)
+    out_dir = Path(out_dir) if out_dir is not None else REPORTS_ROOT / run_dir.run_name(given[0])
+    return EvalInputs(given, test_shards, annotations, baseline, out_dir)
 
 
 def pick_device(device: str | None) -> torch.device:

@@ -23,12 +23,13 @@ import torch
 from torch import Tensor
 
 from fgclip import distributed
+from fgclip.batch import MicroBatch
 from fgclip.losses import LossWeights, WindowEmbeddings, concat_embeddings, fgclip_losses, full_precision
 from fgclip.model import FGCLIPVideo
 
 
-def embed_micro_batch(model: FGCLIPVideo, batch: dict[str, Tensor]) -> WindowEmbeddings:
-    """A loader micro-batch (see interfaces: pixels, boxes, ... negative_valid) -> its embeddings."""
+def embed_micro_batch(model: FGCLIPVideo, batch: MicroBatch) -> WindowEmbeddings:
+    """A loader micro-batch (`fgclip.batch.MicroBatch`) -> its embeddings."""
     video = model.encode_video(batch["pixels"], batch["boxes"], batch["box_mask"])
     global_text = model.encode_text(batch["global_ids"], long=True)
     # Regions that exist and are visible somewhere; the others have no embedding to contrast.
@@ -79,7 +80,7 @@ def _detached_leaves(emb: WindowEmbeddings) -> WindowEmbeddings:
     return emb.replace(**leaves)
 
 
-def grad_cached_window(model: FGCLIPVideo, micro_batches: list[dict], weights: LossWeights, *,
+def grad_cached_window(model: FGCLIPVideo, micro_batches: list[MicroBatch], weights: LossWeights, *,
                        autocast: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
     """Accumulate one optimizer step's gradients into `.grad` with the loss over the whole window.
 

@@ -2,7 +2,7 @@
 
     worker processes ──read whole records──> shared host slots (pinned once, in this process)
     main process ──uint8 copy on a side stream, a few batches ahead──> GPU
-                 ──model.preprocess + augmentation on the GPU──> the batch dict of interfaces.md
+                 ──model.preprocess + augmentation on the GPU──> a `fgclip.batch.MicroBatch`
 
 Decoding happened once in stage 1, so a step costs a memory copy per frame. Workers are
 separate processes (h5py serialises all calls of one process behind a lock), each a fresh
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from fgclip.augment import crop_flip_boxes, crop_flip_frames, sample_crop_flip
+from fgclip.batch import MicroBatch
 from fgclip.loader_worker import (
     RecordSource,
     SlotLayout,
@@ -201,7 +202,7 @@ def epoch_positions(num_records: int, *, seed: int, epoch: int, rank: int, world
 
 
 class ShardLoader:
-    """Iterable of training micro-batches (dicts of device tensors, see interfaces.md).
+    """Iterable of training micro-batches (`fgclip.batch.MicroBatch`: dicts of device tensors).
 
     Records are read by `num_workers` processes (0 = read in this process, for debugging) into
     `prefetch` + `num_workers` + 1 shared slots; batches are copied to the device `prefetch`
@@ -301,7 +302,7 @@ class ShardLoader:
         )
         return [positions[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self._num_batches)]
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[MicroBatch]:
         plan = self.batch_positions(self.epoch)
         first = self.start_batch
         self.start_batch = 0  # the next epoch starts from its beginning
@@ -332,8 +333,8 @@ class ShardLoader:
         positions: torch.Tensor,
         epoch: int,
         batch_number: int,
-    ) -> dict[str, torch.Tensor]:
-        """Device uint8 frames + boxes of one batch -> the batch dict (preprocessed, augmented)."""
+    ) -> MicroBatch:
+        """Device uint8 frames + boxes of one batch -> the micro-batch (preprocessed, augmented)."""
         regions = max(1, int(self._region_count[positions_host].max()))
         negatives = int(self._negative_count[positions_host].max())
         boxes = boxes[:, :regions]
@@ -360,19 +361,19 @@ class ShardLoader:
         long_width = max(1, int(t.global_tokens[positions_host].max()))
         short_width = max(1, int(t.short_tokens[positions_host].max()))
         region_valid = torch.arange(regions, device=positions.device) < t.region_count[positions].unsqueeze(1)
-        return {
-            "pixels": pixel_batch,
-            "boxes": boxes.float(),
-            "box_mask": box_mask & region_valid.unsqueeze(-1),
-            "region_valid": region_valid,
-            "global_ids": t.global_ids[positions, :long_width],
-            "global_key": t.global_key[positions],
-            "region_ids": t.region_ids[positions, :regions, :short_width],
-            "region_key": t.region_key[positions, :regions],
-            "negative_ids": t.negative_ids[positions, :regions, :negatives, :short_width],
-            "negative_valid": t.negative_valid[positions, :regions, :negatives],
-            "record_index": t.record_index[positions],
-        }
+        return MicroBatch(
+            pixels=pixel_batch,
+            boxes=boxes.float(),
+            box_mask=box_mask & region_valid.unsqueeze(-1),
+            region_valid=region_valid,
+            global_ids=t.global_ids[positions, :long_width],
+            global_key=t.global_key[positions],
+            region_ids=t.region_ids[positions, :regions, :short_width],
+            region_key=t.region_key[positions, :regions],
+            negative_ids=t.negative_ids[positions, :regions, :negatives, :short_width],
+            negative_valid=t.negative_valid[positions, :regions, :negatives],
+            record_index=t.record_index[positions],
+        )
 
     def _report_skips(self, skipped: list[tuple[int, str]]) -> None:
         for position, message in skipped:
@@ -434,7 +435,7 @@ class _SlotRing:
 
     # --- the pipeline ---------------------------------------------------------------------------
 
-    def run(self, plan: list[np.ndarray], first: int, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+    def run(self, plan: list[np.ndarray], first: int, epoch: int) -> Iterator[MicroBatch]:
         if self._active:
             raise RuntimeError("this loader is already being iterated; finish or close the previous epoch first")
         self._active = True

@@ -1,6 +1,6 @@
 """Training presets: the one place their values live.
 
-`debug` and `full` are the two configurations of the group's handbook (MISSION.md), `demo` is
+`debug` and `full` are the two configurations of the group's training handbook, `demo` is
 sized so the embedded default's tiny model learns on 2 CPU cores in a few minutes. Every field
 can be overridden on the command line (`fgclip-vad train --preset full --num-frames 128`) and
 through the Makefile (`make train-full NUM_FRAMES=128 BATCH_SIZE=1 GRAD_ACCUM=16`).
@@ -18,7 +18,7 @@ from pipeline import embedded
 
 @dataclass
 class TrainConfig:
-    """Everything that decides a training run; saved as config.json in the output directory."""
+    """Everything that decides a training run; saved as run_config.json in the output directory."""
 
     preset: str
     # data and model

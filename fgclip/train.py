@@ -17,7 +17,6 @@ losses and the gradient norm that decide whether the step is kept), never per mi
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -31,14 +30,12 @@ import numpy as np
 import torch
 
 from fgclip import distributed
+from fgclip.batch import MicroBatch, window_frames
 from fgclip.checkpoint import (
-    FINAL_DIR_NAME,
     capture_rng_state,
-    checkpoint_dir,
     load_trainer_state,
     non_finite_tensors,
     optimizer_tensors,
-    resolve_resume,
     restore_rng_state,
     save_checkpoint,
     write_model_dir,
@@ -48,13 +45,13 @@ from fgclip.loader import ShardLoader
 from fgclip.losses import LossWeights
 from fgclip.model import FGCLIPVideo, check_tokenizer
 from fgclip.presets import TrainConfig
+from fgclip.run_dir import FINAL_DIR_NAME, checkpoint_dir, resolve_resume, write_run_config
 from fgclip.text import load_tokenizer
 from fgclip.train_log import TrainLog, gpu_stats
 from pipeline.run_lock import RunLock, RunLockError
 
 log = logging.getLogger(__name__)
 
-RUN_CONFIG_NAME = "config.json"
 STATE_FORMAT_VERSION = 1
 
 # Settings that fix which samples form which step; resuming with other values cannot continue
@@ -281,7 +278,7 @@ class Trainer:
         }
 
     def run_config(self) -> dict:
-        """The resolved configuration as saved (config.json, checkpoints): `model` is the model
+        """The resolved configuration as saved (run_config.json, also in checkpoints): `model` is the model
         the run started from (evaluation's baseline), also after resuming."""
         values = self.config.to_dict()
         values["model"] = self.start_model
@@ -368,7 +365,7 @@ class Trainer:
         self._save_final()
         return "complete"
 
-    def optimizer_step(self, window: list[dict]) -> StepOutcome:
+    def optimizer_step(self, window: list[MicroBatch]) -> StepOutcome:
         losses = grad_cached_window(self.model, window, self.loss_weights, autocast=self.autocast)
         distributed.all_reduce_gradients(self.model)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm, foreach=True))
@@ -380,8 +377,8 @@ class Trainer:
         # The schedule follows the data (one entry per window), skipped or not.
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        frames = sum(int(b["pixels"].shape[0] * b["pixels"].shape[1]) for b in window) * self.dist.world_size
-        return StepOutcome(losses=losses, grad_norm=grad_norm, finite=finite, frames=frames)
+        return StepOutcome(losses=losses, grad_norm=grad_norm, finite=finite,
+                           frames=window_frames(window, self.dist.world_size))
 
     def _count_nonfinite(self) -> None:
         self.consecutive_nonfinite += 1
@@ -422,7 +419,7 @@ class Trainer:
     def _open_log(self) -> None:
         resuming = self.resume_from is not None
         self.log = TrainLog(self.output_dir, resume_step=self.step if resuming else None)
-        (self.output_dir / RUN_CONFIG_NAME).write_text(json.dumps(self.run_config(), indent=2, sort_keys=True) + "\n")
+        write_run_config(self.output_dir, self.run_config())
         if resuming:
             self.log.note(f"resumed from {self.resume_from} at step {self.step}/{self.total_steps}")
         else:

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import torch
 
-TEXT_LOG_NAME = "trainer_log.txt"
-METRICS_NAME = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
+from fgclip.run_dir import METRICS_NAME, TENSORBOARD_DIR, TEXT_LOG_NAME
 
 
 def gpu_stats(device: torch.device) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Load and validate an annotation JSON in the real record format (see DESIGN.md, stage 1).
+"""Load and validate an annotation JSON in the real record format (README.md, "Stage 1").
 
 `validate_annotations` reads the whole file, reports every problem it finds (record index,
 video, field, value, what to do) and returns the usable records, cleaned.

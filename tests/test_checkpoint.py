@@ -13,17 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from fgclip.checkpoint import (
-    STATE_FILE,
-    CheckpointError,
-    capture_rng_state,
-    latest_checkpoint,
-    list_checkpoints,
-    load_trainer_state,
-    resolve_resume,
-    restore_rng_state,
-    save_checkpoint,
-)
+from fgclip.checkpoint import capture_rng_state, load_trainer_state, restore_rng_state, save_checkpoint
+from fgclip.run_dir import STATE_FILE, CheckpointError, latest_checkpoint, list_checkpoints, resolve_resume
 from fgclip.model import FGCLIPVideo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

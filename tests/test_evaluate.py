@@ -17,12 +17,11 @@ from fgclip.evaluate import (
     class_prompts,
     evaluate,
     expand_to_frames,
-    latest_model_dir,
     prompt_embeddings,
     score_videos,
     smooth_snippets,
-    starting_model,
 )
+from fgclip.run_dir import latest_model_dir, starting_model
 from fgclip.text import load_tokenizer
 from pipeline.shards import SCHEMA_VERSION, ShardAttrs, ShardReader, ShardRecord, shard_name, write_manifest, write_shard
 
@@ -174,10 +173,11 @@ def test_scores_match_one_video_at_a_time(tiny_model, shards):
 
 
 def _training_run(tmp_path, tiny_model):
-    """A training output dir as the trainer writes it (its own checkpoint writer): config.json
+    """A training output dir as the trainer writes it (its own checkpoint writer): run_config.json
     naming the start model, checkpoint-5 and checkpoint-10, no final model yet."""
-    from fgclip.checkpoint import checkpoint_dir, write_model_dir
+    from fgclip.checkpoint import write_model_dir
     from fgclip.model import FGCLIPVideo
+    from fgclip.run_dir import checkpoint_dir, write_run_config
 
     run = tmp_path / "run"
     config = {"model": str(tiny_model), "preset": "debug", "total_steps": 12}
@@ -188,7 +188,7 @@ def _training_run(tmp_path, tiny_model):
             weight = model.clip.visual_projection.weight
             weight.add_(torch.randn(weight.shape, generator=generator) * weight.std())
         write_model_dir(checkpoint_dir(run, step), model, config, state={"step": step})
-    (run / "config.json").write_text(json.dumps(config))
+    write_run_config(run, config)
     return run
 
 
@@ -198,13 +198,30 @@ def test_latest_checkpoint_and_starting_model(tmp_path, tiny_model):
     run = _training_run(tmp_path, tiny_model)
     assert latest_model_dir(run) == run / "checkpoint-10"
     assert starting_model(run) == tiny_model
-    assert starting_model(run / "checkpoint-5") == tiny_model  # from its training_config.json
+    assert starting_model(run / "checkpoint-5") == tiny_model  # from its run_config.json
     assert starting_model(tiny_model) is None  # a plain model directory
     shutil.copytree(run / "checkpoint-10", run / "final")
     assert latest_model_dir(run) == run / "final"
     choices = choose_models([run, run / "checkpoint-5"], tiny_model)
     assert [(c.name, c.role, c.step) for c in choices] == [
         ("run/final", "checkpoint", 12), ("run/checkpoint-5", "checkpoint", 5), ("baseline (tiny)", "baseline", 0)]
+
+
+def test_runs_written_before_the_rename_are_still_read(tmp_path, tiny_model):
+    """Older runs saved their settings as the output dir's config.json and a checkpoint's
+    training_config.json; a model's own config.json beside them is not taken for one."""
+    from fgclip.run_dir import RUN_CONFIG_NAME, read_run_config, training_step
+
+    run = _training_run(tmp_path, tiny_model)
+    config = json.loads((run / RUN_CONFIG_NAME).read_text())
+    (run / RUN_CONFIG_NAME).rename(run / "config.json")
+    checkpoint = run / "checkpoint-5"
+    (checkpoint / RUN_CONFIG_NAME).rename(checkpoint / "training_config.json")
+    assert read_run_config(run) == config and starting_model(run) == tiny_model
+    assert read_run_config(checkpoint) == config and starting_model(checkpoint) == tiny_model
+    (checkpoint / "training_config.json").unlink()
+    assert read_run_config(checkpoint) is None  # only the model's config.json is left
+    assert training_step(checkpoint) == 5  # from its name
 
 
 def test_cli_end_to_end_report_plots_and_missing_videos(tmp_path, tiny_model, shards):

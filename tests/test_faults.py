@@ -33,7 +33,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from fgclip.checkpoint import CHECKPOINT_PREFIX, TMP_PREFIX, list_checkpoints, resolve_resume
+from fgclip.run_dir import CHECKPOINT_PREFIX, TMP_PREFIX, list_checkpoints, resolve_resume
 from fgclip.cli import main as cli
 from fgclip.loader import LoaderError, ShardLoader
 from fgclip.model import FGCLIPVideo

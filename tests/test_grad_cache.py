@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fgclip.batch import check_micro_batch
 from fgclip.grad_cache import embed_micro_batch, grad_cached_window
 from fgclip.losses import LossWeights, fgclip_losses
 from tiny_fgclip import concatenate_micro_batches, random_micro_batch, tiny_model
@@ -40,6 +41,8 @@ def test_window_of_micro_batches_equals_one_big_batch():
         random_micro_batch(2, regions=3, negatives=1, key_pool=6),
         random_micro_batch(3, regions=1, negatives=3, key_pool=6),
     ]
+    for batch in micro_batches:
+        check_micro_batch(batch)  # the test's batches are in the loader's format
     expected_losses, expected_grads, global_loss_alone = _big_batch_reference(micro_batches)
 
     model = tiny_model(perturb_temporal=True)

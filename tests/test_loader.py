@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from fgclip.augment import CropFlip, crop_flip_boxes, crop_flip_frames, sample_crop_flip
+from fgclip.batch import check_micro_batch
 from fgclip.loader import LoaderError, ShardLoader, epoch_positions
 from fgclip.loader_worker import subsample_rows
 from fgclip.model import FGCLIPVideo
@@ -86,6 +87,8 @@ def test_batches_carry_the_right_records_frames_boxes_and_captions(shard_dir, mo
         batches = list(loader)
     assert len(batches) == 3
     for batch, positions in zip(batches, expected_order):
+        sizes = check_micro_batch(batch)  # every key, dtype and shape of the contract
+        assert (sizes["B"], sizes["T"], sizes["S"]) == (3, 4, model.image_size)
         assert batch["record_index"].tolist() == [loader.metas[p].record_index for p in positions]
         for b, index in enumerate(batch["record_index"].tolist()):
             record = records[index]

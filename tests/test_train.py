@@ -17,10 +17,11 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from fgclip.checkpoint import STATE_FILE, list_checkpoints, load_trainer_state
+from fgclip.checkpoint import load_trainer_state
 from fgclip.cli import main
 from fgclip.model import FGCLIPVideo
 from fgclip.presets import resolve_config
+from fgclip.run_dir import RUN_CONFIG_NAME, STATE_FILE, list_checkpoints
 from fgclip.train import Trainer, TrainingError
 from train_data import write_square_shards
 
@@ -77,7 +78,7 @@ def test_short_training_lowers_the_global_loss(reference_run, model_dir):
     for field in ("global", "region", "hard", "lr", "grad_norm", "frames/s", "data_wait", "eta"):
         assert f"| {field} " in loss_lines[0]
     assert list((output_dir / "tensorboard").glob("events.out.tfevents.*"))
-    config = json.loads((output_dir / "config.json").read_text())
+    config = json.loads((output_dir / RUN_CONFIG_NAME).read_text())
     assert config["model"] == str(model_dir)  # evaluation's baseline
     assert config["effective_batch"] == BATCH * ACCUM and config["total_steps"] == EPOCHS * 2
     final = FGCLIPVideo.from_pretrained(output_dir / "final")
@@ -161,7 +162,7 @@ def test_torchrun_with_two_gloo_processes_writes_one_log(shard_dir, model_dir, t
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    config = json.loads((output_dir / "config.json").read_text())
+    config = json.loads((output_dir / RUN_CONFIG_NAME).read_text())
     assert config["world_size"] == 2 and config["effective_batch"] == 8
     # 16 records / 2 ranks / batch 2 = 4 micro-batches per rank and epoch = 2 steps per epoch
     metrics = read_metrics(output_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import CLIPConfig, CLIPModel
 
+from fgclip.batch import AXES
 from fgclip.model import FGCLIPVideo
 
 VOCAB_SIZE = 64
@@ -61,7 +62,7 @@ def random_ids(generator: torch.Generator, shape: tuple[int, ...], length: int) 
 def random_micro_batch(seed: int, *, batch: int = 2, frames: int = 3, regions: int = 2, negatives: int = 2,
                        long_length: int = 24, short_length: int = 12, key_pool: int = 1000,
                        dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
-    """A micro-batch in the loader's format (interfaces.md) with random content.
+    """A micro-batch in the loader's format (`fgclip.batch.MicroBatch`) with random content.
 
     Some region slots are padding, some region/frame pairs invisible, some negatives missing,
     so every masking path of the model and the losses is exercised. `key_pool` small makes
@@ -116,9 +117,7 @@ def concatenate_micro_batches(micro_batches: list[dict[str, torch.Tensor]]) -> d
         out[tuple(slice(0, n) for n in tensor.shape)] = tensor
         return out
 
-    layout = {"boxes": (True, None), "box_mask": (True, None), "region_valid": (True, None),
-              "region_ids": (True, None), "region_key": (True, None), "negative_ids": (True, 2),
-              "negative_valid": (True, 2)}
+    layout = {name: ("R" in axes, axes.index("K") if "K" in axes else None) for name, (axes, _) in AXES.items()}
     merged = {}
     for name in micro_batches[0]:
         region_axis, negative_axis = layout.get(name, (False, None))
