@@ -18,8 +18,8 @@ The flow of `evaluate` (what `fgclip-vad eval` / `make eval` runs):
    the dataset's (`pipeline.datasets`): frame AUC, or for XD-Violence frame AP, given both
    ways (step-wise and trapezoidal) and named.
 
-Scoring speed: readers in other processes (`fgclip.eval_reader`) put whole records into one
-shared block, pinned for asynchronous copies; frames go to the device as uint8 and are
+Scoring speed: readers in other processes (`fgclip.eval_reader`, `fgclip.reader_pool`) put whole
+records into one shared block, pinned for asynchronous copies; frames go to the device as uint8 and are
 preprocessed there, in batches that span videos, under bf16 autocast on CUDA (float32 on CPU).
 """
 
@@ -193,29 +193,6 @@ class VideoScores:
         return expand_to_frames(smooth_snippets(self.snippet_scores, smoothing_window), self.num_frames, self.stride)
 
 
-@contextlib.contextmanager
-def _pinned(buffer, enabled: bool):
-    """Page-lock a host buffer for the duration (cudaHostRegister), so copies from it are asynchronous."""
-    if not enabled:
-        yield False
-        return
-    array = np.frombuffer(buffer, dtype=np.uint8)
-    pointer, size = array.ctypes.data, array.nbytes
-    del array
-    try:
-        code = torch.cuda.cudart().cudaHostRegister(pointer, size, 0)
-        pinned = int(getattr(code, "value", code)) == 0
-    except Exception as err:  # noqa: BLE001 - pageable memory still works, only slower
-        log.warning("could not pin the evaluation buffers (%s); host-to-GPU copies will be slower", err)
-        pinned = False
-    try:
-        yield pinned
-    finally:
-        if pinned:
-            torch.cuda.synchronize()
-            torch.cuda.cudart().cudaHostUnregister(pointer)
-
-
 def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[str], device, batch_frames: int = 512,
                  videos: Iterable[str] | None = None, num_readers: int = 2, slot_batches: int = 2,
                  templates: Sequence[str] = PROMPT_TEMPLATES, normal_phrase: str = NORMAL_PHRASE,
@@ -238,7 +215,7 @@ def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[st
         raise EvaluationError(f"{test_shard_dir}: shards of different frame sizes {sorted(sizes)}; rebuild them with one --size")
     height, width = sizes.pop()
 
-    sources = [RecordSource(v.shard, v.local_index, v.stored_frames) for v in chosen]
+    sources = [RecordSource(v.shard, v.local_index, v.stored_frames, video=v.video) for v in chosen]
     slot_rows = batch_frames * max(1, slot_batches)
     units = plan_units(sources, slot_rows=slot_rows)
     snippet_scores = [np.empty(v.stored_frames, dtype=np.float32) for v in chosen]
@@ -287,13 +264,11 @@ def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[st
             finish(*pending)
 
     try:
+        # Pinned before the readers start: page-locking touches every page once, in this process,
+        # so the readers find the block already mapped in.
         with UnitReader(sources, units, height=height, width=width, slot_rows=slot_rows,
-                        num_readers=num_readers) as reader:
-            # Pin before the readers start: page-locking touches every page once, here, so the
-            # readers find the block already mapped in.
-            with _pinned(reader.shared_buffer, on_cuda) as pinned:
-                reader.start()
-                run(torch.from_numpy(reader.slots), pinned)
+                        num_readers=num_readers, pin=on_cuda) as reader:
+            run(torch.from_numpy(reader.slots), reader.pinned)
     finally:
         bar.close()
     return {

@@ -4,10 +4,10 @@
     main process ──uint8 copy on a side stream, a few batches ahead──> GPU
                  ──model.preprocess + augmentation on the GPU──> a `fgclip.batch.MicroBatch`
 
-Decoding happened once in stage 1, so a step costs a memory copy per frame. Workers are
-separate processes (h5py serialises all calls of one process behind a lock), each a fresh
-`python -m fgclip.loader_worker` (see there), so no CUDA context or open HDF5 file is ever
-inherited. Captions are tokenised once for all records and looked up on the device per batch.
+Decoding happened once in stage 1, so a step costs a memory copy per frame. Workers are the
+reader processes of `fgclip.reader_pool` (fresh interpreters: no CUDA context or open HDF5 file
+is ever inherited) running `fgclip.loader_worker`'s read function. Captions are tokenised once
+for all records and looked up on the device per batch.
 
 Each epoch shuffles the records from (seed, epoch); each rank takes a disjoint, equally long
 part, so all ranks run the same number of steps. `set_epoch(epoch, start_batch)` positions the
@@ -19,15 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import subprocess
-import sys
 import time
-import weakref
 from collections import deque
 from dataclasses import dataclass
-from multiprocessing import shared_memory
-from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -36,22 +30,12 @@ import torch
 
 from fgclip.augment import crop_flip_boxes, crop_flip_frames, sample_crop_flip
 from fgclip.batch import MicroBatch
-from fgclip.loader_worker import (
-    RecordSource,
-    SlotLayout,
-    WorkerSetup,
-    read_failure_message,
-    read_record_into,
-    subsample_rows,
-)
+from fgclip.loader_worker import SlotLayout, TrainingReadJob
+from fgclip.reader_pool import ReaderPool, ReadFailed, RecordSource
 from fgclip.text import LONG_TEXT_LENGTH, SHORT_TEXT_LENGTH, caption_key, tokenize
 from pipeline.shards import RecordMeta, ShardFormatError, ShardReader, ShardVersionError, list_shards
 
 log = logging.getLogger(__name__)
-
-# Seconds between liveness checks of the workers while the loader waits for a record.
-_RESULT_POLL_S = 1.0
-
 
 class LoaderError(RuntimeError):
     """Reading the training data failed; the message names the shard, record and remedy."""
@@ -395,29 +379,17 @@ class _PendingBatch:
 
 
 class _SlotRing:
-    """Shared slots, the worker processes that fill them and the transfers out of them."""
+    """The shared slots (a `ReaderPool`'s block), the reads into them and the transfers out of them."""
 
     def __init__(self, loader: ShardLoader):
         self.loader = loader
         self.layout = loader.layout
         self.on_cuda = loader.device.type == "cuda"
-        self.shm = shared_memory.SharedMemory(create=True, size=self.layout.nbytes)
-        self.views = self.layout.views(self.shm.buf)
-        self.tensors = {name: torch.from_numpy(view) for name, view in self.views.items()}
-        self.pinned = False
-        self.copy_stream = None
-        if self.on_cuda:
-            # "frames" sits at offset 0, so its pointer is the block's start
-            self.pinned = _pin(self.tensors["frames"].data_ptr(), self.layout.nbytes)
-            self.copy_stream = torch.cuda.Stream(device=loader.device)
-        self.workers: list[_Worker] = []
-        if loader.num_workers > 0:
-            setup = WorkerSetup(self.shm.name, self.layout, loader.sources, loader.skip_damaged)
-            self.workers = [_Worker.start(setup) for _ in range(loader.num_workers)]
-        else:
-            self._local_readers: dict[str, ShardReader] = {}
-            self._local_scratch: dict[int, np.ndarray] = {}
-        self._local_done: list[tuple[Key, int, int]] = []
+        job = TrainingReadJob(loader.sources, self.layout.num_frames, loader.skip_damaged)
+        self.pool = ReaderPool(self.layout.arrays(), job, num_readers=loader.num_workers, pin=self.on_cuda,
+                               what="loader worker", advice="lower --workers or the batch size, or check the system log")
+        self.tensors = {name: torch.from_numpy(view) for name, view in self.pool.views.items()}
+        self.copy_stream = torch.cuda.Stream(device=loader.device) if self.on_cuda else None
         self._active = False
         # The stream of batches, keyed (epoch, batch): read ahead across epoch boundaries, so
         # a new epoch starts with its first batches already in memory.
@@ -427,11 +399,14 @@ class _SlotRing:
         self._on_device: deque = deque()  # (key, tensors, positions_host, event), transfer order
         self._next_key: Key | None = None  # the next batch to issue
         self._plans: dict[int, list[np.ndarray]] = {}
-        self._finalizer = weakref.finalize(self, _release, self.workers, self.shm, self.pinned, self.tensors)
+
+    @property
+    def pinned(self) -> bool:
+        return self.pool.pinned is not None
 
     def close(self) -> None:
-        self.views = {}
-        self._finalizer()
+        self.tensors = {}
+        self.pool.close()
 
     # --- the pipeline ---------------------------------------------------------------------------
 
@@ -533,158 +508,19 @@ class _SlotRing:
         self._on_device.append((key, moved, pending.positions, event))
 
     def _read(self, key: Key, slot: int, row: int, position: int) -> None:
-        if self.workers:
-            worker = min(self.workers, key=lambda w: w.outstanding)  # the least busy one
-            worker.send((key, slot, row, position))
-            return
-        # num_workers == 0: the same read, in this process (debugging, profiling), and the same
-        # --skip-damaged rule as the workers': a damaged record is replaced by the next readable one
-        candidate = position
-        while True:
-            source = self.loader.sources[candidate]
-            try:
-                reader = self._local_readers.get(source.shard)
-                if reader is None:
-                    reader = self._local_readers[source.shard] = ShardReader(source.shard)
-                read_record_into(
-                    reader, source, subsample_rows(source.stored_frames, self.layout.num_frames),
-                    self.views["frames"][slot, row], self.views["boxes"][slot, row], self.views["box_mask"][slot, row],
-                    self._local_scratch,
-                )
-                break
-            except Exception as err:
-                message = read_failure_message(source, err)
-                if not self.loader.skip_damaged:
-                    raise LoaderError(f"{message} Or pass --skip-damaged to train on without this record.") from err
-                self.loader._report_skips([(candidate, message)])
-                candidate = (candidate + 1) % len(self.loader.sources)
-                if candidate == position:
-                    raise LoaderError("no readable record left: " + message) from err
-        self.views["positions"][slot, row] = candidate
-        self._local_done.append((key, row, candidate))
+        self.pool.submit((key, row), (slot, row, position))
 
     def _collect(self) -> None:
-        """Wait for one worker reply and file it (raise on a read error)."""
-        if not self.workers:
-            done, self._local_done = self._local_done, []
-            for key, row, position in done:
-                self._reading[key].positions[row] = position
-            return
-        reply = None
-        while reply is None:
-            ready = wait([w.conn for w in self.workers], timeout=_RESULT_POLL_S)
-            if not ready:
-                self._check_alive()
-                continue
-            worker = next(w for w in self.workers if w.conn is ready[0])
-            reply = worker.receive()
-        if reply[0] == "error":
-            _, key, slot, row, message = reply
+        """Wait for one read to finish and file it (raise on a read error)."""
+        try:
+            (key, row), (position, skipped) = self.pool.next_result()
+        except ReadFailed as err:
+            message = str(err)
             advice = "" if "fgclip-vad frames" in message else (
                 " The shard is damaged: delete it and rerun `fgclip-vad frames` to rebuild it.")
-            raise LoaderError(f"{message}{advice} Or pass --skip-damaged to train on without this record.")
-        _, key, slot, row, position, skipped = reply
+            raise LoaderError(f"{message}{advice} Or pass --skip-damaged to train on without this record.") from None
+        except RuntimeError as err:  # a worker died
+            raise LoaderError(str(err)) from None
         if skipped:
             self.loader._report_skips(skipped)
         self._reading[key].positions[row] = position
-
-    def _check_alive(self) -> None:
-        dead = [w for w in self.workers if not w.alive()]
-        if dead:
-            raise LoaderError(
-                f"{len(dead)} loader worker(s) died (exit code {dead[0].proc.returncode}), e.g. killed for memory; "
-                f"lower --workers or the batch size, or check the system log"
-            )
-
-
-def _pin(ptr: int, nbytes: int) -> bool:
-    """Page-lock the shared block for the GPU (cudaHostRegister); False if the driver refuses."""
-    try:
-        code = torch.cuda.cudart().cudaHostRegister(ptr, nbytes, 0)
-    except Exception as err:  # noqa: BLE001 - an unpinned buffer still works, only slower
-        log.warning("could not pin the loader's shared buffers (%s); copies to the GPU will be slower", err)
-        return False
-    if int(getattr(code, "value", code)) != 0:
-        log.warning("cudaHostRegister refused the loader's shared buffers (error %s); copies will be slower", code)
-        return False
-    return True
-
-
-class _Worker:
-    """One `python -m fgclip.loader_worker` process and the socket it is served over."""
-
-    def __init__(self, proc: subprocess.Popen, conn: Connection):
-        self.proc = proc
-        self.conn = conn
-        self.outstanding = 0
-
-    @classmethod
-    def start(cls, setup: WorkerSetup) -> "_Worker":
-        ours, theirs = socket.socketpair()
-        # The child finds this package wherever the parent found it.
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "fgclip.loader_worker", str(theirs.fileno())],
-                pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
-            )
-        finally:
-            theirs.close()
-        worker = cls(proc, Connection(ours.detach()))
-        worker.conn.send(setup)
-        return worker
-
-    def send(self, task) -> None:
-        try:
-            self.conn.send(task)
-        except OSError as err:
-            raise LoaderError(f"loader worker {self.proc.pid} is gone ({err}); see its error above") from err
-        self.outstanding += 1
-
-    def receive(self):
-        try:
-            reply = self.conn.recv()
-        except (EOFError, OSError) as err:
-            self.proc.poll()
-            raise LoaderError(
-                f"loader worker {self.proc.pid} died (exit code {self.proc.returncode}), e.g. killed for memory; "
-                f"lower --workers or the batch size, or check the system log"
-            ) from err
-        self.outstanding -= 1
-        return reply
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        try:
-            self.conn.send(None)
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        self.conn.close()
-
-
-def _release(workers, shm, pinned: bool, tensors: dict) -> None:
-    """Stop workers, unpin and free the shared block. Safe to call twice (weakref.finalize)."""
-    for worker in workers:
-        worker.stop()
-    workers.clear()
-    if pinned:
-        try:
-            torch.cuda.cudart().cudaHostUnregister(tensors["frames"].data_ptr())
-        except Exception:  # noqa: BLE001 - the process is shutting down anyway
-            pass
-    tensors.clear()
-    try:
-        shm.close()
-    except BufferError:
-        pass  # a tensor view is still alive somewhere; the unlink below still frees the name
-    try:
-        shm.unlink()
-    except FileNotFoundError:
-        pass

@@ -1,31 +1,19 @@
-"""The reading side of the training loader: worker processes that fill shared host buffers.
+"""What the training loader's reader processes do: its slot layout and its read function.
 
-Each worker is a fresh interpreter started as `python -m fgclip.loader_worker FD` (not a
-multiprocessing child): it imports only numpy, h5py and the shard schema, never the trainer's
-main module and never torch, so it starts in a fraction of a second, needs no
-`if __name__ == "__main__"` guard in the user's script, and inherits no CUDA context and no
-open HDF5 file. It opens the shard files itself (h5py serialises every call of a process behind
-one lock, so parallel reading needs processes) and copies whole records into the slots of one
-shared-memory block that the main process has pinned for fast GPU copies. Tasks and replies
-travel over a socket pair (FD); when the trainer dies, the socket closes and the worker exits.
+The processes themselves, the shared block, their start, liveness and failure messages are
+`fgclip.reader_pool`'s. A training slot holds one micro-batch of whole records: the frames
+(a uniform subset of the stored ones), the box tracks and the dataset position read into each
+row. This module imports only numpy, h5py and the shard schema (the readers import it).
 """
 
 from __future__ import annotations
 
-import mmap
-import os
-import socket
-import sys
-import traceback
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from fgclip.reader_pool import ArraySpec, OpenShards, ReadFailed, RecordSource, read_failure_message
 from pipeline.shards import ShardFormatError, ShardReader
-
-# Shard files a worker keeps open at once (each open file costs a little memory and a handle).
-_MAX_OPEN_SHARDS = 64
 
 
 def subsample_rows(stored: int, wanted: int) -> np.ndarray:
@@ -44,11 +32,9 @@ def subsample_rows(stored: int, wanted: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SlotLayout:
-    """Where each array of each slot lives inside the one shared-memory block.
-
-    A slot holds one micro-batch: `batch_size` records of `num_frames` frames, their box
-    tracks in `region_slots` rows and the dataset positions of the records in it.
-    """
+    """The arrays of the shared block: `num_slots` slots, each one micro-batch of `batch_size`
+    records of `num_frames` frames, their box tracks in `region_slots` rows and the dataset
+    positions of the records in it."""
 
     num_slots: int
     batch_size: int
@@ -57,7 +43,7 @@ class SlotLayout:
     width: int
     region_slots: int
 
-    def _shapes(self) -> list[tuple[str, tuple[int, ...], np.dtype]]:
+    def arrays(self) -> list[ArraySpec]:
         s, b, t, r = self.num_slots, self.batch_size, self.num_frames, self.region_slots
         return [
             ("frames", (s, b, t, self.height, self.width, 3), np.dtype(np.uint8)),
@@ -65,75 +51,6 @@ class SlotLayout:
             ("box_mask", (s, b, r, t), np.dtype(np.bool_)),
             ("positions", (s, b), np.dtype(np.int64)),
         ]
-
-    def offsets(self) -> dict[str, int]:
-        out, offset = {}, 0
-        for name, shape, dtype in self._shapes():
-            offset = (offset + 4095) // 4096 * 4096  # page-aligned, so each array pins cleanly
-            out[name] = offset
-            offset += int(np.prod(shape)) * dtype.itemsize
-        out["_total"] = offset
-        return out
-
-    @property
-    def nbytes(self) -> int:
-        return self.offsets()["_total"]
-
-    def views(self, buffer) -> dict[str, np.ndarray]:
-        """Numpy arrays over `buffer` (a shared-memory buffer), one per field."""
-        offsets = self.offsets()
-        return {
-            name: np.ndarray(shape, dtype=dtype, buffer=buffer, offset=offsets[name])
-            for name, shape, dtype in self._shapes()
-        }
-
-
-@dataclass(frozen=True)
-class RecordSource:
-    """Where a dataset position lives: shard file, record inside it, stored frames, regions."""
-
-    shard: str
-    local_index: int
-    stored_frames: int
-    region_count: int
-    video: str
-
-
-def read_failure_message(source: RecordSource, err: BaseException) -> str:
-    """One line naming the shard, record and video of a failed read (a ShardFormatError names them itself)."""
-    if isinstance(err, ShardFormatError):
-        return str(err)
-    return f"{source.shard}: record {source.local_index} (video {source.video}): {err if str(err) else type(err).__name__}"
-
-
-@dataclass(frozen=True)
-class WorkerSetup:
-    shm_name: str
-    layout: SlotLayout
-    sources: tuple[RecordSource, ...]
-    skip_damaged: bool
-
-
-class _OpenShards:
-    """A small cache of open ShardReaders (opened in this process, never inherited)."""
-
-    def __init__(self) -> None:
-        self._readers: dict[str, ShardReader] = {}
-
-    def get(self, path: str) -> ShardReader:
-        reader = self._readers.get(path)
-        if reader is None:
-            if len(self._readers) >= _MAX_OPEN_SHARDS:
-                oldest = next(iter(self._readers))
-                self._readers.pop(oldest).close()
-            reader = ShardReader(path)
-            self._readers[path] = reader
-        return reader
-
-    def close(self) -> None:
-        for reader in self._readers.values():
-            reader.close()
-        self._readers.clear()
 
 
 def read_record_into(
@@ -169,89 +86,46 @@ def read_record_into(
     mask_out[r:] = False
 
 
-def worker_main(conn: Connection) -> None:
-    """Serve the main process over `conn` until it sends None or goes away.
 
-    The first message is the WorkerSetup. A task is (batch_id, slot, row_in_batch, position);
-    the reply is ("ok", batch_id, slot, row_in_batch, position_used, skipped) or
-    ("error", batch_id, slot, row_in_batch, message); `skipped` lists (position, message) of
-    damaged records replaced by the next readable one when `skip_damaged` is set.
+@dataclass
+class TrainingReadJob:
+    """The read function of the loader's readers: task (slot, row, position) -> (position read,
+    skipped), the record at dataset `position` copied into row `row` of slot `slot`.
+
+    With `skip_damaged`, a damaged record is replaced by the next readable one, and `skipped`
+    lists (position, message) of those passed over; without, the failure is raised, naming the
+    record. Runs in a reader process (or in the loader's process with no readers).
     """
-    try:
-        setup: WorkerSetup = conn.recv()
-    except EOFError:
-        return
-    _serve(setup, attach_shared_block(setup.shm_name, setup.layout.nbytes), conn)
 
+    sources: tuple[RecordSource, ...]
+    num_frames: int
+    skip_damaged: bool
+    _rows_for: dict = field(default_factory=dict, repr=False)  # stored frames -> rows to keep
+    _scratch: dict = field(default_factory=dict, repr=False)
+    _known_bad: set = field(default_factory=set, repr=False)
 
-def attach_shared_block(name: str, nbytes: int):
-    """Map the main process's shared-memory block (it owns it and unlinks it).
-
-    Attaching through `SharedMemory(name)` would start a resource tracker in this process that
-    unlinks the block when the worker exits (Python < 3.13), so the block is mapped directly.
-    """
-    path = f"/dev/shm/{name.lstrip('/')}"
-    fd = os.open(path, os.O_RDWR)
-    try:
-        return mmap.mmap(fd, nbytes)
-    finally:
-        os.close(fd)
-
-
-def _serve(setup: WorkerSetup, block, conn: Connection) -> None:
-    views = setup.layout.views(block)
-    shards = _OpenShards()
-    scratch: dict[int, np.ndarray] = {}
-    rows_for: dict[int, np.ndarray] = {}
-    known_bad: set[int] = set()
-    num_frames = setup.layout.num_frames
-    try:
+    def __call__(self, shards: OpenShards, views: dict[str, np.ndarray], task: tuple[int, int, int]):
+        slot, row, position = task
+        skipped: list[tuple[int, str]] = []
+        candidate = position
         while True:
+            source = self.sources[candidate]
             try:
-                task = conn.recv()
-            except (EOFError, OSError):
-                return  # the trainer is gone; do not linger as an orphan
-            if task is None:
-                return
-            batch_id, slot, row, position = task
-            skipped: list[tuple[int, str]] = []
-            candidate = position
-            while True:
-                source = setup.sources[candidate]
-                try:
-                    if candidate in known_bad:
-                        raise RuntimeError("found damaged before")
-                    rows = rows_for.get(source.stored_frames)
-                    if rows is None:
-                        rows = rows_for[source.stored_frames] = subsample_rows(source.stored_frames, num_frames)
-                    read_record_into(
-                        shards.get(source.shard), source, rows,
-                        views["frames"][slot, row], views["boxes"][slot, row], views["box_mask"][slot, row], scratch,
-                    )
-                    views["positions"][slot, row] = candidate
-                    reply = ("ok", batch_id, slot, row, candidate, skipped)
-                    break
-                except Exception as err:  # noqa: BLE001 - every read failure is reported with its record
-                    message = read_failure_message(source, err)
-                    if not isinstance(err, (OSError, RuntimeError, ValueError, KeyError)):
-                        message += "\n" + traceback.format_exc()
-                    if not setup.skip_damaged:
-                        reply = ("error", batch_id, slot, row, message)
-                        break
-                    known_bad.add(candidate)
-                    skipped.append((candidate, message))
-                    candidate = (candidate + 1) % len(setup.sources)
-                    if candidate == position:
-                        reply = ("error", batch_id, slot, row, "no readable record left: " + message)
-                        break
-            try:
-                conn.send(reply)
-            except (EOFError, OSError):
-                return
-    finally:
-        shards.close()
-
-
-if __name__ == "__main__":
-    # argv[1]: the file descriptor of this worker's end of the socket pair
-    worker_main(Connection(socket.socket(fileno=int(sys.argv[1])).detach()))
+                if candidate in self._known_bad:
+                    raise RuntimeError("found damaged before")
+                rows = self._rows_for.get(source.stored_frames)
+                if rows is None:
+                    rows = self._rows_for[source.stored_frames] = subsample_rows(source.stored_frames, self.num_frames)
+                read_record_into(shards.get(source.shard), source, rows, views["frames"][slot, row],
+                                 views["boxes"][slot, row], views["box_mask"][slot, row], self._scratch)
+                views["positions"][slot, row] = candidate
+                return candidate, skipped
+            except Exception as err:  # noqa: BLE001 - every read failure is reported with its record
+                message = read_failure_message(source, err)
+                if not self.skip_damaged:
+                    raise ReadFailed(message, isinstance(err, ShardFormatError)) from err
+                self._known_bad.add(candidate)
+                skipped.append((candidate, message))
+                candidate = (candidate + 1) % len(self.sources)
+                if candidate == position:
+                    raise ReadFailed("no readable record left: " + message) from err

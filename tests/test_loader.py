@@ -282,7 +282,7 @@ def test_cuda_batches_equal_cpu_batches(shard_dir, model, tokenizer):
 
 
 def test_plain_script_without_main_guard_and_no_orphans(shard_dir, model_dir, tmp_path):
-    """Workers are fresh `python -m fgclip.loader_worker` processes: a script needs no
+    """Workers are fresh `python -m fgclip.reader_pool` processes: a script needs no
     `if __name__ == "__main__"` guard, and workers exit when the trainer dies abruptly."""
     script = tmp_path / "plain_script.py"
     script.write_text(textwrap.dedent(f"""
@@ -296,7 +296,7 @@ def test_plain_script_without_main_guard_and_no_orphans(shard_dir, model_dir, tm
                              batch_size=2, num_frames=4, num_workers=2, device="cpu", seed=0)
         batches = iter(loader)
         print(next(batches)["record_index"].tolist(), flush=True)
-        print(" ".join(str(w.proc.pid) for w in loader._ring.workers), flush=True)
+        print(" ".join(str(w.proc.pid) for w in loader._ring.pool.workers), flush=True)
         os._exit(0)  # no cleanup at all, like a crash
     """))
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
