@@ -332,22 +332,10 @@ def run_bench(config: BenchConfig) -> dict:
     peak_tflops, device_name = _peak_tflops(device)
     results["environment"].update(device=device_name, bf16_peak_tflops=peak_tflops)
 
-    def loader_windows():
-        epoch = 0
-        while True:
-            trainer.loader.set_epoch(epoch)
-            window = []
-            for batch in trainer.loader:
-                window.append(batch)
-                if len(window) == config.grad_accum:
-                    yield window
-                    window = []
-            epoch += 1
-
     step = trainer.optimizer_step
     try:
-        # 2. The real path first (its first window also feeds the ceiling).
-        windows = loader_windows()
+        # 2. The real path first (its first window also feeds the ceiling): the trainer's windows.
+        windows = trainer.loader.windows(config.grad_accum)
         first = next(windows)
         fixed = _clone_window(first)
         step(first)

@@ -287,12 +287,57 @@ class ShardLoader:
         return [positions[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self._num_batches)]
 
     def __iter__(self) -> Iterator[MicroBatch]:
-        plan = self.batch_positions(self.epoch)
-        first = self.start_batch
+        """The micro-batches of epoch `epoch` from `start_batch` (which applies once)."""
+        epoch, first = self.epoch, self.start_batch
         self.start_batch = 0  # the next epoch starts from its beginning
+        return self._batches(epoch, first)
+
+    def _batches(self, epoch: int, first: int) -> Iterator[MicroBatch]:
         if self._ring is None:
             self._ring = _SlotRing(self)
-        return self._ring.run(plan, first, self.epoch)
+        return self._ring.run(self.batch_positions(epoch), first, epoch)
+
+    def windows(self, grad_accum: int) -> Iterator[list[MicroBatch]]:
+        """The optimizer steps' windows of `grad_accum` micro-batches, epoch after epoch without
+        end, from the current position (`set_epoch`, `load_state_dict`).
+
+        The last window of an epoch holds the micro-batches left (a window never spans two
+        epochs), so every epoch has `ceil(len / grad_accum)` windows. The position moves on as
+        each window is handed out: `state_dict()` while a window is being used is where the next
+        one starts, which is what a checkpoint written after its step must record. Close the
+        iterator when done (a `for` loop that breaks leaves that to the garbage collector).
+        """
+        if grad_accum < 1:
+            raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
+        while True:
+            if self.start_batch == self._num_batches:  # a position at an epoch's very end
+                self.set_epoch(self.epoch + 1, 0)
+            epoch, batch_in_epoch = self.epoch, self.start_batch
+            batches = self._batches(epoch, batch_in_epoch)
+            window: list[MicroBatch] = []
+            try:
+                for batch in batches:
+                    window.append(batch)
+                    batch_in_epoch += 1
+                    epoch_done = batch_in_epoch == self._num_batches
+                    if len(window) < grad_accum and not epoch_done:
+                        continue
+                    self.set_epoch(*((epoch + 1, 0) if epoch_done else (epoch, batch_in_epoch)))
+                    yield window
+                    window = []
+            finally:
+                batches.close()
+
+    def state_dict(self) -> dict[str, int]:
+        """The data position: the epoch and the micro-batch in it that reading continues from."""
+        return {"epoch": self.epoch, "batch_in_epoch": self.start_batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_epoch(int(state["epoch"]), int(state["batch_in_epoch"]))
+
+    def epochs_done(self) -> float:
+        """Epochs done at the current position, with the fraction of the epoch in progress."""
+        return self.epoch + self.start_batch / self._num_batches
 
     def close(self) -> None:
         """Stop the workers and free the shared buffers (also done at exit)."""

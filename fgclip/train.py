@@ -23,6 +23,8 @@ import os
 import random
 import signal
 import time
+import dataclasses
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +69,34 @@ _NO_DECAY_NAMES = ("position_embedding", "token_embedding", "class_embedding", "
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (diverged, incompatible resume, ...); the message says what to do."""
+
+
+@dataclass
+class RunState:
+    """How far a run is in optimizer steps; where it is in the data is `ShardLoader.state_dict()`.
+
+    Saved in every checkpoint's trainer state (beside the loader's position) and loaded again
+    on resume, so a resumed run counts on exactly where the stopped one left off.
+    """
+
+    step: int = 0  # optimizer steps done (applied or skipped)
+    skipped_steps: int = 0  # steps not applied: their loss or gradient norm was not finite
+    consecutive_nonfinite: int = 0  # skipped steps in a row up to now
+
+    def count_step(self, finite: bool) -> None:
+        self.step += 1
+        if finite:
+            self.consecutive_nonfinite = 0
+        else:
+            self.skipped_steps += 1
+            self.consecutive_nonfinite += 1
+
+    def state_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.state_dict():
+            setattr(self, name, int(state[name]))
 
 
 @dataclass
@@ -208,8 +238,8 @@ class Trainer:
             max_records=config.max_records,
             skip_damaged=config.skip_damaged,
         )
-        self.batches_per_epoch = len(self.loader)
-        self.steps_per_epoch = -(-self.batches_per_epoch // config.grad_accum)
+        # An epoch's last window holds the micro-batches left (ShardLoader.windows).
+        self.steps_per_epoch = -(-len(self.loader) // config.grad_accum)
         self.total_steps = self.steps_per_epoch * config.epochs
         warmup_steps = max(1, round(config.warmup_ratio * self.total_steps))
 
@@ -219,12 +249,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(self.total_steps, warmup_steps))
         self.parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
 
-        # Position in the run: optimizer steps done, and micro-batches consumed of the current epoch.
-        self.step = 0
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self.skipped_steps = 0
-        self.consecutive_nonfinite = 0
+        self.state = RunState()
         self.start_model = str(config.model)
         if self.resume_from is not None:
             self._load_state(self.resume_from)
@@ -246,16 +271,18 @@ class Trainer:
             )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.step = state["step"]
-        self.epoch = state["epoch"]
-        self.batch_in_epoch = state["batch_in_epoch"]
-        self.skipped_steps = state["skipped_steps"]
-        self.consecutive_nonfinite = state["consecutive_nonfinite"]
+        self.state.load_state_dict(state)
+        self.loader.load_state_dict(state)
         self.start_model = saved.get("model", self.start_model)
         rng_states = state["rng"]
         restore_rng_state(rng_states[self.dist.rank] if self.dist.rank < len(rng_states) else rng_states[0])
 
-    def _state(self) -> dict:
+    @property
+    def step(self) -> int:
+        """Optimizer steps done."""
+        return self.state.step
+
+    def _trainer_state(self) -> dict:
         rng = capture_rng_state()
         if distributed.is_distributed():
             gathered: list = [None] * self.dist.world_size
@@ -265,11 +292,8 @@ class Trainer:
             rng_states = [rng]
         return {
             "format_version": STATE_FORMAT_VERSION,
-            "step": self.step,
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "skipped_steps": self.skipped_steps,
-            "consecutive_nonfinite": self.consecutive_nonfinite,
+            **self.state.state_dict(),  # step, skipped_steps, consecutive_nonfinite
+            **self.loader.state_dict(),  # epoch, batch_in_epoch
             "world_size": self.dist.world_size,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -318,50 +342,27 @@ class Trainer:
 
     def _loop(self, progress) -> str:
         config = self.config
-        run_start = time.perf_counter()
-        steps_at_start = self.step
-        last_time = run_start
-        last_wait = self.loader.data_wait_s
-        frames_since_log = 0
-        while self.step < self.total_steps:
-            self.loader.set_epoch(self.epoch, self.batch_in_epoch)
-            batches = iter(self.loader)
-            window: list[dict] = []
-            try:
-                for batch in batches:
-                    window.append(batch)
-                    self.batch_in_epoch += 1
-                    epoch_done = self.batch_in_epoch == self.batches_per_epoch
-                    if len(window) < config.grad_accum and not epoch_done:
-                        continue
-                    outcome = self.optimizer_step(window)
-                    window = []
-                    self.step += 1
-                    if epoch_done:
-                        self.epoch += 1
-                        self.batch_in_epoch = 0
-                    frames_since_log += outcome.frames
-                    if self.step % config.log_every == 0 or not outcome.finite or self.step == self.total_steps:
-                        now = time.perf_counter()
-                        elapsed, waited = now - last_time, self.loader.data_wait_s - last_wait
-                        self._log_step(outcome, frames_since_log / elapsed, waited / elapsed,
-                                       (now - run_start) / (self.step - steps_at_start))
-                        last_time, last_wait, frames_since_log = now, self.loader.data_wait_s, 0
-                    if outcome.finite:
-                        self.consecutive_nonfinite = 0
-                    else:
-                        self._count_nonfinite()  # raises after max_nonfinite in a row
-                    if progress is not None:
-                        progress.update(1)
-                        progress.set_postfix(loss=f"{outcome.losses.get('total', float('nan')):.3f}", refresh=False)
-
-                    stop = self._stop_reason()
-                    if self.step % config.save_every == 0 or stop or self.step == self.total_steps:
-                        self._save_checkpoint()
-                    if stop:
-                        return stop
-            finally:
-                batches.close()
+        throughput = _Throughput(self.loader, self.step)
+        with closing(self.loader.windows(config.grad_accum)) as windows:
+            for window in windows:
+                outcome = self.optimizer_step(window)
+                self.state.count_step(outcome.finite)
+                throughput.add(outcome.frames)
+                last = self.step == self.total_steps
+                if self.step % config.log_every == 0 or not outcome.finite or last:
+                    self._log_step(outcome, *throughput.since_last(self.step))
+                if not outcome.finite:
+                    self._warn_nonfinite()  # raises after max_nonfinite in a row
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{outcome.losses.get('total', float('nan')):.3f}", refresh=False)
+                stop = self._stop_reason()
+                if self.step % config.save_every == 0 or stop or last:
+                    self._save_checkpoint()
+                if stop:
+                    return stop
+                if last:
+                    break
         self._save_final()
         return "complete"
 
@@ -372,26 +373,24 @@ class Trainer:
         finite = math.isfinite(grad_norm) and all(math.isfinite(v) for v in losses.values())
         if finite:
             self.optimizer.step()
-        else:
-            self.skipped_steps += 1
         # The schedule follows the data (one entry per window), skipped or not.
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return StepOutcome(losses=losses, grad_norm=grad_norm, finite=finite,
                            frames=window_frames(window, self.dist.world_size))
 
-    def _count_nonfinite(self) -> None:
-        self.consecutive_nonfinite += 1
+    def _warn_nonfinite(self) -> None:
+        state = self.state
         message = (
-            f"step {self.step}: non-finite loss or gradient, step skipped "
-            f"({self.consecutive_nonfinite} in a row, {self.skipped_steps} in all)"
+            f"step {state.step}: non-finite loss or gradient, step skipped "
+            f"({state.consecutive_nonfinite} in a row, {state.skipped_steps} in all)"
         )
         log.warning(message)
         if self.log is not None:
             self.log.note(message)
-        if self.consecutive_nonfinite >= self.config.max_nonfinite:
+        if state.consecutive_nonfinite >= self.config.max_nonfinite:
             raise TrainingError(
-                f"training diverged: {self.consecutive_nonfinite} steps in a row up to step {self.step} had a "
+                f"training diverged: {state.consecutive_nonfinite} steps in a row up to step {self.step} had a "
                 f"non-finite loss or gradient. Try a lower learning rate (--lr, e.g. 5e-6) and text learning "
                 f"rate (--text-lr, e.g. 2e-6), a lower --max-grad-norm, fp32 instead of bf16 (--no-bf16), and "
                 f"check the data; then resume from the last checkpoint with --resume auto"
@@ -437,7 +436,7 @@ class Trainer:
         record = {
             "step": self.step,
             "total_steps": self.total_steps,
-            "epoch": self.epoch + self.batch_in_epoch / self.batches_per_epoch,
+            "epoch": self.loader.epochs_done(),
             "loss": losses.get("total", float("nan")),
             "loss_global": losses.get("global", float("nan")),
             "loss_region": losses.get("region", float("nan")),
@@ -447,7 +446,7 @@ class Trainer:
             "grad_norm": outcome.grad_norm,
             "frames_per_s": frames_per_s,
             "data_wait_share": wait_share,
-            "skipped_steps": self.skipped_steps,
+            "skipped_steps": self.state.skipped_steps,
             "nonfinite": not outcome.finite,
             "eta_s": step_time_s * (self.total_steps - self.step),
             "temperatures": {name: float(value.detach()) for name, value in self.model.temperatures().items()},
@@ -464,7 +463,7 @@ class Trainer:
             )
 
     def _save_checkpoint(self) -> None:
-        state = self._state()  # every rank takes part (RNG states are gathered)
+        state = self._trainer_state()  # every rank takes part (RNG states are gathered)
         if not self.is_main:
             return
         self._check_finite_model()
@@ -479,7 +478,7 @@ class Trainer:
         self._check_finite_model()
         path = write_model_dir(self.output_dir / FINAL_DIR_NAME, self.model, self.run_config())
         if self.log is not None:
-            self.log.note(f"final model {path} ({self.skipped_steps} skipped steps)")
+            self.log.note(f"final model {path} ({self.state.skipped_steps} skipped steps)")
 
     # --- run control --------------------------------------------------------------------------
 
@@ -507,9 +506,33 @@ class Trainer:
             "reason": reason,
             "step": self.step,
             "total_steps": self.total_steps,
-            "skipped_steps": self.skipped_steps,
+            "skipped_steps": self.state.skipped_steps,
             "output_dir": str(self.output_dir),
             "last_checkpoint": str(checkpoint_dir(self.output_dir, self.step)),
             "final": str(self.output_dir / FINAL_DIR_NAME) if reason == "complete" else None,
             "signal": self._stop_signal,
         }
+
+
+class _Throughput:
+    """Frames/s and the share of time spent waiting for data since the last log line, and the
+    mean step time since this session started (for the ETA)."""
+
+    def __init__(self, loader: ShardLoader, step: int):
+        self.loader = loader
+        self.first_step = step
+        self.session_start = self.last_time = time.perf_counter()
+        self.last_wait = loader.data_wait_s
+        self.frames = 0
+
+    def add(self, frames: int) -> None:
+        self.frames += frames
+
+    def since_last(self, step: int) -> tuple[float, float, float]:
+        """(frames/s, data-wait share) since the last call, and seconds per step of the session."""
+        now, waited = time.perf_counter(), self.loader.data_wait_s
+        elapsed = now - self.last_time
+        measured = (self.frames / elapsed, (waited - self.last_wait) / elapsed,
+                    (now - self.session_start) / (step - self.first_step))
+        self.last_time, self.last_wait, self.frames = now, waited, 0
+        return measured

@@ -4,6 +4,8 @@
 * `metrics.jsonl`: the same values at full precision, one JSON object per line (scripts, tests).
 * `tensorboard/`: TensorBoard scalars (`tensorboard --logdir <output dir>`).
 
+All three are written from one step record, whose keys `STEP_FIELDS` lists with their meaning.
+
 GPU utilisation comes from NVML (through torch) when available, memory from the allocator.
 """
 
@@ -12,7 +14,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -48,31 +52,64 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
+@dataclass(frozen=True)
+class StepField:
+    """One value of the step record: its key in metrics.jsonl, what it means, how trainer_log.txt
+    shows it (None: not in the line; the text may be None for a record that lacks it) and
+    whether it is a TensorBoard scalar (`train/KEY`)."""
+
+    key: str
+    meaning: str
+    text: Callable[[dict], str | None] | None = None
+    scalar: bool = False
+    optional: bool = False  # absent on CPU runs (the GPU statistics)
+
+
+# The step record, in the order of the trainer_log.txt line: the one list the text log,
+# metrics.jsonl and TensorBoard are written from.
+STEP_FIELDS: tuple[StepField, ...] = (
+    StepField("step", "optimizer steps done", lambda r: f"step {r['step']}/{r['total_steps']}"),
+    StepField("total_steps", "optimizer steps of the whole run"),
+    StepField("epoch", "epochs done, with the fraction of the current one", lambda r: f"epoch {r['epoch']:.2f}"),
+    StepField("loss", "weighted sum of the three losses", lambda r: f"loss {r['loss']:.4f}", scalar=True),
+    StepField("loss_global", "video-text loss", lambda r: f"global {r['loss_global']:.4f}", scalar=True),
+    StepField("loss_region", "region-text loss", lambda r: f"region {r['loss_region']:.4f}", scalar=True),
+    StepField("loss_hard", "hard-negative loss", lambda r: f"hard {r['loss_hard']:.4f}", scalar=True),
+    StepField("lr", "vision learning rate", lambda r: f"lr {r['lr']:.3e}", scalar=True),
+    StepField("text_lr", "text learning rate", lambda r: f"text_lr {r['text_lr']:.3e}", scalar=True),
+    StepField("grad_norm", "gradient norm before clipping", lambda r: f"grad_norm {r['grad_norm']:.4f}", scalar=True),
+    StepField("frames_per_s", "video frames trained per second, all ranks, since the last line",
+              lambda r: f"frames/s {r['frames_per_s']:.1f}", scalar=True),
+    StepField("data_wait_share", "share of the time since the last line spent waiting for the loader",
+              lambda r: f"data_wait {100 * r['data_wait_share']:.1f}%", scalar=True),
+    StepField("gpu_util_pct", "GPU utilisation (NVML)", lambda r: f"gpu {r['gpu_util_pct']:.0f}%", scalar=True,
+              optional=True),
+    StepField("gpu_mem_peak_gb", "peak allocated GPU memory since the last line",
+              lambda r: f"mem {r['gpu_mem_peak_gb']:.1f}/{r['gpu_mem_total_gb']:.1f}GB", scalar=True, optional=True),
+    StepField("gpu_mem_reserved_gb", "GPU memory the allocator holds", optional=True),
+    StepField("gpu_mem_total_gb", "the GPU's memory", optional=True),
+    StepField("skipped_steps", "steps skipped for a non-finite loss or gradient, in all",
+              lambda r: f"skipped {r['skipped_steps']}" if r["skipped_steps"] else None, scalar=True),
+    StepField("nonfinite", "this step was skipped", lambda r: "NON-FINITE (step skipped)" if r["nonfinite"] else None),
+    StepField("eta_s", "seconds left at this session's mean step time", lambda r: f"eta {format_duration(r['eta_s'])}"),
+    StepField("temperatures", "each loss's temperature by name (TensorBoard: temperature/NAME)"),
+)
+_STEP_KEYS = {field.key: field for field in STEP_FIELDS}
+
+
+def step_record(values: dict) -> dict:
+    """`values` as a step record: checked against STEP_FIELDS, in their order."""
+    unknown = set(values) - set(_STEP_KEYS)
+    missing = [f.key for f in STEP_FIELDS if not f.optional and f.key not in values]
+    if unknown or missing:
+        raise ValueError(f"step record: unknown keys {sorted(unknown)}, missing {missing} (see train_log.STEP_FIELDS)")
+    return {f.key: values[f.key] for f in STEP_FIELDS if f.key in values}
+
+
 def format_line(record: dict) -> str:
     """The trainer_log.txt line of one log step (fields separated by ' | ')."""
-    parts = [
-        f"step {record['step']}/{record['total_steps']}",
-        f"epoch {record['epoch']:.2f}",
-        f"loss {record['loss']:.4f}",
-        f"global {record['loss_global']:.4f}",
-        f"region {record['loss_region']:.4f}",
-        f"hard {record['loss_hard']:.4f}",
-        f"lr {record['lr']:.3e}",
-        f"text_lr {record['text_lr']:.3e}",
-        f"grad_norm {record['grad_norm']:.4f}",
-        f"frames/s {record['frames_per_s']:.1f}",
-        f"data_wait {100 * record['data_wait_share']:.1f}%",
-    ]
-    if "gpu_util_pct" in record:
-        parts.append(f"gpu {record['gpu_util_pct']:.0f}%")
-    if "gpu_mem_peak_gb" in record:
-        parts.append(f"mem {record['gpu_mem_peak_gb']:.1f}/{record['gpu_mem_total_gb']:.1f}GB")
-    if record.get("skipped_steps"):
-        parts.append(f"skipped {record['skipped_steps']}")
-    if record.get("nonfinite"):
-        parts.append("NON-FINITE (step skipped)")
-    parts.append(f"eta {format_duration(record['eta_s'])}")
-    return " | ".join(parts)
+    parts = (f.text(record) for f in STEP_FIELDS if f.text is not None and f.key in record)
+    return " | ".join(part for part in parts if part is not None)
 
 
 class TrainLog:
@@ -116,16 +153,18 @@ class TrainLog:
         self._write(self._text, self.text_path, f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     def step(self, record: dict) -> str:
+        """Write one step record (keys: STEP_FIELDS) to all three; returns its text line."""
+        record = step_record(record)
         line = format_line(record)
         self._write(self._text, self.text_path, line + "\n")
         self._write(self._metrics, self.metrics_path, json.dumps(record) + "\n")
         if self._writer is not None:
             step = record["step"]
-            for key in ("loss", "loss_global", "loss_region", "loss_hard", "grad_norm", "lr", "text_lr",
-                        "frames_per_s", "data_wait_share", "gpu_util_pct", "gpu_mem_peak_gb", "skipped_steps"):
-                if key in record and record[key] is not None and math.isfinite(record[key]):
-                    self._writer.add_scalar(f"train/{key}", record[key], step)
-            for key, value in record.get("temperatures", {}).items():
+            for field in STEP_FIELDS:
+                value = record.get(field.key)
+                if field.scalar and value is not None and math.isfinite(value):
+                    self._writer.add_scalar(f"train/{field.key}", value, step)
+            for key, value in record["temperatures"].items():
                 self._writer.add_scalar(f"temperature/{key}", value, step)
         return line
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Training's side: the loop, the checkpoint writer, the loader and what only they use.
@@ -43,3 +45,28 @@ def test_docstrings_point_only_to_files_in_the_repository():
                 if not any((base / name).is_file() for base in (REPO_ROOT, REPO_ROOT / "docs")):
                     missing.append(f"{path.relative_to(REPO_ROOT)}: {name}")
     assert not missing, missing
+
+
+def test_one_step_record_feeds_the_text_log_metrics_and_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fgclip.train_log import STEP_FIELDS, TrainLog
+
+    record = {"step": 3, "total_steps": 10, "epoch": 0.5, "loss": 2.5, "loss_global": 2.0, "loss_region": 1.0,
+              "loss_hard": 0.5, "lr": 1e-5, "text_lr": 5e-6, "grad_norm": 0.75, "frames_per_s": 120.0,
+              "data_wait_share": 0.02, "skipped_steps": 1, "nonfinite": False, "eta_s": 3725.0,
+              "temperatures": {"global": 14.0}}
+    log = TrainLog(tmp_path)
+    line = log.step(record)
+    log.close()
+    assert line == ("step 3/10 | epoch 0.50 | loss 2.5000 | global 2.0000 | region 1.0000 | hard 0.5000 | lr 1.000e-05 "
+                    "| text_lr 5.000e-06 | grad_norm 0.7500 | frames/s 120.0 | data_wait 2.0% | skipped 1 | eta 1:02:05")
+    assert (tmp_path / "trainer_log.txt").read_text() == line + "\n"
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == record
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    scalars = {f"train/{f.key}" for f in STEP_FIELDS if f.scalar and f.key in record} | {"temperature/global"}
+    assert set(events.Tags()["scalars"]) == scalars
+    assert events.Scalars("train/grad_norm")[0].value == 0.75 and events.Scalars("train/grad_norm")[0].step == 3
+
+    with pytest.raises(ValueError, match="unknown keys \\['speed'\\]"):
+        TrainLog(tmp_path / "again", tensorboard=False).step({**record, "speed": 1.0})

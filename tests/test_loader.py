@@ -155,6 +155,28 @@ def test_epochs_reshuffle_deterministically_and_resume_mid_epoch(shard_dir, mode
         assert [b["record_index"].tolist() for b in loader] == [[loader.metas[p].record_index for p in ps] for ps in first]
 
 
+def test_windows_end_with_each_epoch_and_resume_from_the_state_dict(shard_dir, model, tokenizer):
+    """3 micro-batches per epoch in windows of 2: 2 + 1 per epoch; the position after each window
+    is where a resumed loader goes on."""
+    with make_loader(shard_dir, model, tokenizer, num_workers=0) as loader:
+        per_epoch = [[[loader.metas[p].record_index for p in ps] for ps in loader.batch_positions(e)] for e in range(2)]
+        windows = loader.windows(2)
+        got, states = [], []
+        for _ in range(4):
+            got.append([b["record_index"].tolist() for b in next(windows)])
+            states.append(loader.state_dict())
+        windows.close()
+    assert got == [per_epoch[0][:2], per_epoch[0][2:], per_epoch[1][:2], per_epoch[1][2:]]
+    assert states == [{"epoch": 0, "batch_in_epoch": 2}, {"epoch": 1, "batch_in_epoch": 0},
+                      {"epoch": 1, "batch_in_epoch": 2}, {"epoch": 2, "batch_in_epoch": 0}]
+    with make_loader(shard_dir, model, tokenizer, num_workers=0) as resumed:
+        resumed.load_state_dict(states[0])
+        assert resumed.epochs_done() == pytest.approx(2 / 3)
+        windows = resumed.windows(2)
+        assert [[b["record_index"].tolist() for b in next(windows)] for _ in range(2)] == got[1:3]
+        windows.close()
+
+
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ranks_get_disjoint_equal_parts(world_size):
     for epoch in range(3):
