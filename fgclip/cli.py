@@ -246,12 +246,10 @@ def frames_command(ctx, annotations, video_root, out_root, num_frames, size, res
     from pipeline.decode import VideoError
     from pipeline.frames import (
         TEST_RECORDS_PER_SHARD,
-        TRAIN_RECORDS_PER_SHARD,
         FramesError,
-        build,
         build_embedded_default,
+        build_from_annotations,
         build_test_shards,
-        validation_skips,
     )
 
     from pipeline.datasets import UnknownDatasetError, get_dataset
@@ -302,34 +300,12 @@ def frames_command(ctx, annotations, video_root, out_root, num_frames, size, res
         if dataset is not None:
             raise click.UsageError("--dataset: for --test-list; a training record's dataset is its `dataset` field "
                                    "or read from its path")
-        from pipeline.annotations import FATAL_FILE_KINDS, format_report, validate_annotations
-
-        annotation_path = Path(annotations)
-        report = validate_annotations(
-            annotation_path, test_split=_test_split_option(test_split),
-            allow_test_overlap=allow_test_overlap, drop_test_overlap=drop_test_overlap,
-            translations=_load_translations_option(translations), drop_invalid=not strict)
-        fatal = [p for p in report.problems if p.kind in FATAL_FILE_KINDS]
-        if fatal:
-            raise click.ClickException(fatal[0].message)
-        if report.errors():
-            click.echo(format_report(report), err=True)
-            raise click.ClickException(
-                f"{annotation_path}: {len(report.errors())} validation errors (listed above); nothing was built")
-        if report.warnings():
-            counts = ", ".join(f"{n} {kind}" for (kind, _), n in report.counts_by_severity().items())
-            click.echo(f"validation: {len(report.records)} usable records; warnings: {counts} "
-                       f"(`fgclip-vad validate {annotation_path}` lists them)", err=True)
-        root = Path(out_root) if out_root else embedded.SHARD_ROOT / annotation_path.stem
-        from pipeline.sampling import SamplingSpec
-
-        counts = sorted(set(num_frames)) or [256]
-        summary = build(
-            report.records, video_root=Path(video_root) if video_root else annotation_path.parent,
-            outputs={SamplingSpec.uniform(t): root / embedded.train_shard_dir(t).name for t in counts},
-            size=size, resize_mode=resize_mode, records_per_shard=records_per_shard or TRAIN_RECORDS_PER_SHARD,
-            workers=workers, strict=strict, source_json=str(annotation_path), source_sha256=report.source_sha256,
-            skipped=validation_skips(report), path_map=path_map)
+        summary = build_from_annotations(
+            Path(annotations), video_root=video_root, out_root=out_root, num_frames=num_frames, size=size,
+            resize_mode=resize_mode, records_per_shard=records_per_shard, workers=workers, strict=strict,
+            test_split=_test_split_option(test_split), allow_test_overlap=allow_test_overlap,
+            drop_test_overlap=drop_test_overlap, translations=_load_translations_option(translations),
+            path_map=path_map, report_problems=lambda text: click.echo(text, err=True))
         _print_frames_summary(summary)
     except (FramesError, VideoError) as err:
         raise click.ClickException(str(err)) from None
@@ -372,52 +348,62 @@ def init_model_command(preset: str, out_dir: str | None, captions_json: str | No
 
 # Command-line option -> TrainConfig field, for the settings every preset carries. Each is
 # optional: given, it overrides the preset (the Makefile passes its variables through these).
+# The help ends with the presets' values (`presets.preset_defaults`); the last column says what
+# a preset's None means.
 _TRAIN_OVERRIDES = [
-    ("--shards", "shards", click.Path(file_okay=False), "Training shard directory (uniform sampling) [preset: embedded default]."),
-    ("--model", "model", click.Path(file_okay=False), "Model directory to start from (HF CLIP dir or a checkpoint) [preset: embedded tiny model]."),
-    ("--output-dir", "output_dir", click.Path(file_okay=False), "Where logs and checkpoints go [preset: checkpoints/fgclip_ucf_<preset>]."),
-    ("--max-records", "max_records", click.IntRange(min=0), "Train on the first N records only (0 = all) [debug: 10]."),
-    ("--num-frames", "num_frames", click.IntRange(min=1), "Frames per video, a uniform subset of the stored ones [debug 64, full 256]."),
-    ("--batch-size", "batch_size", click.IntRange(min=1), "Videos per micro-batch per GPU [debug 1, full 2]."),
-    ("--grad-accum", "grad_accum", click.IntRange(min=1), "Micro-batches per optimizer step; the loss sees all of them [debug 4, full 8]."),
-    ("--epochs", "epochs", click.IntRange(min=1), "Passes over the data [debug 2, full 10]."),
-    ("--lr", "lr", click.FloatRange(min=0, min_open=True), "Learning rate of the vision tower, temporal module, temperatures [1e-5]."),
-    ("--text-lr", "text_lr", click.FloatRange(min=0), "Learning rate of the text tower [5e-6]."),
-    ("--weight-decay", "weight_decay", click.FloatRange(min=0), "AdamW weight decay (not on biases, norms, tables, temperatures) [0.01]."),
-    ("--warmup-ratio", "warmup_ratio", click.FloatRange(min=0, max=1, max_open=True), "Share of steps of linear warmup before the cosine decay [0.05]."),
-    ("--max-grad-norm", "max_grad_norm", click.FloatRange(min=0, min_open=True), "Gradient clipping norm [1.0]."),
-    ("--global-weight", "global_weight", click.FloatRange(min=0), "Weight of the video-text loss [1.0]."),
-    ("--region-weight", "region_weight", click.FloatRange(min=0), "Weight of the region-text loss [0.1]."),
-    ("--hard-weight", "hard_weight", click.FloatRange(min=0), "Weight of the hard-negative loss [0.5]."),
-    ("--workers", "workers", click.IntRange(min=0), "Loader worker processes (0 = read in the main process) [4]."),
-    ("--prefetch", "prefetch", click.IntRange(min=1), "Batches copied to the GPU ahead of the step [3]."),
-    ("--cpu-threads", "cpu_threads", click.IntRange(min=1), "CPU training: torch threads [cores minus loader workers]."),
-    ("--seed", "seed", int, "Seed of shuffling, augmentation and initialisation [42]."),
-    ("--save-every", "save_every", click.IntRange(min=1), "Optimizer steps between checkpoints [debug 5, full 100]."),
-    ("--keep-last", "keep_last", click.IntRange(min=0), "Checkpoints kept (0 = all) [3]."),
-    ("--log-every", "log_every", click.IntRange(min=1), "Optimizer steps between trainer_log.txt lines [1]."),
-    ("--max-nonfinite", "max_nonfinite", click.IntRange(min=1), "Non-finite steps in a row before the run stops [5]."),
+    ("--shards", "shards", click.Path(file_okay=False), "Training shard directory (uniform sampling).", None),
+    ("--model", "model", click.Path(file_okay=False), "Model directory to start from (HF CLIP dir or a checkpoint).", None),
+    ("--output-dir", "output_dir", click.Path(file_okay=False), "Where logs and checkpoints go.", None),
+    ("--max-records", "max_records", click.IntRange(min=0), "Train on the first N records only (0 = all).", "all"),
+    ("--num-frames", "num_frames", click.IntRange(min=1), "Frames per video, a uniform subset of the stored ones.", None),
+    ("--batch-size", "batch_size", click.IntRange(min=1), "Videos per micro-batch per GPU.", None),
+    ("--grad-accum", "grad_accum", click.IntRange(min=1), "Micro-batches per optimizer step; the loss sees all of them.", None),
+    ("--epochs", "epochs", click.IntRange(min=1), "Passes over the data.", None),
+    ("--lr", "lr", click.FloatRange(min=0, min_open=True), "Learning rate of the vision tower, temporal module, temperatures.", None),
+    ("--text-lr", "text_lr", click.FloatRange(min=0), "Learning rate of the text tower.", None),
+    ("--weight-decay", "weight_decay", click.FloatRange(min=0), "AdamW weight decay (not on biases, norms, tables, temperatures).", None),
+    ("--warmup-ratio", "warmup_ratio", click.FloatRange(min=0, max=1, max_open=True), "Share of steps of linear warmup before the cosine decay.", None),
+    ("--max-grad-norm", "max_grad_norm", click.FloatRange(min=0, min_open=True), "Gradient clipping norm.", None),
+    ("--global-weight", "global_weight", click.FloatRange(min=0), "Weight of the video-text loss.", None),
+    ("--region-weight", "region_weight", click.FloatRange(min=0), "Weight of the region-text loss.", None),
+    ("--hard-weight", "hard_weight", click.FloatRange(min=0), "Weight of the hard-negative loss.", None),
+    ("--workers", "workers", click.IntRange(min=0), "Loader worker processes (0 = read in the main process).", None),
+    ("--prefetch", "prefetch", click.IntRange(min=1), "Batches copied to the GPU ahead of the step.", None),
+    ("--cpu-threads", "cpu_threads", click.IntRange(min=1), "CPU training: torch threads.", "cores minus loader workers"),
+    ("--seed", "seed", int, "Seed of shuffling, augmentation and initialisation.", None),
+    ("--save-every", "save_every", click.IntRange(min=1), "Optimizer steps between checkpoints.", None),
+    ("--keep-last", "keep_last", click.IntRange(min=0), "Checkpoints kept (0 = all).", None),
+    ("--log-every", "log_every", click.IntRange(min=1), "Optimizer steps between trainer_log.txt lines.", None),
+    ("--max-nonfinite", "max_nonfinite", click.IntRange(min=1), "Non-finite steps in a row before the run stops.", None),
 ]
 _TRAIN_SWITCHES = [
-    ("--bf16/--no-bf16", "bf16", "bf16 autocast [on with a GPU, off on CPU]."),
-    ("--gradient-checkpointing/--no-gradient-checkpointing", "gradient_checkpointing", "Recompute activations in backward [on]."),
-    ("--compile/--no-compile", "compile", "torch.compile the transformer blocks; compiling takes a minute at the start [on with a GPU, off on CPU]."),
-    ("--augment/--no-augment", "augment", "Random resized crop + flip per video, boxes included [off]."),
-    ("--skip-damaged/--stop-on-damaged", "skip_damaged", "On a damaged shard record: warn and train on, or stop [stop]."),
+    ("--bf16/--no-bf16", "bf16", "bf16 autocast.", "on with a GPU, off on CPU"),
+    ("--gradient-checkpointing/--no-gradient-checkpointing", "gradient_checkpointing", "Recompute activations in backward.", None),
+    ("--compile/--no-compile", "compile", "torch.compile the transformer blocks; compiling takes a minute at the start.",
+     "on with a GPU, off on CPU"),
+    ("--augment/--no-augment", "augment", "Random resized crop + flip per video, boxes included.", None),
+    ("--skip-damaged/--stop-on-damaged", "skip_damaged", "On a damaged shard record: warn and train on (on), or stop (off).", None),
 ]
 
 
 def _train_options(command):
-    for flag, name, kind, help_text in reversed(_TRAIN_OVERRIDES):
+    from fgclip.presets import preset_defaults
+
+    for flag, name, kind, help_text, none_means in reversed(_TRAIN_OVERRIDES):
+        help_text = f"{help_text} {preset_defaults(name, none_means or 'auto')}"
         command = click.option(flag, name, type=kind, default=None, help=help_text)(command)
-    for flags, name, help_text in reversed(_TRAIN_SWITCHES):
+    for flags, name, help_text, none_means in reversed(_TRAIN_SWITCHES):
+        help_text = f"{help_text} {preset_defaults(name, none_means or 'auto')}"
         command = click.option(flags, name, default=None, help=help_text)(command)
     return command
 
 
+from fgclip.presets import PRESETS, preset_summary  # noqa: E402 - dataclasses and paths only, light
+
+
 @main.command("train")
-@click.option("--preset", type=click.Choice(["debug", "full", "demo"]), default="debug", show_default=True,
-              help="debug: 10 videos, 64 frames; full: all videos, 256 frames; demo: the embedded default on CPU.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="debug", show_default=True,
+              help="; ".join(preset_summary(name) for name in PRESETS) + " (demo: the embedded default on CPU).")
 @click.option("--resume", default=None, metavar="auto|PATH",
               help="Continue a run exactly: auto = newest checkpoint of the output dir (fresh start if none), or a checkpoint path.")
 @click.option("--stop-after-step", type=click.IntRange(min=1), default=None,

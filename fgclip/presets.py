@@ -139,6 +139,30 @@ def preset_config(name: str) -> TrainConfig:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
+def preset_defaults(name: str, none_means: str = "auto") -> str:
+    """The presets' values of one setting, for --help: "[debug 64, full 256, demo 8]", or "[42]"
+    when they agree. None reads `none_means`, booleans on/off."""
+
+    def shown(value) -> str:
+        if value is None:
+            return none_means
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    values = {preset: shown(getattr(factory(), name)) for preset, factory in PRESETS.items()}
+    if len(set(values.values())) == 1:
+        return f"[{next(iter(values.values()))}]"
+    return "[" + ", ".join(f"{preset} {value}" for preset, value in values.items()) + "]"
+
+
+def preset_summary(name: str) -> str:
+    """One preset in a few words, for --help: "debug: 10 videos, 64 frames, 2 epochs"."""
+    config = preset_config(name)
+    videos = "all videos" if config.max_records is None else f"{config.max_records} videos"
+    return f"{name}: {videos}, {config.num_frames} frames, {config.epochs} epochs"
+
+
 def resolve_config(preset: str, overrides: dict) -> TrainConfig:
     """The preset with every non-None override applied (unknown keys are an error)."""
     config = preset_config(preset)

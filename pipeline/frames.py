@@ -920,6 +920,48 @@ def validation_skips(report) -> list[dict]:
     return [skips[i] for i in sorted(skips)]
 
 
+def build_from_annotations(annotations: Path, *, video_root: Path | None = None, out_root: Path | None = None,
+                           num_frames: Sequence[int] = (), size: int = 224, resize_mode: str = "squash",
+                           records_per_shard: int | None = None, workers: int | None = None, strict: bool = False,
+                           test_split=None, allow_test_overlap: bool = False, drop_test_overlap: bool = False,
+                           translations: dict[str, str] | None = None, path_map: PathMap = PathMap(),
+                           report_problems: Callable[[str], None] = print, progress: bool = True) -> dict:
+    """Stage 1 from an annotation JSON: validate it, then build training shards for every T.
+
+    Writes OUT_ROOT/train_t{T}/ per T in `num_frames` (default 256) into `out_root` (default
+    data/shards/<annotation file name>), videos relative to `video_root` (default the file's
+    folder). Validation errors (test-split overlap unless allowed, records unusable as written
+    unless not `strict`) stop it before anything is built: `report_problems` gets the full
+    report, the FramesError says how many. Warnings go to `report_problems` as one line.
+    `test_split` is what `validate_annotations` takes (None, a path, or {dataset: path});
+    `path_map` rewrites the records' video paths as `build` does.
+    Records validation dropped are listed as skipped in every manifest. Returns the summary.
+    """
+    from pipeline.annotations import FATAL_FILE_KINDS, format_report
+
+    annotations = Path(annotations)
+    report = validate_annotations(annotations, test_split=test_split,
+                                  allow_test_overlap=allow_test_overlap, drop_test_overlap=drop_test_overlap,
+                                  translations=translations, drop_invalid=not strict)
+    fatal = [p for p in report.problems if p.kind in FATAL_FILE_KINDS]
+    if fatal:
+        raise FramesError(fatal[0].message)
+    if report.errors():
+        report_problems(format_report(report))
+        raise FramesError(f"{annotations}: {len(report.errors())} validation errors (listed above); nothing was built")
+    if report.warnings():
+        counts = ", ".join(f"{n} {kind}" for (kind, _), n in report.counts_by_severity().items())
+        report_problems(f"validation: {len(report.records)} usable records; warnings: {counts} "
+                        f"(`fgclip-vad validate {annotations}` lists them)")
+    root = Path(out_root) if out_root else embedded.SHARD_ROOT / annotations.stem
+    counts = sorted(set(num_frames)) or [256]
+    return build(report.records, video_root=Path(video_root) if video_root else annotations.parent,
+                 outputs={SamplingSpec.uniform(t): root / embedded.train_shard_dir(t).name for t in counts},
+                 size=size, resize_mode=resize_mode, records_per_shard=records_per_shard or TRAIN_RECORDS_PER_SHARD,
+                 workers=workers, strict=strict, source_json=str(annotations), source_sha256=report.source_sha256,
+                 skipped=validation_skips(report), progress=progress, path_map=path_map)
+
+
 def embedded_output_dirs(shard_root: Path | None = None) -> tuple[dict[int, Path], Path]:
     """(T -> train shard dir, test shard dir) of the embedded default, under `shard_root` if given."""
     train = {t: embedded.train_shard_dir(t) for t in embedded.TRAIN_FRAME_COUNTS}
