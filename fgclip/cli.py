@@ -424,10 +424,12 @@ def train_command(preset: str, resume: str | None, stop_after_step: int | None, 
     into the output directory. Ctrl-C or `kill` finishes the current step and writes a checkpoint.
     """
 
+    from pathlib import Path
+
     import torch
 
     from fgclip import distributed
-    from fgclip.run_dir import CheckpointError
+    from fgclip.run_dir import TEXT_LOG_NAME, CheckpointError
     from fgclip.loader import LoaderError
     from fgclip.model import ModelDirError
     from fgclip.presets import resolve_config
@@ -465,7 +467,7 @@ def train_command(preset: str, resume: str | None, stop_after_step: int | None, 
     if dist_info.is_main:
         if summary["reason"] == "complete":
             click.echo(f"training complete: {summary['step']} steps ({summary['skipped_steps']} skipped); "
-                       f"final model in {summary['final']}, log in {config.output_dir}/trainer_log.txt")
+                       f"final model in {summary['final']}, log in {Path(config.output_dir) / TEXT_LOG_NAME}")
         elif summary["reason"] == "already complete":
             click.echo(f"{config.output_dir}: this run is already complete ({summary['step']} steps); nothing to do")
         else:
