@@ -248,18 +248,24 @@ class _Worker:
         try:
             self.conn.send(message)
         except OSError as err:
-            raise RuntimeError(f"{self.what} {self.proc.pid} is gone ({err}); see its error above") from err
+            raise self._died() from err
         self.outstanding += 1
 
     def receive(self) -> tuple:
         try:
             reply = self.conn.recv()
         except (EOFError, OSError) as err:
-            self.proc.poll()
-            raise RuntimeError(f"{self.what} {self.proc.pid} died (exit code {self.proc.returncode}), e.g. killed "
-                               f"for memory; {self.advice}") from err
+            raise self._died() from err
         self.outstanding -= 1
         return reply
+
+    def _died(self) -> RuntimeError:
+        try:
+            self.proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
+        return RuntimeError(f"{self.what} {self.proc.pid} died (exit code {self.proc.returncode}), e.g. killed for "
+                            f"memory; {self.advice}")
 
     def alive(self) -> bool:
         return self.proc.poll() is None
