@@ -2,8 +2,11 @@
 
 What is added on top of CLIP, and why:
 
-* Long captions: a 248-row text position table built from CLIP's 77 rows (`long_position_table`),
-  used for global (video) captions; region captions and prompts keep the original 77 rows.
+* Long captions: FG-CLIP's 248-row text positions (`LongTextPositions`, built from CLIP's 77 rows
+  by `long_position_table`) and its own projection (`long_text_projection`, FG-CLIP's
+  `text_filip_projection`, a copy of `text_projection` at the start), used for global (video)
+  captions; region captions, hard negatives and prompts keep the original 77 rows and
+  `text_projection`.
 * Video embedding: CLIP's frame embeddings (CLS -> post-layernorm -> visual projection) pooled
   over time by `TemporalPooling`, which equals mean pooling at initialisation, so fine-tuning
   starts from CLIP's zero-shot quality.
@@ -18,7 +21,9 @@ CLS path and the dense path both start from there.
 Checkpoint layout (a directory): everything `CLIPModel.save_pretrained` writes (config.json,
 model.safetensors; loadable by any tool as a plain CLIP), the tokenizer/processor files of the
 model we started from, and our extras: `fgclip_video.json` (their configuration) and
-`fgclip_video.safetensors` (long position table, temporal module, temperatures).
+`fgclip_video.safetensors` (long positions and projection, temporal module, temperatures).
+`from_pretrained` also reads plain CLIP and FG-CLIP v1 directories; `fgclip.layouts` owns the
+layouts and the conversions between them.
 
 The forward pass is deterministic (no dropout anywhere; CLIP's attention dropout is forced to
 0): gradient caching (`fgclip.grad_cache`) re-runs each micro-batch and relies on getting the
@@ -37,11 +42,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fgclip.layouts import (
+    CLIP_PREFIX,
+    EXTRAS_CONFIG_NAME,
+    EXTRAS_FORMAT_VERSION,
+    EXTRAS_WEIGHTS_NAME,
+    ModelDirContents,
+    ModelDirError,
+    read_model_dir,
+)
+
 log = logging.getLogger(__name__)
 
-EXTRAS_CONFIG_NAME = "fgclip_video.json"
-EXTRAS_WEIGHTS_NAME = "fgclip_video.safetensors"
-EXTRAS_FORMAT_VERSION = 1
 
 # Files of the source model directory that travel with every checkpoint we write, so a
 # checkpoint directory is self-contained (tokenizer + image preprocessing).
@@ -76,10 +88,6 @@ def _avoid_cudnn_attention() -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
 
 
-class ModelDirError(ValueError):
-    """A model directory that is missing or is not a CLIP model (the message says which)."""
-
-
 def long_position_table(short_table: Tensor, keep_rows: int = LONG_KEEP_ROWS, expansion: int = LONG_EXPANSION) -> Tensor:
     """FG-CLIP's long-text position table from CLIP's short one.
 
@@ -106,6 +114,28 @@ def long_position_table(short_table: Tensor, keep_rows: int = LONG_KEEP_ROWS, ex
 
 def long_table_length(short_length: int, keep_rows: int = LONG_KEEP_ROWS, expansion: int = LONG_EXPANSION) -> int:
     return keep_rows + expansion * (short_length - keep_rows)
+
+
+class LongTextPositions(nn.Module):
+    """FG-CLIP's long-caption positions: position p < `keep_rows` reads row p of `ori`, later
+    positions row p of `res` (two full tables, as FG-CLIP v1 stores them; the other rows of
+    each get no gradient and are kept so a checkpoint goes back to FG-CLIP's layout unchanged).
+    From a plain CLIP both start as `long_position_table` of its 77 rows."""
+
+    def __init__(self, table: Tensor, keep_rows: int = LONG_KEEP_ROWS) -> None:
+        super().__init__()
+        self.keep_rows = keep_rows
+        self.ori = nn.Parameter(table.detach().clone())
+        self.res = nn.Parameter(table.detach().clone())
+
+    @property
+    def num_rows(self) -> int:
+        return self.res.shape[0]
+
+    def table(self, length: int) -> Tensor:
+        """The first `length` rows, (length, W)."""
+        kept = min(length, self.keep_rows)
+        return torch.cat([self.ori[:kept], self.res[kept:length]])
 
 
 @dataclass
@@ -181,29 +211,6 @@ class TemporalPooling(nn.Module):
         return torch.einsum("bht,bthd->bhd", weights, values).reshape(batch, dim)
 
 
-def _read_model_dir(path: Path) -> dict:
-    """config.json of a model directory, with errors that say what is wrong and what to do."""
-    if not path.exists():
-        raise ModelDirError(
-            f"{path}: model directory not found. Give a local Hugging Face CLIP directory "
-            f"(e.g. a copy of openai/clip-vit-base-patch16) or run `fgclip-vad init-model --out {path}`."
-        )
-    if not path.is_dir():
-        raise ModelDirError(f"{path}: not a directory; a model is a directory with config.json and weights")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ModelDirError(f"{path}: no config.json, so this is not a Hugging Face model directory")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ModelDirError(f"{config_file}: unreadable JSON ({err})") from err
-    if config.get("model_type") != "clip":
-        raise ModelDirError(
-            f"{config_file}: model_type is {config.get('model_type')!r}, not 'clip'; FG-CLIP needs a CLIPModel checkpoint"
-        )
-    return config
-
-
 def check_tokenizer(model: "FGCLIPVideo", tokenizer, model_dir) -> None:
     """ModelDirError unless `tokenizer` fits `model`: every id inside its token table, and the
     end token the one the text tower pools at (otherwise training reads past the table, or
@@ -234,6 +241,40 @@ def _image_normalisation(path: Path) -> tuple[tuple[float, ...], tuple[float, ..
     return tuple(processor.get("image_mean", OPENAI_CLIP_MEAN)), tuple(processor.get("image_std", OPENAI_CLIP_STD))
 
 
+def _clip_from_state(contents: ModelDirContents, attn_implementation: str):
+    """The CLIPModel of config.json holding the directory's CLIP tensors (all of them, no other)."""
+    from transformers import CLIPConfig, CLIPModel
+    from transformers.initialization import no_init_weights
+
+    path = contents.path
+    try:
+        config = CLIPConfig.from_dict(contents.config)
+        with no_init_weights():  # every tensor is loaded below; random init of a ViT-L takes seconds
+            clip = CLIPModel._from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ModelDirError(f"{path / 'config.json'}: not a CLIP configuration transformers can build ({err})") from err
+    clip_state = {name[len(CLIP_PREFIX):]: value for name, value in contents.state.items() if name.startswith(CLIP_PREFIX)}
+    try:
+        missing, unexpected = clip.load_state_dict(clip_state, strict=False)
+    except RuntimeError as err:  # weights of another shape than config.json says
+        details = " ".join(str(err).split())
+        raise ModelDirError(f"{path}: the weights do not fit config.json ({details})") from err
+    _refuse_unused(contents, [CLIP_PREFIX + name for name in unexpected])
+    if missing:
+        raise ModelDirError(f"{path}: the weights lack {len(missing)} tensors of the CLIP that config.json describes "
+                            f"({', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''}); the weights file is "
+                            f"incomplete or belongs to another model")
+    return clip
+
+
+def _refuse_unused(contents: ModelDirContents, unexpected: list[str]) -> None:
+    if unexpected:
+        names = sorted(contents.origin.get(name, name) for name in unexpected)
+        raise ModelDirError(f"{contents.path}: {len(names)} tensors this model would not use: {'; '.join(names)}. "
+                            f"Layout recognised: {contents.description}. Nothing is dropped silently: remove them, "
+                            f"or use the tool they belong to")
+
+
 class FGCLIPVideo(nn.Module):
     """CLIP + long text positions + temporal pooling + region features + three temperatures."""
 
@@ -262,7 +303,12 @@ class FGCLIPVideo(nn.Module):
         self._checkpointing = False
 
         short_table = clip.text_model.embeddings.position_embedding.weight.detach()
-        self.long_position_embedding = nn.Parameter(long_position_table(short_table).clone())
+        self.long_positions = LongTextPositions(long_position_table(short_table))
+        text_projection = clip.text_projection
+        self.long_text_projection = nn.Linear(text_projection.in_features, text_projection.out_features, bias=False)
+        with torch.no_grad():  # FG-CLIP's start: long captions project as short ones do
+            self.long_text_projection.weight.copy_(text_projection.weight)
+        self.source_layout: str | None = None  # set by from_pretrained: the layout of the directory read
         if temporal_heads is None:
             temporal_heads = 8 if self.embed_dim % 8 == 0 else 1
         self.temporal = TemporalPooling(self.embed_dim, num_layers=temporal_layers, num_heads=temporal_heads)
@@ -278,27 +324,13 @@ class FGCLIPVideo(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, *, attn_implementation: str = "sdpa") -> "FGCLIPVideo":
-        """A plain HF CLIP directory (extras initialised) or one of our checkpoints (extras loaded)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-        from transformers import CLIPModel
-
+        """A plain HF CLIP or FG-CLIP v1 directory (the parts it lacks start as from CLIP), or one
+        of our checkpoints (everything loaded). Every tensor is used; any other is a ModelDirError."""
         path = Path(path)
-        _read_model_dir(path)
+        contents = read_model_dir(path)
         _avoid_cudnn_attention()
-        try:
-            clip = CLIPModel.from_pretrained(
-                str(path), attn_implementation=attn_implementation, dtype=torch.float32, local_files_only=True
-            )
-        except (OSError, ValueError, RuntimeError, SafetensorError) as err:
-            # missing or truncated weights, weights of another shape than config.json says
-            raise ModelDirError(f"{path}: CLIPModel could not load it ({err})") from err
-        extras_config_file = path / EXTRAS_CONFIG_NAME
-        try:
-            extras = json.loads(extras_config_file.read_text()) if extras_config_file.is_file() else {}
-        except ValueError as err:
-            raise ModelDirError(f"{extras_config_file}: unreadable JSON ({err}); the checkpoint is damaged, "
-                                f"use an earlier one") from err
+        clip = _clip_from_state(contents, attn_implementation)
+        extras = contents.extras_config
         mean, std = _image_normalisation(path)
         aux_files = {name: (path / name).read_bytes() for name in AUX_FILE_NAMES if (path / name).is_file()}
         try:
@@ -311,22 +343,21 @@ class FGCLIPVideo(nn.Module):
                 aux_files=aux_files,
             )
         except ValueError as err:
-            raise ModelDirError(f"{extras_config_file}: does not fit this CLIP ({err})") from err
-        if extras:
-            weights_file = path / EXTRAS_WEIGHTS_NAME
-            if not weights_file.is_file():
-                raise ModelDirError(f"{path}: {EXTRAS_CONFIG_NAME} is present but {EXTRAS_WEIGHTS_NAME} is missing")
-            try:
-                state = load_file(str(weights_file))
-                missing, unexpected = model.load_state_dict(state, strict=False)
-            except (OSError, RuntimeError, SafetensorError) as err:
-                # e.g. extras written for a model of another width: the message lists the shapes
-                details = " ".join(str(err).split())  # one line
-                raise ModelDirError(f"{weights_file}: does not fit the CLIP weights of {path} (damaged, or copied from "
-                                    f"another model): {details}") from err
-            missing = [name for name in missing if not name.startswith("clip.")]
-            if missing or unexpected:
-                raise ModelDirError(f"{weights_file}: does not match the model (missing {missing}, unexpected {unexpected})")
+            raise ModelDirError(f"{path / EXTRAS_CONFIG_NAME}: does not fit this CLIP ({err})") from err
+        ours = {name: value for name, value in contents.state.items() if not name.startswith(CLIP_PREFIX)}
+        try:
+            missing, unexpected = model.load_state_dict(ours, strict=False)
+        except RuntimeError as err:
+            # e.g. extras written for a model of another width: the message lists the shapes
+            details = " ".join(str(err).split())  # one line
+            raise ModelDirError(f"{path / EXTRAS_WEIGHTS_NAME}: does not fit the CLIP weights of {path} (damaged, or "
+                                f"copied from another model): {details}") from err
+        _refuse_unused(contents, unexpected)
+        missing = [name for name in missing if not name.startswith(CLIP_PREFIX)]
+        if missing and contents.complete:
+            raise ModelDirError(f"{path / EXTRAS_WEIGHTS_NAME}: lacks {', '.join(missing)}; the checkpoint is damaged, "
+                                f"use an earlier one")
+        model.source_layout = contents.layout
         return model
 
     def extra_state_dict(self) -> dict[str, Tensor]:
@@ -347,8 +378,8 @@ class FGCLIPVideo(nn.Module):
             "format_version": EXTRAS_FORMAT_VERSION,
             "temporal_layers": len(self.temporal.blocks),
             "temporal_heads": self.temporal.num_heads,
-            "long_text_length": self.long_position_embedding.shape[0],
-            "long_keep_rows": LONG_KEEP_ROWS,
+            "long_text_length": self.long_positions.num_rows,
+            "long_keep_rows": self.long_positions.keep_rows,
             "long_expansion": LONG_EXPANSION,
         }
         (path / EXTRAS_CONFIG_NAME).write_text(json.dumps(extras, indent=2) + "\n")
@@ -464,14 +495,16 @@ class FGCLIPVideo(nn.Module):
     # --- text -----------------------------------------------------------------------------------
 
     def encode_text(self, input_ids: Tensor, *, long: bool) -> Tensor:
-        """(N, L) token ids -> (N, D) L2-normalised; long=True uses the 248-row position table."""
+        """(N, L) token ids -> (N, D) L2-normalised. long=True: the 248 long positions and the long
+        projection (global captions); long=False: CLIP's 77 positions and text_projection."""
         text = self.clip.text_model
         length = input_ids.shape[1]
-        table = self.long_position_embedding if long else text.embeddings.position_embedding.weight
-        if length > table.shape[0]:
+        rows = self.long_positions.num_rows if long else text.embeddings.position_embedding.num_embeddings
+        if length > rows:
             kind = "long" if long else "short"
-            raise ValueError(f"{length} text tokens exceed the {kind} position table ({table.shape[0]} rows)")
-        hidden = text.embeddings.token_embedding(input_ids) + table[:length]
+            raise ValueError(f"{length} text tokens exceed the {kind} position table ({rows} rows)")
+        positions = self.long_positions.table(length) if long else text.embeddings.position_embedding.weight[:length]
+        hidden = text.embeddings.token_embedding(input_ids) + positions
         # SDPA/flash take causality as a flag (fast kernels); eager attention needs an additive mask.
         attention_mask = None
         if text.config._attn_implementation == "eager":
@@ -481,7 +514,8 @@ class FGCLIPVideo(nn.Module):
             hidden = self._run_layer(layer, hidden, attention_mask, is_causal=True)
         hidden = text.final_layer_norm(hidden)
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), self._eos_positions(input_ids)]
-        return F.normalize(self.clip.text_projection(pooled), dim=-1)
+        projection = self.long_text_projection if long else self.clip.text_projection
+        return F.normalize(projection(pooled), dim=-1)
 
     def _eos_positions(self, input_ids: Tensor) -> Tensor:
         """Where each sequence's end-of-text token is, with the same rule as transformers' CLIP."""

@@ -61,10 +61,11 @@ STATE_FORMAT_VERSION = 1
 _RESUME_FIXED = ("shards", "max_records", "num_frames", "batch_size", "grad_accum", "epochs", "seed", "augment")
 
 # Parameters trained at the text learning rate.
-_TEXT_PREFIXES = ("clip.text_model.", "clip.text_projection.", "long_position_embedding")
+_TEXT_PREFIXES = ("clip.text_model.", "clip.text_projection.", "long_positions.", "long_text_projection.")
 # Parameters without weight decay besides biases and norms (ndim < 2): lookup tables, the
 # temporal pooling query and the temperatures.
-_NO_DECAY_NAMES = ("position_embedding", "token_embedding", "class_embedding", "position_table", "temporal.query", "logit_scales.")
+_NO_DECAY_NAMES = ("position_embedding", "long_positions.", "token_embedding", "class_embedding", "position_table",
+                   "temporal.query", "logit_scales.")
 
 
 class TrainingError(RuntimeError):

@@ -55,9 +55,11 @@ def test_window_of_micro_batches_equals_one_big_batch():
     for name in ("total", "global", "region", "hard"):
         assert abs(losses[name] - expected_losses[name]) < 1e-12, name
     assert grads.keys() == expected_grads.keys()
-    # Every part of the model is trained: both towers, the temporal module, the long table, temperatures.
+    # Every part of the model is trained: both towers, the temporal module, the long positions (`ori`:
+    # these captions end before row 20) and projection, temperatures.
     for must_have in ("clip.vision_model.encoder.layers.1.mlp.fc2.weight", "clip.text_model.encoder.layers.0.self_attn.q_proj.weight",
-                      "long_position_embedding", "temporal.query", "temporal.blocks.0.qkv.weight",
+                      "long_positions.ori", "long_text_projection.weight",
+                      "temporal.query", "temporal.blocks.0.qkv.weight",
                       "logit_scales.global", "logit_scales.region", "logit_scales.hard"):
         assert must_have in grads and grads[must_have].abs().max() > 0, must_have
     for name, expected in expected_grads.items():

@@ -193,7 +193,9 @@ def test_save_and_load_round_trip(hf_clip_dir, tmp_path):
     with torch.no_grad():  # extras away from their initial values, so loading them is tested
         for parameter in model.temporal.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
-        model.long_position_embedding.add_(0.1)
+        model.long_positions.ori.add_(0.1)
+        model.long_positions.res.add_(-0.1)
+        model.long_text_projection.weight.add_(0.01)
         model.logit_scales["hard"].add_(0.5)
     model.save_pretrained(tmp_path / "ckpt")
     loaded = FGCLIPVideo.from_pretrained(tmp_path / "ckpt")
