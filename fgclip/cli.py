@@ -14,7 +14,8 @@ import click
 def main() -> None:
     """Fine-grained CLIP training for video anomaly detection on UCF-Crime.
 
-    Stage 1: validate, synth, frames.  Stage 2: init-model, train, eval.  Also: doctor, bench.
+    Stage 1: validate, synth, frames.  Stage 2: init-model, train, eval.  Also: doctor, bench,
+    export-model.
     """
 
 
@@ -317,9 +318,14 @@ def frames_command(ctx, annotations, video_root, out_root, num_frames, size, res
 # --- stage 2: model ---------------------------------------------------------------------------
 
 
+# The names of fgclip.model_factory.PRESETS (importing it here would load torch for --help).
+MODEL_PRESETS = ["tiny", "vit-b16", "vit-l14-336"]
+
+
 @main.command("init-model")
-@click.option("--preset", type=click.Choice(["tiny", "vit-b16"]), default="tiny", show_default=True,
-              help="tiny: the embedded default (112 px, trains on CPU); vit-b16: random ViT-B/16 CLIP for benchmarks.")
+@click.option("--preset", type=click.Choice(MODEL_PRESETS), default="tiny", show_default=True,
+              help="tiny: the embedded default (112 px, trains on CPU); vit-b16 / vit-l14-336: random weights of "
+                   "fg-clip-base's / fg-clip-large's shape (ViT-B/16 at 224 px, ViT-L/14 at 336 px), for benchmarks.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Model directory to write [default: the embedded default model dir for tiny, beside it for vit-b16].")
 @click.option("--captions", "captions_json", type=click.Path(dir_okay=False, path_type=str), default=None,
@@ -343,6 +349,35 @@ def init_model_command(preset: str, out_dir: str | None, captions_json: str | No
     except (OSError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     click.echo(f"wrote {preset} model to {written}")
+
+@main.command("export-model")
+@click.argument("source", type=click.Path(file_okay=False))
+@click.option("--format", "layout", type=click.Choice(["fgclip", "clip"]), required=True,
+              help="fgclip: FG-CLIP v1's layout (FGCLIPModel, fg-clip-base's key names); clip: a plain HF CLIP.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory to write.")
+@click.option("--force", is_flag=True, help="Overwrite a directory that already holds a model.")
+def export_model_command(source: str, layout: str, out_dir: str, force: bool) -> None:
+    """Write the model directory SOURCE (a checkpoint, FG-CLIP v1 or CLIP) in another layout.
+
+    \b
+    fgclip-vad export-model checkpoints/fgclip_ucf_full/final --format fgclip --out exports/fgclip-vad-ucf
+    fgclip-vad export-model checkpoints/fgclip_ucf_full/final --format clip --out exports/clip-ucf
+
+    fgclip: loadable by FG-CLIP's own scripts (FGCLIPModel.from_pretrained); the temporal module
+    travels beside it in fgclip_video.*, so fgclip-vad loads the export back exactly. clip: a
+    plain CLIP; the summary names the parts it has no place for.
+    """
+    from pathlib import Path
+
+    from fgclip.export import export_model
+    from fgclip.layouts import ModelDirError
+
+    try:
+        summary = export_model(Path(source), Path(out_dir), layout, force=force)
+    except (ModelDirError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    for line in summary.lines():
+        click.echo(line)
 
 # --- stage 2: training --------------------------------------------------------------------------
 
@@ -620,7 +655,7 @@ def eval_command(checkpoints, test_shards, annotations, baseline, no_baseline, o
               help="Output dir: bench[-LABEL].json, the benchmark inputs (with --make-data) and the trainer's log.")
 @click.option("--model", default=None, type=click.Path(file_okay=False),
               help="Model directory [default: OUT/model-PRESET, created with --model-preset].")
-@click.option("--model-preset", default="vit-b16", show_default=True, type=click.Choice(["tiny", "vit-b16"]),
+@click.option("--model-preset", default="vit-b16", show_default=True, type=click.Choice(MODEL_PRESETS),
               help="init-model preset used when --model is not given.")
 @click.option("--shards", default=None, type=click.Path(file_okay=False), help="Uniform training shards [default: OUT/data/train_tT].")
 @click.option("--test-shards", default=None, type=click.Path(file_okay=False), help="Stride test shards [default: OUT/data/test_stride16].")

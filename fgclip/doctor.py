@@ -3,7 +3,7 @@
 Checks: training shards present and readable (every shard opened, the first record of each
 read through its checksum), the annotation file and its videos (when given), a GPU (a warning
 on CPU, not a failure), free disk space in the output directory, and the model directory
-loadable with its tokenizer.
+loadable with its tokenizer (its layout named: plain CLIP, FG-CLIP v1 or one of our checkpoints).
 """
 
 from __future__ import annotations
@@ -133,8 +133,13 @@ def check_model(model_dir: Path) -> Check:
         check_tokenizer(model, load_tokenizer(model_dir), model_dir)
     except (ModelDirError, FileNotFoundError, OSError) as err:
         return Check("model", "FAIL", str(err))
+    from fgclip.layouts import LAYOUT_DESCRIPTIONS
+
     parameters = sum(p.numel() for p in model.parameters()) / 1e6
-    return Check("model", "OK", f"{model_dir}: CLIP with {parameters:.1f}M parameters, {model.image_size} px input, tokenizer found")
+    patch = model.clip.config.vision_config.patch_size
+    return Check("model", "OK", f"{model_dir}: layout {model.source_layout}: {LAYOUT_DESCRIPTIONS[model.source_layout]}; "
+                 f"{parameters:.1f}M parameters, {model.image_size} px input in patches of {patch} "
+                 f"({model.patch_grid}x{model.patch_grid} grid), tokenizer found")
 
 
 def run_checks(*, shards: Path, model: Path, output_dir: Path, annotations: Path | None = None,

@@ -360,6 +360,10 @@ class FGCLIPVideo(nn.Module):
         model.source_layout = contents.layout
         return model
 
+    def aux_files(self) -> dict[str, bytes]:
+        """The tokenizer and image-processor files of the directory this model came from (name -> content)."""
+        return dict(self._aux_files)
+
     def extra_state_dict(self) -> dict[str, Tensor]:
         """Our parameters that are not part of the CLIPModel (what `fgclip_video.safetensors` holds)."""
         return {name: value for name, value in self.state_dict().items() if not name.startswith("clip.")}

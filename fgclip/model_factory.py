@@ -7,7 +7,9 @@ tokenizer.json + tokenizer_config.json, preprocessor_config.json), so `FGCLIPVid
 
 Presets:
 * `tiny`: the embedded default's model, sized to train on 2 CPU cores at 112 px.
-* `vit-b16`: random weights of ViT-B/16 CLIP shape, for benchmarks (no real weights offline).
+* `vit-b16`: random weights of ViT-B/16 CLIP shape (fg-clip-base's), for benchmarks (no real
+  weights offline).
+* `vit-l14-336`: random weights of ViT-L/14 at 336 px (fg-clip-large's shape, a 24x24 grid).
 
 The tokenizer is byte-level BPE trained with `tokenizers` on the captions: every byte is in
 the vocabulary, so any text (unknown words, Chinese) tokenizes; nothing is ever "unknown".
@@ -75,6 +77,9 @@ PRESETS: dict[str, Preset] = {
                    text_width=192, text_layers=4, text_heads=3, projection_dim=128, vocab_size=4096),
     "vit-b16": Preset(vision_width=768, vision_layers=12, vision_heads=12, patch_size=16, image_size=224,
                       text_width=512, text_layers=12, text_heads=8, projection_dim=512, vocab_size=49408),
+    # fg-clip-large's shape (CLIP ViT-L/14 at 336 px): a 24x24 patch grid.
+    "vit-l14-336": Preset(vision_width=1024, vision_layers=24, vision_heads=16, patch_size=14, image_size=336,
+                          text_width=768, text_layers=12, text_heads=12, projection_dim=768, vocab_size=49408),
 }
 
 
@@ -163,7 +168,7 @@ def clip_config(preset: Preset, *, vocab_size: int, bos_token_id: int, eos_token
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=preset.projection_dim)
 
 
-def preprocessor_config(image_size: int) -> dict:
+def preprocessor_config(image_size: int, *, mean: list[float] = IMAGE_MEAN, std: list[float] = IMAGE_STD) -> dict:
     """The image processor file of a CLIP directory (what CLIPImageProcessor would write)."""
     return {
         "image_processor_type": "CLIPImageProcessor",
@@ -175,8 +180,8 @@ def preprocessor_config(image_size: int) -> dict:
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,
-        "image_mean": IMAGE_MEAN,
-        "image_std": IMAGE_STD,
+        "image_mean": list(mean),
+        "image_std": list(std),
         "do_convert_rgb": True,
     }
 

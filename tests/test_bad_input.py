@@ -296,7 +296,7 @@ def _wider_extras(folder: Path) -> None:
 # (case, change to a copy of the checkpoint, text the error names)
 BAD_MODELS = [
     ("missing weights", _no_weights, "no file named model.safetensors"),
-    ("truncated weights", _truncated_weights, "CLIPModel could not load it"),
+    ("truncated weights", _truncated_weights, "could not read the weights"),
     ("not a CLIP model", _not_clip, "'bert', not 'clip'"),
     ("no tokenizer", _no_tokenizer, "no tokenizer files"),
     ("tokenizer of another model", _larger_vocabulary, "token table only"),

@@ -106,14 +106,14 @@ def session_micro_model(tmp_path_factory) -> Path:
     return path
 
 
-def write_micro_model(out_dir: Path, *, image_size: int = 32, seed: int = 0) -> Path:
+def write_micro_model(out_dir: Path, *, image_size: int = 32, patch_size: int = 8, seed: int = 0) -> Path:
     """A small random CLIP directory, written the way `init_model` writes the tiny preset."""
     import torch
     from transformers import CLIPModel
 
     from fgclip.model_factory import Preset, clip_config, preprocessor_config, train_tokenizer
 
-    spec = Preset(vision_width=32, vision_layers=2, vision_heads=2, patch_size=8, image_size=image_size,
+    spec = Preset(vision_width=32, vision_layers=2, vision_heads=2, patch_size=patch_size, image_size=image_size,
                   text_width=32, text_layers=2, text_heads=2, projection_dim=32, vocab_size=300)
     tokenizer = train_tokenizer(all_captions(len(COLOURS) * 2) * 4, spec.vocab_size)
     config = clip_config(spec, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,

@@ -1,0 +1,118 @@
+"""`fgclip-vad export-model`: a model directory written back in another family's layout.
+
+* `fgclip`: FG-CLIP v1's layout (`fgclip.layouts`): the same key names and shapes as
+  qihoo360/fg-clip-base, a config.json with `architectures: ["FGCLIPModel"]`, the tokenizer and
+  preprocessor files, so FG-CLIP's own scripts (`FGCLIPModel.from_pretrained`) load a model we
+  fine-tuned. The temporal module, which FG-CLIP has no place for, goes to `fgclip_video.*`
+  beside it (FG-CLIP ignores those files; `FGCLIPVideo.from_pretrained` reads them back, so the
+  round trip gives identical embeddings).
+* `clip`: a plain Hugging Face CLIP (`logit_scale` = the trained global temperature). It has no
+  place for the long-caption positions and projection, the region and hard temperatures and the
+  temporal module: the summary names them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from fgclip.layouts import (
+    EXTRAS_CONFIG_NAME,
+    EXTRAS_FORMAT_VERSION,
+    EXTRAS_WEIGHTS_NAME,
+    FGCLIP_V1_ARCHITECTURE,
+    ModelDirError,
+    model_to_clip,
+    model_to_fgclip_v1,
+)
+
+FORMATS = ("fgclip", "clip")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")  # one of them makes a tokenizer
+
+# What each of our parts is, for the summary of what a plain CLIP leaves out.
+PART_NAMES = {
+    "long_positions": "long-caption positions (FG-CLIP's position_embedding_ori/_res)",
+    "long_text_projection": "long-caption projection (FG-CLIP's text_filip_projection)",
+    "logit_scales.region": "region temperature",
+    "logit_scales.hard": "hard-negative temperature",
+    "temporal": "temporal module",
+}
+
+
+@dataclass
+class ExportSummary:
+    out_dir: Path
+    format: str
+    tensors: int  # in model.safetensors
+    beside: int  # in fgclip_video.safetensors (fgclip format)
+    left_out: list[str]  # descriptions of our parts not written (clip format)
+
+    def lines(self) -> list[str]:
+        lines = [f"wrote {self.out_dir}: {self.format} layout, {self.tensors} tensors in model.safetensors"]
+        if self.beside:
+            lines.append(f"  + {self.beside} tensors of the temporal module in {EXTRAS_WEIGHTS_NAME} "
+                         f"(FG-CLIP's scripts ignore it; fgclip-vad reads it back)")
+        if self.left_out:
+            lines.append("  left out (a plain CLIP has no place for them): " + "; ".join(self.left_out))
+        return lines
+
+
+def export_model(source: Path, out_dir: Path, fmt: str, *, force: bool = False) -> ExportSummary:
+    """Load `source` (any layout `FGCLIPVideo.from_pretrained` reads) and write it to `out_dir` as `fmt`."""
+    from safetensors.torch import save_file
+
+    from fgclip.model import FGCLIPVideo
+    from fgclip.model_factory import preprocessor_config
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    source, out_dir = Path(source), Path(out_dir)
+    if out_dir.resolve() == source.resolve():
+        raise ModelDirError(f"{out_dir}: the output directory is the source model; give another --out")
+    if (out_dir / "config.json").exists() and not force:
+        raise ModelDirError(f"{out_dir}: already holds a model (config.json); pass --force to overwrite it")
+    model = FGCLIPVideo.from_pretrained(source)
+    aux_files = model.aux_files()
+    if not any(name in aux_files for name in TOKENIZER_FILES):
+        raise ModelDirError(f"{source}: no tokenizer files (tokenizer.json or vocab.json + merges.txt) to export "
+                            f"with the model; copy them from the model it was trained from")
+    state = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
+    config = copy.deepcopy(model.clip.config)
+    if fmt == "fgclip":
+        weights, beside = model_to_fgclip_v1(state)
+        config.architectures = [FGCLIP_V1_ARCHITECTURE]
+        left_out = []
+    else:
+        weights, left_names = model_to_clip(state)
+        beside = {}
+        config.architectures = ["CLIPModel"]
+        left_out = _describe_parts(left_names)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (EXTRAS_CONFIG_NAME, EXTRAS_WEIGHTS_NAME):  # of an earlier export into the same place
+        (out_dir / stale).unlink(missing_ok=True)
+    config.save_pretrained(str(out_dir))
+    save_file({name: value.contiguous() for name, value in weights.items()}, str(out_dir / "model.safetensors"),
+              metadata={"format": "pt"})
+    for name, content in aux_files.items():
+        (out_dir / name).write_bytes(content)
+    if "preprocessor_config.json" not in aux_files:
+        processor = preprocessor_config(model.image_size, mean=model.image_mean.tolist(), std=model.image_std.tolist())
+        (out_dir / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+    if beside:
+        save_file(beside, str(out_dir / EXTRAS_WEIGHTS_NAME))
+        extras = {"format_version": EXTRAS_FORMAT_VERSION, "temporal_layers": len(model.temporal.blocks),
+                  "temporal_heads": model.temporal.num_heads}
+        (out_dir / EXTRAS_CONFIG_NAME).write_text(json.dumps(extras, indent=2) + "\n")
+    return ExportSummary(out_dir=out_dir, format=fmt, tensors=len(weights), beside=len(beside), left_out=left_out)
+
+
+def _describe_parts(names: list[str]) -> list[str]:
+    """State names -> one description per part, with its tensor count."""
+    counts: dict[str, int] = {}
+    for name in names:
+        part = next((p for p in PART_NAMES if name == p or name.startswith(p + ".")), name)
+        counts[part] = counts.get(part, 0) + 1
+    return [f"{PART_NAMES.get(part, part)} ({count} tensor{'s' if count > 1 else ''})" for part, count in counts.items()]
