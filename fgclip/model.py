@@ -350,7 +350,8 @@ class FGCLIPVideo(nn.Module):
         except RuntimeError as err:
             # e.g. extras written for a model of another width: the message lists the shapes
             details = " ".join(str(err).split())  # one line
-            raise ModelDirError(f"{path / EXTRAS_WEIGHTS_NAME}: does not fit the CLIP weights of {path} (damaged, or "
+            where = path / EXTRAS_WEIGHTS_NAME if (path / EXTRAS_WEIGHTS_NAME).is_file() else path
+            raise ModelDirError(f"{where}: does not fit the CLIP weights of {path} (damaged, or "
                                 f"copied from another model): {details}") from err
         _refuse_unused(contents, unexpected)
         missing = [name for name in missing if not name.startswith(CLIP_PREFIX)]
@@ -366,7 +367,7 @@ class FGCLIPVideo(nn.Module):
 
     def extra_state_dict(self) -> dict[str, Tensor]:
         """Our parameters that are not part of the CLIPModel (what `fgclip_video.safetensors` holds)."""
-        return {name: value for name, value in self.state_dict().items() if not name.startswith("clip.")}
+        return {name: value for name, value in self.state_dict().items() if not name.startswith(CLIP_PREFIX)}
 
     def save_pretrained(self, path) -> None:
         from safetensors.torch import save_file
