@@ -164,6 +164,29 @@ def test_export_round_trips_exactly(v1_dir, tmp_path):
     assert again.exit_code != 0 and "already holds a model" in again.output
 
 
+def test_fine_tuned_fgclip_v1_goes_back_with_the_rows_fgclip_does_not_read_unchanged(v1_dir, tmp_path):
+    from fgclip.presets import resolve_config
+    from fgclip.train import Trainer
+    from train_data import write_square_shards
+
+    shards = write_square_shards(tmp_path / "shards", num_records=4, num_frames=2)
+    config = resolve_config("demo", dict(shards=str(shards), model=str(v1_dir), output_dir=str(tmp_path / "run"),
+                                         num_frames=2, batch_size=4, grad_accum=1, epochs=1, workers=0, save_every=100,
+                                         lr=1e-3, text_lr=1e-3))
+    summary = Trainer(config, show_progress=False).run()
+    assert summary["reason"] == "complete" and summary["step"] == 1
+    result = CliRunner().invoke(cli, ["export-model", str(summary["final"]), "--format", "fgclip", "--out",
+                                      str(tmp_path / "export")])
+    assert result.exit_code == 0, result.output
+    source, tuned = read_safetensors(v1_dir / "model.safetensors"), read_safetensors(tmp_path / "export" / "model.safetensors")
+    assert sorted(tuned) == sorted(source)
+    ori, res = "text_model.embeddings.position_embedding_ori.weight", "text_model.embeddings.position_embedding_res.weight"
+    assert torch.equal(tuned[ori][20:], source[ori][20:]) and torch.equal(tuned[res][:20], source[res][:20])
+    for key in (ori, "text_filip_projection.weight", "logit_scale", "logit_scale_finegraind",
+                "text_model.encoder.layers.0.mlp.fc1.weight", "vision_model.encoder.layers.0.mlp.fc1.weight"):
+        assert not torch.equal(tuned[key], source[key]), key  # trained
+
+
 def test_checkpoint_of_format_1_still_loads(model_dir, tmp_path):
     """Format 1 (before FG-CLIP's long projection): one long table, long captions through
     text_projection. It loads as ori = res = that table, long projection = text_projection."""
