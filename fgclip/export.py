@@ -88,6 +88,8 @@ def export_model(source: Path, out_dir: Path, fmt: str, *, force: bool = False) 
         weights, left_names = model_to_clip(state)
         beside = {}
         config.architectures = ["CLIPModel"]
+        if hasattr(config, "auto_map"):  # FG-CLIP's remote-code classes, from a download: not a plain CLIP's
+            del config.auto_map
         left_out = _describe_parts(left_names)
 
     out_dir.mkdir(parents=True, exist_ok=True)

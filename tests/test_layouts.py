@@ -132,6 +132,7 @@ def test_export_round_trips_exactly(v1_dir, tmp_path):
         assert (exported[key] - value).abs().max() <= 1e-6, key
     config = json.loads((tmp_path / "fgclip" / "config.json").read_text())
     assert config["architectures"] == ["FGCLIPModel"] and config["model_type"] == "clip"
+    assert config["auto_map"] == json.loads((v1_dir / "config.json").read_text())["auto_map"]  # as downloaded
     for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "preprocessor_config.json"):
         assert (tmp_path / "fgclip" / name).read_bytes() == (v1_dir / name).read_bytes(), name
 
@@ -156,6 +157,7 @@ def test_export_round_trips_exactly(v1_dir, tmp_path):
     for part in ("long-caption positions", "long-caption projection", "region temperature",
                  "hard-negative temperature", "temporal module"):
         assert part in plain.output, part
+    assert "auto_map" not in json.loads((tmp_path / "clip" / "config.json").read_text())
     clip, info = CLIPModel.from_pretrained(str(tmp_path / "clip"), output_loading_info=True)
     assert not any(info[kind] for kind in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     assert float(clip.logit_scale.detach()) == pytest.approx(V1_SCALES["logit_scale"])
