@@ -270,7 +270,11 @@ class Trainer:
                 f"{path}: cannot continue this run exactly with other settings ({'; '.join(changed)}). "
                 f"Use the original settings, or start a new run in another --output-dir with --model {path}"
             )
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as err:  # other parameters, e.g. a run of a version before FG-CLIP's long projection
+            raise TrainingError(f"{path}: its optimizer state does not fit this model's parameters ({err}); it was "
+                                f"written by another version: start a new run with --model {path}") from err
         self.scheduler.load_state_dict(state["scheduler"])
         self.state.load_state_dict(state)
         self.loader.load_state_dict(state)

@@ -168,7 +168,7 @@ def test_export_round_trips_exactly(v1_dir, tmp_path):
 
 def test_fine_tuned_fgclip_v1_goes_back_with_the_rows_fgclip_does_not_read_unchanged(v1_dir, tmp_path):
     from fgclip.presets import resolve_config
-    from fgclip.train import Trainer
+    from fgclip.train import Trainer, TrainingError
     from train_data import write_square_shards
 
     shards = write_square_shards(tmp_path / "shards", num_records=4, num_frames=2)
@@ -187,6 +187,14 @@ def test_fine_tuned_fgclip_v1_goes_back_with_the_rows_fgclip_does_not_read_uncha
     for key in (ori, "text_filip_projection.weight", "logit_scale", "logit_scale_finegraind",
                 "text_model.encoder.layers.0.mlp.fc1.weight", "vision_model.encoder.layers.0.mlp.fc1.weight"):
         assert not torch.equal(tuned[key], source[key]), key  # trained
+
+    # A run of a version with other parameters (before the long projection: one fewer) cannot resume.
+    checkpoint = tmp_path / "run" / "checkpoint-1"
+    state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
+    state["optimizer"]["param_groups"][0]["params"].pop()
+    torch.save(state, checkpoint / "trainer_state.pt")
+    with pytest.raises(TrainingError, match="optimizer state does not fit this model's parameters"):
+        Trainer(config, resume=str(checkpoint), show_progress=False)
 
 
 def test_checkpoint_of_format_1_still_loads(model_dir, tmp_path):
