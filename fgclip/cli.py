@@ -357,7 +357,8 @@ def init_model_command(preset: str, out_dir: str | None, captions_json: str | No
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory to write.")
 @click.option("--force", is_flag=True, help="Overwrite a directory that already holds a model.")
 def export_model_command(source: str, layout: str, out_dir: str, force: bool) -> None:
-    """Write the model directory SOURCE (a checkpoint, FG-CLIP v1 or CLIP) in another layout.
+    """Write the model directory SOURCE (a checkpoint, FG-CLIP v1 or CLIP; a run's output
+    directory: its newest model) in another layout.
 
     \b
     fgclip-vad export-model checkpoints/fgclip_ucf_full/final --format fgclip --out exports/fgclip-vad-ucf

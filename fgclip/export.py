@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from fgclip import run_dir
 from fgclip.layouts import (
     EXTRAS_CONFIG_NAME,
     EXTRAS_FORMAT_VERSION,
@@ -43,6 +44,7 @@ PART_NAMES = {
 
 @dataclass
 class ExportSummary:
+    source: Path  # the model directory exported
     out_dir: Path
     format: str
     tensors: int  # in model.safetensors
@@ -50,7 +52,8 @@ class ExportSummary:
     left_out: list[str]  # descriptions of our parts not written (clip format)
 
     def lines(self) -> list[str]:
-        lines = [f"wrote {self.out_dir}: {self.format} layout, {self.tensors} tensors in model.safetensors"]
+        lines = [f"wrote {self.out_dir} from {self.source}: {self.format} layout, {self.tensors} tensors in "
+                 f"model.safetensors"]
         if self.beside:
             lines.append(f"  + {self.beside} tensors of the temporal module in {EXTRAS_WEIGHTS_NAME} "
                          f"(FG-CLIP's scripts ignore it; fgclip-vad reads it back)")
@@ -69,6 +72,8 @@ def export_model(source: Path, out_dir: Path, fmt: str, *, force: bool = False) 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     source, out_dir = Path(source), Path(out_dir)
+    if not run_dir.is_model_dir(source) and run_dir.latest_model_dir(source) is not None:
+        source = run_dir.latest_model_dir(source)  # a training run's directory: its newest model
     if out_dir.resolve() == source.resolve():
         raise ModelDirError(f"{out_dir}: the output directory is the source model; give another --out")
     if (out_dir / "config.json").exists() and not force:
@@ -108,7 +113,7 @@ def export_model(source: Path, out_dir: Path, fmt: str, *, force: bool = False) 
         extras = {"format_version": EXTRAS_FORMAT_VERSION, "temporal_layers": len(model.temporal.blocks),
                   "temporal_heads": model.temporal.num_heads}
         (out_dir / EXTRAS_CONFIG_NAME).write_text(json.dumps(extras, indent=2) + "\n")
-    return ExportSummary(out_dir=out_dir, format=fmt, tensors=len(weights), beside=len(beside), left_out=left_out)
+    return ExportSummary(source=source, out_dir=out_dir, format=fmt, tensors=len(weights), beside=len(beside), left_out=left_out)
 
 
 def _describe_parts(names: list[str]) -> list[str]:

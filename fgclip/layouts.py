@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from fgclip.run_dir import MODEL_CONFIG_NAME, MODEL_WEIGHT_NAMES
+
 EXTRAS_CONFIG_NAME = "fgclip_video.json"
 EXTRAS_WEIGHTS_NAME = "fgclip_video.safetensors"
 # 1: long positions as one table `long_position_embedding`, no long projection (written until
@@ -58,7 +60,6 @@ GLOBAL_SCALE = "logit_scales.global"  # CLIP's and FG-CLIP's `logit_scale`
 FGCLIP_V1_ARCHITECTURE = "FGCLIPModel"
 FGCLIP_V1_LONG_ROWS = 248  # FG-CLIP v1 builds both long tables with exactly 248 rows
 
-WEIGHT_FILE_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 LAYOUT_DESCRIPTIONS = {
     "clip": "plain CLIP (FG-CLIP's additions start from it: long positions interpolated, long projection "
@@ -105,7 +106,7 @@ def read_config(path: Path) -> dict:
         )
     if not path.is_dir():
         raise ModelDirError(f"{path}: not a directory; a model is a directory with config.json and weights")
-    config_file = path / "config.json"
+    config_file = path / MODEL_CONFIG_NAME
     if not config_file.is_file():
         raise ModelDirError(f"{path}: no config.json, so this is not a Hugging Face model directory")
     try:
@@ -121,7 +122,7 @@ def read_config(path: Path) -> dict:
 
 
 def weights_file(path: Path) -> Path:
-    for name in WEIGHT_FILE_NAMES:
+    for name in MODEL_WEIGHT_NAMES:
         if (path / name).is_file():
             return path / name
     raise ModelDirError(f"{path}: no file named model.safetensors (nor model.safetensors.index.json or "
