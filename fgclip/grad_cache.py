@@ -26,18 +26,25 @@ from fgclip import distributed
 from fgclip.batch import MicroBatch
 from fgclip.losses import LossWeights, WindowEmbeddings, concat_embeddings, fgclip_losses, full_precision
 from fgclip.model import FGCLIPVideo
+from fgclip.region_index import MicroBatchIndex, window_indices
 
 
-def embed_micro_batch(model: FGCLIPVideo, batch: MicroBatch) -> WindowEmbeddings:
-    """A loader micro-batch (`fgclip.batch.MicroBatch`) -> its embeddings."""
-    video = model.encode_video(batch["pixels"], batch["boxes"], batch["box_mask"])
+def embed_micro_batch(model: FGCLIPVideo, batch: MicroBatch, index: MicroBatchIndex | None = None) -> WindowEmbeddings:
+    """A loader micro-batch (`fgclip.batch.MicroBatch`) -> its embeddings.
+
+    `index` (from `window_indices`) says which regions and negatives are real; without it they
+    are planned here, which makes the host wait for the GPU once."""
+    if index is None:
+        index = window_indices([batch])[0]
+    video = model.encode_video(batch["pixels"], batch["boxes"], batch["box_mask"], index.boxes)
     global_text = model.encode_text(batch["global_ids"], long=True)
     # Regions that exist and are visible somewhere; the others have no embedding to contrast.
-    visible = batch["region_valid"].to(torch.bool) & batch["box_mask"].to(torch.bool).any(dim=-1)
-    region = video.region_embeds[visible]
-    negative_valid = batch["negative_valid"].to(torch.bool)[visible]  # (M, K)
-    region_ids = batch["region_ids"][visible]
-    negative_ids = batch["negative_ids"][visible][negative_valid]  # (number of negatives, L)
+    visible = index.visible_regions
+    slots = batch["negative_valid"].shape[2]
+    region = video.region_embeds.flatten(0, 1)[visible]
+    negative_valid = batch["negative_valid"].to(torch.bool).flatten(0, 1)[visible]  # (M, K)
+    region_ids = batch["region_ids"].flatten(0, 1)[visible]
+    negative_ids = batch["negative_ids"].flatten(0, 2)[index.negative_rows]  # (number of negatives, L)
     short_ids = torch.cat([region_ids, negative_ids])
     dim = video.video_embeds.shape[1]
     if short_ids.shape[0]:
@@ -45,17 +52,17 @@ def embed_micro_batch(model: FGCLIPVideo, batch: MicroBatch) -> WindowEmbeddings
     else:
         short_text = video.video_embeds.new_zeros((0, dim))
     region_text = short_text[: region_ids.shape[0]]
-    negative_text = short_text.new_zeros((*negative_valid.shape, dim))
-    if negative_ids.shape[0]:
-        negative_text = negative_text.index_put(negative_valid.nonzero(as_tuple=True), short_text[region_ids.shape[0]:])
+    negative_text = short_text.new_zeros((visible.shape[0] * slots, dim))
+    if index.negative_count:
+        negative_text = negative_text.index_copy(0, index.negative_places, short_text[region_ids.shape[0]:])
     return WindowEmbeddings(
         video=video.video_embeds,
         global_text=global_text,
         global_key=batch["global_key"],
         region=region,
         region_text=region_text,
-        region_key=batch["region_key"][visible],
-        negative_text=negative_text,
+        region_key=batch["region_key"].flatten(0, 1)[visible],
+        negative_text=negative_text.view(visible.shape[0], slots, dim),
         negative_valid=negative_valid,
     )
 
@@ -93,12 +100,15 @@ def grad_cached_window(model: FGCLIPVideo, micro_batches: list[MicroBatch], weig
         raise ValueError("grad_cached_window needs at least one micro-batch")
     amp = autocast if autocast is not None else contextlib.nullcontext()
 
+    # Which rows are real, for every micro-batch and both passes: the host's one wait of the window.
+    indices = window_indices(micro_batches)
+
     # 1. Embeddings of the whole window, without graph.
     cached: list[WindowEmbeddings] = []
     with torch.no_grad():
-        for batch in micro_batches:
+        for batch, index in zip(micro_batches, indices):
             with amp:
-                cached.append(_detached_leaves(embed_micro_batch(model, batch)))
+                cached.append(_detached_leaves(embed_micro_batch(model, batch, index)))
 
     # 2. The loss over all ranks' samples and its gradient w.r.t. this rank's embeddings.
     window = gather_window(concat_embeddings(cached))
@@ -109,9 +119,9 @@ def grad_cached_window(model: FGCLIPVideo, micro_batches: list[MicroBatch], weig
     losses["total"].backward()
 
     # 3. Each micro-batch again, with graph, back-propagating its cached embedding gradients.
-    for batch, leaves in zip(micro_batches, cached):
+    for batch, index, leaves in zip(micro_batches, indices, cached):
         with amp:
-            emb = embed_micro_batch(model, batch)
+            emb = embed_micro_batch(model, batch, index)
         pairs = [(value, leaves.embeddings()[name].grad) for name, value in emb.embeddings().items()]
         surrogate = sum((full_precision(value) * grad).sum() for value, grad in pairs if grad is not None and value.numel())
         if isinstance(surrogate, Tensor) and surrogate.requires_grad:

@@ -97,18 +97,21 @@ def contrastive_loss(first: Tensor, second: Tensor, keys: Tensor, scale: Tensor)
 
 def hard_negative_loss(region: Tensor, region_text: Tensor, negative_text: Tensor, negative_valid: Tensor,
                        scale: Tensor) -> Tensor:
-    """Mean over regions with at least one negative of -log softmax(caption | caption + negatives)."""
-    has_negatives = negative_valid.any(dim=1)
-    if not bool(has_negatives.any()):
-        return full_precision(region).new_zeros(())
-    region = full_precision(region[has_negatives])
-    positive = (region * full_precision(region_text[has_negatives])).sum(dim=-1, keepdim=True)  # (M', 1)
-    negative = torch.einsum("md,mkd->mk", region, full_precision(negative_text[has_negatives]))
+    """Mean over regions with at least one negative of -log softmax(caption | caption + negatives).
+
+    Masks instead of selecting rows, so the host never waits for the GPU: a region without
+    negatives has a softmax over its caption alone, a loss of exactly 0 and no gradient."""
+    region = full_precision(region)
+    positive = (region * full_precision(region_text)).sum(dim=-1, keepdim=True)  # (M, 1)
+    negative = torch.einsum("md,mkd->mk", region, full_precision(negative_text))
     logits = scale * torch.cat([positive, negative], dim=1)
     # Mask after scaling: -inf * scale would give the temperature a NaN gradient.
-    missing = F.pad(~negative_valid[has_negatives], (1, 0), value=False)
+    missing = F.pad(~negative_valid, (1, 0), value=False)
     logits = logits.masked_fill(missing, float("-inf"))
-    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
+    per_region = F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device),
+                                 reduction="none")
+    has_negatives = negative_valid.any(dim=1)
+    return (per_region * has_negatives).sum() / has_negatives.sum().clamp(min=1)
 
 
 def fgclip_losses(emb: WindowEmbeddings, temperatures: dict[str, Tensor], weights: LossWeights) -> dict[str, Tensor]:

@@ -51,6 +51,7 @@ from fgclip.layouts import (
     ModelDirError,
     read_model_dir,
 )
+from fgclip.region_index import BoxIndex, box_index
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +302,8 @@ class FGCLIPVideo(nn.Module):
         self.embed_dim: int = clip.config.projection_dim
         self._aux_files = dict(aux_files or {})
         self._checkpointing = False
+        self._cls_head = self._cls_embedding  # compile_blocks() replaces both heads by compiled ones
+        self._dense_head = self._dense_patch_features
 
         short_table = clip.text_model.embeddings.position_embedding.weight.detach()
         self.long_positions = LongTextPositions(long_position_table(short_table))
@@ -402,6 +405,10 @@ class FGCLIPVideo(nn.Module):
         memory-bound kernels. Works with gradient checkpointing (the checkpoint wraps the compiled block)."""
         for layer in (*self.clip.vision_model.encoder.layers[:-1], *self.clip.text_model.encoder.layers):
             layer.compile()
+        # The last vision block runs as two heads; compiled, their norms, GELU and residual adds
+        # fuse too. The dense head sees as many frames as have a visible box: dynamic from the start.
+        self._cls_head = torch.compile(self._cls_embedding)
+        self._dense_head = torch.compile(self._dense_patch_features, dynamic=True)
 
     def _run_layer(self, layer: nn.Module, hidden: Tensor, attention_mask: Tensor | None, **kwargs) -> Tensor:
         if self._checkpointing and self.training and torch.is_grad_enabled():
@@ -461,40 +468,40 @@ class FGCLIPVideo(nn.Module):
 
     def encode_frames(self, pixels: Tensor) -> Tensor:
         """(N, 3, S, S) -> (N, D) L2-normalised frame embeddings (the CLS path)."""
-        return F.normalize(self._cls_embedding(self._vision_trunk(pixels)), dim=-1)
+        return F.normalize(self._cls_head(self._vision_trunk(pixels)), dim=-1)
 
-    def encode_video(self, pixels: Tensor, boxes: Tensor, box_mask: Tensor) -> VideoOutput:
-        """(B, T, 3, S, S), boxes (B, R, T, 4) x1 y1 x2 y2 in 0..1, box_mask (B, R, T) -> VideoOutput."""
+    def encode_video(self, pixels: Tensor, boxes: Tensor, box_mask: Tensor, index: BoxIndex | None = None) -> VideoOutput:
+        """(B, T, 3, S, S), boxes (B, R, T, 4) x1 y1 x2 y2 in 0..1, box_mask (B, R, T) -> VideoOutput.
+
+        `index`: the visible boxes of `box_mask`, planned on the host (`fgclip.region_index`);
+        without it the model plans them itself, which makes the host wait for the GPU once."""
         batch, frames = pixels.shape[:2]
         regions = boxes.shape[1]
+        if index is None:
+            index = box_index(box_mask)
         hidden = self._vision_trunk(pixels.reshape(batch * frames, *pixels.shape[2:]))
-        frame_embeds = F.normalize(self._cls_embedding(hidden), dim=-1).view(batch, frames, -1)
+        frame_embeds = F.normalize(self._cls_head(hidden), dim=-1).view(batch, frames, -1)
         video_embeds = F.normalize(self.temporal(frame_embeds), dim=-1)
-        region_embeds = self._region_embeddings(hidden, boxes, box_mask, frames)
+        region_embeds = self._region_embeddings(hidden, boxes, box_mask, index)
         return VideoOutput(video_embeds=video_embeds, frame_embeds=frame_embeds, region_embeds=region_embeds.view(batch, regions, -1))
 
-    def _region_embeddings(self, hidden: Tensor, boxes: Tensor, box_mask: Tensor, frames: int) -> Tensor:
-        """(B*R, D): RoIAlign of the dense features per visible (region, frame), masked mean over frames."""
+    def _region_embeddings(self, hidden: Tensor, boxes: Tensor, box_mask: Tensor, index: BoxIndex) -> Tensor:
+        """(B*R, D): RoIAlign of the dense features per visible (region, frame), masked mean over frames.
+        The dense pass runs only on frames that have a visible box."""
         from torchvision.ops import roi_align
 
         batch, regions = boxes.shape[:2]
-        box_mask = box_mask.to(torch.bool)
-        # (b, r, t) of every visible box; the dense pass runs only on frames that have one.
-        b_index, r_index, t_index = box_mask.nonzero(as_tuple=True)
-        frame_of_box = b_index * frames + t_index
-        needed_frames, box_to_needed = torch.unique(frame_of_box, return_inverse=True)
         # RoIAlign in float32: under bf16 autocast the frame index column of `rois` would round
         # (bf16 holds integers exactly only up to 256) and point at the wrong, or a missing, frame.
-        dense = self._dense_patch_features(hidden[needed_frames])  # (F', D, g, g)
+        dense = self._dense_head(hidden[index.needed_frames])  # (F', D, g, g)
         dense = dense.to(torch.promote_types(dense.dtype, torch.float32))
         grid = float(self.patch_grid)
-        frame_column = box_to_needed[:, None].to(dense.dtype)
-        rois = torch.cat([frame_column, boxes[b_index, r_index, t_index].to(dense.dtype) * grid], dim=1)
+        frame_column = index.frame_of_box[:, None].to(dense.dtype)
+        rois = torch.cat([frame_column, boxes.reshape(-1, 4)[index.box].to(dense.dtype) * grid], dim=1)
         pooled = roi_align(dense, rois, output_size=1, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
         pooled = pooled.flatten(1)  # (K, D)
-        slot = b_index * regions + r_index
-        sums = pooled.new_zeros(batch * regions, pooled.shape[1]).index_add(0, slot, pooled)
-        counts = box_mask.sum(dim=-1).reshape(-1, 1).to(pooled.dtype)
+        sums = pooled.new_zeros(batch * regions, pooled.shape[1]).index_add(0, index.slot, pooled)
+        counts = box_mask.to(torch.bool).sum(dim=-1).reshape(-1, 1).to(pooled.dtype)
         return F.normalize(sums / counts.clamp(min=1.0), dim=-1)  # regions never visible stay 0
 
     # --- text -----------------------------------------------------------------------------------
