@@ -254,8 +254,13 @@ def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[st
             unit_scores = torch.empty(rows, dtype=torch.float32, device=device)
             with torch.inference_mode(), autocast:
                 for start in range(0, rows, batch_frames):
-                    pixels = model.preprocess(frames[start:start + batch_frames])
-                    unit_scores[start:start + batch_frames] = anomaly_scores(model.encode_frames(pixels), prompts, temperature)
+                    batch = frames[start:start + batch_frames]
+                    count = batch.shape[0]
+                    if on_cuda and count < batch_frames:
+                        # One batch shape on the GPU: compiled blocks are not compiled again for a short last batch.
+                        batch = torch.cat([batch, batch.new_zeros((batch_frames - count, *batch.shape[1:]))])
+                    pixels = model.preprocess(batch)
+                    unit_scores[start:start + count] = anomaly_scores(model.encode_frames(pixels), prompts, temperature)[:count]
             # Collect the previous unit only now: the device already has this unit's work queued.
             if pending is not None:
                 finish(*pending)
@@ -276,6 +281,19 @@ def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[st
                            num_frames=v.num_source_frames, stride=v.stride)
         for v, scores in zip(chosen, snippet_scores)
     }
+
+
+def load_scoring_model(path: Path, device: torch.device):
+    """A model and its tokenizer, ready to score on `device`: on a GPU its transformer blocks are
+    compiled (bf16 autocast comes from `score_videos`); the first batch compiles them."""
+    from fgclip.model import FGCLIPVideo, check_tokenizer
+
+    model = FGCLIPVideo.from_pretrained(path).to(device)
+    tokenizer = load_tokenizer(path)
+    check_tokenizer(model, tokenizer, path)
+    if torch.device(device).type == "cuda":
+        model.compile_blocks()
+    return model, tokenizer
 
 
 # --- which models ---------------------------------------------------------------------------------
@@ -436,7 +454,6 @@ def evaluate(checkpoints: list[Path], test_shard_dir: Path, annotations: Path, o
     `dataset` (a `pipeline.datasets` name) says how to read `annotations`; by default its format
     decides (`fgclip.ground_truth.detect_dataset`)."""
     from fgclip import report as report_writer
-    from fgclip.model import FGCLIPVideo, check_tokenizer
 
     if smoothing_window < 1 or smoothing_window % 2 == 0:
         raise EvaluationError(f"--smooth {smoothing_window}: the smoothing window must be an odd number of snippets "
@@ -466,9 +483,7 @@ def evaluate(checkpoints: list[Path], test_shard_dir: Path, annotations: Path, o
     raw_scores: dict[str, dict[str, np.ndarray]] = {}
     for choice in models:
         started = time.perf_counter()
-        model = FGCLIPVideo.from_pretrained(choice.path).to(torch_device)
-        tokenizer = load_tokenizer(choice.path)
-        check_tokenizer(model, tokenizer, choice.path)
+        model, tokenizer = load_scoring_model(choice.path, torch_device)
         load_s = time.perf_counter() - started
         started = time.perf_counter()
         scores = score_videos(model, tokenizer, test_shard_dir, class_names=class_names, device=torch_device,
@@ -507,7 +522,7 @@ def evaluate(checkpoints: list[Path], test_shard_dir: Path, annotations: Path, o
         "config": {
             "test_shards": str(test_shard_dir), "annotations": str(annotations), "out_dir": str(out_dir),
             "device": str(torch_device),
-            "precision": "bf16 autocast" if torch_device.type == "cuda" else "float32",
+            "precision": "bf16 autocast, compiled blocks" if torch_device.type == "cuda" else "float32",
             "batch_frames": batch_frames, "readers": num_readers,
             "stride": sorted({v.stride for v in videos}),
             "prompt_templates": list(templates), "normal_phrase": normal_phrase, "class_names": class_names,
