@@ -28,7 +28,7 @@ class TrainConfig:
     max_records: int | None  # first N records of the shards (None = all)
     num_frames: int  # frames per video (a uniform subset when the shards store more)
     # batch
-    batch_size: int  # micro-batch per device
+    batch_size: int  # micro-batch per device (with auto_batch: times grad_accum gives the contrastive batch kept)
     grad_accum: int  # micro-batches per optimizer step; the loss sees all of them (gradient caching)
     epochs: int
     # optimisation
@@ -38,7 +38,8 @@ class TrainConfig:
     warmup_ratio: float = 0.05  # share of all steps spent warming up linearly, then cosine to 0
     max_grad_norm: float = 1.0
     bf16: bool | None = None  # None: on when training on a GPU
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool | None = None  # None: chosen with auto_batch, else on
+    auto_batch: bool | None = None  # pick micro-batch and checkpointing for the GPU's memory (fgclip.step_fit); None: on with a GPU
     compile: bool | None = None  # torch.compile the transformer blocks; None: on when training on a GPU (1.3x faster steps on an H100)
     global_weight: float = 1.0
     region_weight: float = 0.1

@@ -48,6 +48,7 @@ from fgclip.losses import LossWeights
 from fgclip.model import FGCLIPVideo, check_tokenizer
 from fgclip.presets import TrainConfig
 from fgclip.run_dir import FINAL_DIR_NAME, checkpoint_dir, resolve_resume, write_run_config
+from fgclip.step_fit import choose_step_fit
 from fgclip.text import load_tokenizer
 from fgclip.train_log import TrainLog, gpu_stats
 from pipeline.run_lock import RunLock, RunLockError
@@ -210,6 +211,9 @@ class Trainer:
         self.resume_from = resolve_resume(resume, self.output_dir)
         model_dir = self.resume_from if self.resume_from is not None else Path(config.model)
         self.model = FGCLIPVideo.from_pretrained(model_dir).to(self.device)
+        use_bf16 = config.bf16 if config.bf16 is not None else self.device.type == "cuda"
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16 else None
+        self._fit_step_to_memory(config)
         self.model.set_gradient_checkpointing(config.gradient_checkpointing)
         self.compiled = config.compile if config.compile is not None else self.device.type == "cuda"
         if self.compiled:
@@ -218,8 +222,6 @@ class Trainer:
         self.tokenizer = load_tokenizer(model_dir)
         check_tokenizer(self.model, self.tokenizer, model_dir)
 
-        use_bf16 = config.bf16 if config.bf16 is not None else self.device.type == "cuda"
-        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16 else None
         self.loss_weights = LossWeights(config.global_weight, config.region_weight, config.hard_weight)
 
         self.loader = ShardLoader(
@@ -255,6 +257,35 @@ class Trainer:
         if self.resume_from is not None:
             self._load_state(self.resume_from)
         self.log: TrainLog | None = None
+
+    def _fit_step_to_memory(self, config: TrainConfig) -> None:
+        """--batch-size auto (the default on a GPU): micro-batch and checkpointing for this card,
+        the contrastive batch (batch_size x grad_accum) kept. A resumed run keeps its settings."""
+        self.step_fit = None
+        auto = config.auto_batch if config.auto_batch is not None else self.device.type == "cuda"
+        if not auto or self.device.type != "cuda":
+            if config.gradient_checkpointing is None:
+                config.gradient_checkpointing = True
+            return
+        if self.resume_from is not None:
+            saved = load_trainer_state(self.resume_from)["config"]
+            config.batch_size, config.grad_accum = saved["batch_size"], saved["grad_accum"]
+            config.gradient_checkpointing = bool(saved.get("gradient_checkpointing", True))
+            return
+        fit = choose_step_fit(self.model, contrastive_batch=config.batch_size * config.grad_accum,
+                              num_frames=config.num_frames, frame_bytes=3 * self.model.image_size**2,
+                              prefetch=config.prefetch, autocast=self.autocast, checkpointing=config.gradient_checkpointing)
+        batch_size, checkpointing = fit.batch_size, fit.gradient_checkpointing
+        if distributed.is_distributed():
+            # One setting for all ranks: the smallest micro-batch, checkpointing if any rank needs it.
+            values = torch.tensor([-batch_size, int(checkpointing)], device=self.device)
+            torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MAX)
+            batch_size, checkpointing = int(-values[0]), bool(values[1])
+        contrastive = config.batch_size * config.grad_accum
+        config.batch_size, config.grad_accum, config.gradient_checkpointing = batch_size, contrastive // batch_size, checkpointing
+        self.step_fit = fit
+        log.info("--batch-size auto: %s", fit.describe() if fit.batch_size == batch_size else
+                 f"{batch_size} videos per micro-batch (the smallest of all ranks)")
 
     # --- resume -------------------------------------------------------------------------------
 
