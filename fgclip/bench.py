@@ -67,17 +67,19 @@ class BenchConfig:
     test_shards: str | None  # stride-mode test shards (None: skip evaluation timing)
     videos: str | None  # folder of video files for the decode baseline (None: skip it)
     num_frames: int = 256
-    batch_size: int = 2
+    batch_size: int = 2  # with auto_batch: batch_size x grad_accum is the contrastive batch kept
     grad_accum: int = 8
+    auto_batch: bool = True  # --batch-size auto, as training does on a GPU
     workers: int = 8
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool | None = None  # None: as training decides
     compile: bool | None = None  # None: as training decides (on with a GPU)
     bf16: bool | None = None
     warmup_steps: int = 2
     steps: int = 5
     baseline_steps: int = 2
     eval_batch_frames: int = 512
-    eval_readers: int = 4
+    eval_readers: int = 8
+    extra_settings: bool = False  # also time EXTRA_SETTINGS
     label: str = ""
     profile: bool = False  # also write a kernel table of one ceiling step (torch.profiler)
 
@@ -237,8 +239,9 @@ def _clone_window(window: list[MicroBatch]) -> list[MicroBatch]:
     return [{key: value.clone() for key, value in batch.items()} for batch in window]
 
 
-def time_steps(step, windows, *, warmup: int, steps: int, device: torch.device) -> dict:
-    """Median and mean seconds per optimizer step of `step(window)` over `windows` (an iterator)."""
+def time_steps(step, windows, *, warmup: int, steps: int, device: torch.device, frames_per_step: int | None = None) -> dict:
+    """Median and mean seconds per optimizer step of `step(window)` over `windows` (an iterator).
+    Frames per step are counted from each window unless `frames_per_step` is given."""
     durations = []
     frames = 0
     for i in range(warmup + steps):
@@ -249,23 +252,70 @@ def time_steps(step, windows, *, warmup: int, steps: int, device: torch.device) 
         _sync(device)
         if i >= warmup:
             durations.append(time.perf_counter() - start)
-            frames += window_frames(window, distributed.world_size())
+            frames += frames_per_step if frames_per_step is not None else window_frames(window, distributed.world_size())
     total = sum(durations)
     return {"steps": steps, "step_s_median": float(np.median(durations)), "step_s_mean": total / steps,
             "frames": frames, "frames_per_s": frames / total}
 
 
-def profile_step(step, window: list[MicroBatch], path: Path, rows: int = 40) -> Path:
-    """One optimizer step under torch.profiler; its kernels and ops by own device (else CPU)
-    time go to `path` (rank 0 writes), so a missed goal comes with what is in the way."""
+# Host calls that wait for the GPU: a scalar read (.item(), float(), bool()), nonzero (boolean
+# indexing and unique call it), and the CUDA synchronisations themselves.
+_HOST_WAIT_OPS = ("aten::_local_scalar_dense", "aten::nonzero", "cudaStreamSynchronize", "cudaDeviceSynchronize")
+
+
+def _busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end) intervals (kernels of several streams overlap)."""
+    busy, reach = 0.0, -math.inf
+    for start, end in sorted(intervals):
+        if end <= reach:
+            continue
+        busy += end - max(start, reach)
+        reach = end
+    return busy
+
+
+def trace_step(step, window, device: torch.device) -> dict:
+    """One step under torch.profiler: device busy time (union of kernels and copies), the
+    number of host waits by kind, and the profiler's key averages (for `write_profile`)."""
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         step(window)
-        _sync(window[0]["pixels"].device)
+        _sync(device)
+    events = prof.events()
+    device_intervals = [(e.time_range.start / 1e6, e.time_range.end / 1e6) for e in events
+                        if e.device_type == torch.autograd.DeviceType.CUDA]
+    waits = {name: 0 for name in _HOST_WAIT_OPS}
+    for event in events:
+        if event.device_type == torch.autograd.DeviceType.CPU and event.name in waits:
+            waits[event.name] += 1
+    def write_timeline(path: Path) -> Path:
+        """The step's timeline (Chrome trace format, gzipped): where the GPU waits, and on what."""
+        import gzip
+        import tempfile
+
+        if distributed.rank() == 0:
+            with tempfile.NamedTemporaryFile(suffix=".json") as raw:
+                prof.export_chrome_trace(raw.name)
+                path.write_bytes(gzip.compress(Path(raw.name).read_bytes()))
+        return path
+
+    return {"device_busy_s": _busy_seconds(device_intervals) if device_intervals else None,
+            "device_events": len(device_intervals), "host_waits": waits, "key_averages": prof.key_averages(),
+            "write_timeline": write_timeline}
+
+
+def idle_share(busy_s: float | None, step_s: float) -> float | None:
+    """Share of a step's wall time in which no kernel or copy ran on the GPU."""
+    return None if busy_s is None else max(0.0, 1.0 - busy_s / step_s)
+
+
+def write_profile(key_averages, path: Path, rows: int = 40) -> Path:
+    """One step's kernels and ops by own device (else CPU) time to `path` (rank 0 writes), so a
+    missed goal comes with what is in the way."""
     sort_by = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-    table = prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=90)
+    table = key_averages.table(sort_by=sort_by, row_limit=rows, max_name_column_width=90)
     if distributed.rank() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(table)
@@ -299,6 +349,75 @@ def count_step_flops(step, window: list[MicroBatch]) -> int:
     return int(round(flops_small + per_frame * (frames - small)))
 
 
+# --- path 0: the bare vision tower ------------------------------------------------------------
+
+
+def _bare_vision_tower(model_dir: str, device: torch.device, compiled: bool):
+    """A Hugging Face `CLIPVisionModel` of the model's width, depth and resolution (random weights:
+    only its speed is measured), compiled as a whole when `compiled`."""
+    from transformers import CLIPConfig, CLIPVisionModel
+
+    vision_config = CLIPConfig.from_pretrained(model_dir).vision_config
+    tower = CLIPVisionModel._from_config(vision_config, attn_implementation="sdpa").to(device)
+    if compiled:
+        tower.compile()
+    return tower
+
+
+def time_vision_tower(model_dir: str, *, frames_per_micro_batch: int, grad_accum: int, steps: int, warmup: int,
+                      inference_frames: int, device: torch.device, compiled: bool, autocast) -> dict:
+    """Path 0, the ceiling of our math: the bare vision tower doing what the step's vision part
+    does. A training step is, per micro-batch of the step's frames, one forward without graph
+    (gradient caching's embedding pass), then per micro-batch forward and backward, then fused
+    AdamW; inference is forward passes of `inference_frames` frames (evaluation's batch)."""
+    amp = autocast if autocast is not None else contextlib.nullcontext()
+    tower = _bare_vision_tower(model_dir, device, compiled)
+    size = tower.config.image_size
+    generator = torch.Generator(device=device).manual_seed(0)
+    inputs = [torch.randn(frames_per_micro_batch, 3, size, size, device=device, generator=generator) for _ in range(2)]
+    optimizer = torch.optim.AdamW(tower.parameters(), lr=1e-5, fused=device.type == "cuda")
+
+    def train_step(_window) -> None:
+        with torch.no_grad(), amp:
+            for i in range(grad_accum):
+                tower(pixel_values=inputs[i % 2]).pooler_output
+        for i in range(grad_accum):
+            with amp:
+                pooled = tower(pixel_values=inputs[i % 2]).pooler_output
+            pooled.float().square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    results: dict = {"frames_per_micro_batch": frames_per_micro_batch, "grad_accum": grad_accum, "compiled": compiled}
+    tower.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    results["train"] = time_steps(train_step, iter(lambda: None, 1), warmup=warmup, steps=steps, device=device,
+                                  frames_per_step=frames_per_micro_batch * grad_accum)
+    if device.type == "cuda":
+        results["train"]["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    traced = trace_step(train_step, None, device)
+    results["train"]["device_busy_s"] = traced["device_busy_s"]
+    results["train"]["idle_share"] = idle_share(traced["device_busy_s"], results["train"]["step_s_median"])
+    del optimizer, inputs
+
+    tower.eval()
+    frames = [torch.randn(inference_frames, 3, size, size, device=device, generator=generator) for _ in range(2)]
+    repeats = max(4, steps * 2)
+
+    def inference(_window) -> None:
+        with torch.inference_mode(), amp:
+            for i in range(repeats):
+                tower(pixel_values=frames[i % 2]).pooler_output
+    results["inference"] = time_steps(inference, iter(lambda: None, 1), warmup=1, steps=2, device=device,
+                                      frames_per_step=inference_frames * repeats)
+    results["inference"]["batch_frames"] = inference_frames
+    del tower, frames
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return results
+
+
 def _peak_tflops(device: torch.device) -> tuple[float | None, str]:
     if device.type != "cuda":
         return None, "cpu"
@@ -309,24 +428,79 @@ def _peak_tflops(device: torch.device) -> tuple[float | None, str]:
     return None, name
 
 
-def run_bench(config: BenchConfig) -> dict:
-    """Run the four measurements; rank 0 writes bench.json and returns the results."""
+def _trainer(config: BenchConfig, output_dir: Path, *, auto_batch: bool, batch_size: int, grad_accum: int,
+             gradient_checkpointing: bool | None):
     from fgclip.presets import resolve_config
     from fgclip.train import Trainer
 
-    out_dir = Path(config.out_dir)
     train_config = resolve_config("full", {
-        "shards": config.shards, "model": config.model, "output_dir": str(out_dir / "train"),
-        "num_frames": config.num_frames, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
-        "workers": config.workers, "gradient_checkpointing": config.gradient_checkpointing, "bf16": config.bf16,
+        "shards": config.shards, "model": config.model, "output_dir": str(output_dir),
+        "num_frames": config.num_frames, "batch_size": batch_size, "grad_accum": grad_accum, "auto_batch": auto_batch,
+        "workers": config.workers, "gradient_checkpointing": gradient_checkpointing, "bf16": config.bf16,
         "compile": config.compile,
         "epochs": 1000, "save_every": 10**9, "log_every": 10**9, "max_records": None,
     })
-    trainer = Trainer(train_config, show_progress=False)
+    return Trainer(train_config, show_progress=False)
+
+
+def _settings(trainer) -> dict:
+    fit = trainer.step_fit
+    return {"batch_size": trainer.config.batch_size, "grad_accum": trainer.config.grad_accum,
+            "gradient_checkpointing": trainer.config.gradient_checkpointing, "compiled": trainer.compiled,
+            "auto_batch": fit is not None, "predicted_peak_gib": fit.predicted_peak_gib if fit else None,
+            "usable_gib": fit.budget_gib if fit else None}
+
+
+def time_setting(config: BenchConfig, label: str, *, auto_batch: bool, batch_size: int, grad_accum: int,
+                 gradient_checkpointing: bool | None, device: torch.device) -> dict:
+    """Another configuration of the step on the real path only (a trainer of its own): frames/s,
+    peak memory, and the idle share of one traced step."""
+    trainer = _trainer(config, Path(config.out_dir) / f"train-{label}", auto_batch=auto_batch, batch_size=batch_size,
+                       grad_accum=grad_accum, gradient_checkpointing=gradient_checkpointing)
+    results = {"label": label, **_settings(trainer)}
+    try:
+        windows = trainer.loader.windows(trainer.config.grad_accum)
+        first = next(windows)
+        trainer.optimizer_step(first)  # compiles
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        real = time_steps(trainer.optimizer_step, windows, warmup=1, steps=max(2, config.steps - 1), device=device)
+        if device.type == "cuda":
+            real["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        traced = trace_step(trainer.optimizer_step, first, device)
+        real["device_busy_s"] = traced["device_busy_s"]
+        real["idle_share"] = idle_share(traced["device_busy_s"], real["step_s_median"])
+        windows.close()
+        results["real"] = real
+    finally:
+        trainer.loader.close()
+        trainer.release()
+    return results
+
+
+def _free_device_memory(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# Other configurations timed after the main one (label, auto micro-batch, batch size x accumulation,
+# checkpointing): checkpointing forced on with the micro-batch the trainer picks for it, and the
+# preset's 2 x 256 frames with checkpointing, the setting of a 24 GB card.
+EXTRA_SETTINGS = (("checkpointing", True, 2, 8, True), ("checkpointing-2x256", False, 2, 8, True))
+
+
+def run_bench(config: BenchConfig) -> dict:
+    """Run the measurements; rank 0 writes bench.json and returns the results."""
+    out_dir = Path(config.out_dir)
+    trainer = _trainer(config, out_dir / "train", auto_batch=config.auto_batch, batch_size=config.batch_size,
+                       grad_accum=config.grad_accum, gradient_checkpointing=config.gradient_checkpointing)
     device = trainer.device
     world = distributed.world_size()
     results: dict = {"label": config.label, "config": dataclasses.asdict(config), "world_size": world,
-                     "compiled": trainer.compiled}
+                     **_settings(trainer)}
     results["environment"] = {"torch": torch.__version__, "python": platform.python_version(),
                               "date": time.strftime("%Y-%m-%d"), "host_cpus": os.cpu_count()}
     peak_tflops, device_name = _peak_tflops(device)
@@ -334,8 +508,15 @@ def run_bench(config: BenchConfig) -> dict:
 
     step = trainer.optimizer_step
     try:
+        # 0. The bare vision tower at the step's frames per micro-batch (its memory is freed again).
+        results["vision_tower"] = time_vision_tower(
+            str(config.model), frames_per_micro_batch=trainer.config.batch_size * config.num_frames,
+            grad_accum=trainer.config.grad_accum, steps=config.steps, warmup=config.warmup_steps,
+            inference_frames=config.eval_batch_frames, device=device, compiled=trainer.compiled,
+            autocast=trainer.autocast)
+
         # 2. The real path first (its first window also feeds the ceiling): the trainer's windows.
-        windows = trainer.loader.windows(config.grad_accum)
+        windows = trainer.loader.windows(trainer.config.grad_accum)
         first = next(windows)
         fixed = _clone_window(first)
         step(first)
@@ -358,30 +539,69 @@ def run_bench(config: BenchConfig) -> dict:
         ceiling["achieved_tflops"] = flops * world / ceiling["step_s_median"] / 1e12
         # achieved_tflops is all ranks together, so utilisation is against all their peaks
         ceiling["mfu"] = ceiling["achieved_tflops"] / (peak_tflops * world) if peak_tflops else None
+        # Idle share: kernel time of one traced step against the untraced steps' wall time.
+        traced = trace_step(step, fixed, device)
+        ceiling["device_busy_s"] = traced["device_busy_s"]
+        ceiling["host_waits"] = traced["host_waits"]
+        ceiling["idle_share"] = idle_share(traced["device_busy_s"], ceiling["step_s_median"])
+        real["idle_share"] = idle_share(traced["device_busy_s"], real["step_s_median"])
         if config.profile:
-            results["profile"] = str(profile_step(step, fixed, out_dir / f"profile{'-' + config.label if config.label else ''}.txt"))
+            name = f"profile{'-' + config.label if config.label else ''}.txt"
+            results["profile"] = str(write_profile(traced["key_averages"], out_dir / name))
+            results["timeline"] = str(traced["write_timeline"](out_dir / name.replace("profile", "timeline").replace(".txt", ".json.gz")))
         results["ceiling"] = ceiling
         results["real"] = real
         results["loader_efficiency"] = real["frames_per_s"] / ceiling["frames_per_s"]
+        tower_fps = results["vision_tower"]["train"]["frames_per_s"]
+        for path in ("ceiling", "real"):
+            results[path]["of_vision_tower"] = results[path]["frames_per_s"] / tower_fps
+        results["projected_full_preset_s"] = FULL_PRESET_FRAMES / real["frames_per_s"]
+        _write_results(config, results)
 
         # 3. Decode-in-the-loop baseline.
         if config.videos and config.baseline_steps > 0:
             results["baseline"] = _time_baseline(config, trainer, fixed, step, device)
             results["speedup_over_baseline"] = real["frames_per_s"] / results["baseline"]["frames_per_s"]
+            results["baseline"]["of_vision_tower"] = results["baseline"]["frames_per_s"] / tower_fps
     finally:
         trainer.loader.close()
+        trainer.release()
+    del trainer, step, fixed, first
+    _free_device_memory(device)
 
-    # 4. Evaluation inference.
+    # 4. Evaluation inference, as `fgclip-vad eval` runs it (a fresh model, compiled on a GPU).
     if config.test_shards and distributed.rank() == 0:
-        results["eval"] = _time_eval(config, trainer.model, trainer.tokenizer, device)
+        results["eval"] = _time_eval(config, device)
+        results["eval"]["of_vision_tower"] = (results["eval"]["frames_per_s"]
+                                              / results["vision_tower"]["inference"]["frames_per_s"])
+        _write_results(config, results)
 
-    results["projected_full_preset_s"] = FULL_PRESET_FRAMES / results["real"]["frames_per_s"]
+    # 5. Other settings of the step, each with a trainer of its own.
+    results["settings"] = {}
+    for label, auto_batch, batch_size, grad_accum, checkpointing in (EXTRA_SETTINGS if config.extra_settings else ()):
+        _free_device_memory(device)
+        try:
+            results["settings"][label] = time_setting(config, label, auto_batch=auto_batch, batch_size=batch_size,
+                                                      grad_accum=grad_accum, gradient_checkpointing=checkpointing,
+                                                      device=device)
+        except Exception as err:  # noqa: BLE001 - a setting that fails (e.g. out of memory) is reported, not fatal
+            log.exception("setting %s failed", label)
+            results["settings"][label] = {"label": label, "error": f"{type(err).__name__}: {err}"}
+        _write_results(config, results)
+
+    results["json_path"] = str(_write_results(config, results))
+    return results
+
+
+def _write_results(config: BenchConfig, results: dict) -> Path:
+    """bench[-LABEL].json (rank 0), rewritten after each measurement so a cut-short run keeps what it measured."""
+    out_dir = Path(config.out_dir)
+    path = out_dir / f"bench{('-' + config.label) if config.label else ''}.json"
     if distributed.rank() == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        name = f"bench{('-' + config.label) if config.label else ''}.json"
-        (out_dir / name).write_text(json.dumps(results, indent=2) + "\n")
-        results["json_path"] = str(out_dir / name)
-    return results
+        written = {name: value for name, value in results.items() if name != "json_path"}
+        path.write_text(json.dumps(written, indent=2) + "\n")
+    return path
 
 
 def _time_baseline(config: BenchConfig, trainer, template: list[MicroBatch], step, device: torch.device) -> dict:
@@ -390,7 +610,7 @@ def _time_baseline(config: BenchConfig, trainer, template: list[MicroBatch], ste
     if not videos:
         raise FileNotFoundError(f"{config.videos}: no video files for the decode baseline")
     dataset = DecodingDataset(videos, config.num_frames, trainer.model.image_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
+    loader = torch.utils.data.DataLoader(dataset, batch_size=trainer.config.batch_size, shuffle=True,
                                          num_workers=config.workers, pin_memory=device.type == "cuda", drop_last=True,
                                          persistent_workers=config.workers > 0)
 
@@ -423,44 +643,71 @@ def _has_cv2() -> bool:
     return True
 
 
-def _time_eval(config: BenchConfig, model, tokenizer, device: torch.device) -> dict:
-    from fgclip.evaluate import list_test_videos, score_videos
+def _time_eval(config: BenchConfig, device: torch.device) -> dict:
+    from fgclip.evaluate import list_test_videos, load_scoring_model, score_videos
 
+    model, tokenizer = load_scoring_model(Path(config.model), device)
     test_set = list_test_videos(Path(config.test_shards))
     stored = sum(v.stored_frames for v in test_set.videos)
     kwargs = dict(class_names=["Fighting", "Explosion", "RoadAccidents", "Stealing"], device=device,
                   batch_frames=config.eval_batch_frames, num_readers=config.eval_readers, progress=False)
-    score_videos(model, tokenizer, Path(config.test_shards), videos=[test_set.videos[0].key], **kwargs)  # warm-up
+    score_videos(model, tokenizer, Path(config.test_shards), videos=[test_set.videos[0].key], **kwargs)  # warm-up, compiling
     _sync(device)
     start = time.perf_counter()
     score_videos(model, tokenizer, Path(config.test_shards), **kwargs)
     _sync(device)
     seconds = time.perf_counter() - start
-    return {"videos": len(test_set.videos), "stored_frames": stored, "seconds": seconds, "frames_per_s": stored / seconds}
+    return {"videos": len(test_set.videos), "stored_frames": stored, "seconds": seconds, "frames_per_s": stored / seconds,
+            "readers": config.eval_readers, "compiled": device.type == "cuda"}
 
 
 def format_table(results: dict) -> str:
-    rows = [("path", "frames/s", "step s", "note")]
-    ceiling, real = results["ceiling"], results["real"]
+    rows = [("path", "frames/s", "step s", "of path 0", "GPU idle", "note")]
+
+    def share(value) -> str:
+        return "" if value is None else f"{value:.1%}"
+
+    tower, ceiling, real = results["vision_tower"], results["ceiling"], results["real"]
+    train0 = tower["train"]
+    rows.append(("0 bare vision tower (train)", f"{train0['frames_per_s']:.0f}", f"{train0['step_s_median']:.3f}", "100%",
+                 share(train0.get("idle_share")), f"{tower['frames_per_micro_batch']} frames x {tower['grad_accum']}"
+                 + (f", peak {train0['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in train0 else "")))
     mem = f", peak {ceiling['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in ceiling else ""
     mfu = f", MFU {ceiling['mfu']:.1%}" if ceiling.get("mfu") else ""
+    waits = sum(ceiling.get("host_waits", {}).values())
     rows.append(("1 ceiling (data on device)", f"{ceiling['frames_per_s']:.0f}", f"{ceiling['step_s_median']:.3f}",
-                 f"{ceiling['achieved_tflops']:.0f} TFLOP/s{mfu}{mem}"))
+                 share(ceiling["of_vision_tower"]), share(ceiling.get("idle_share")),
+                 f"{ceiling['achieved_tflops']:.0f} TFLOP/s{mfu}{mem}, {waits} host waits"))
     rows.append(("2 real (HDF5 loader)", f"{real['frames_per_s']:.0f}", f"{real['step_s_median']:.3f}",
+                 share(real["of_vision_tower"]), share(real.get("idle_share")),
                  f"data wait {real['data_wait_share']:.1%}, {results['loader_efficiency']:.1%} of ceiling"))
     if "baseline" in results:
         base = results["baseline"]
         rows.append(("3 decode in the loop", f"{base['frames_per_s']:.0f}", f"{base['step_s_median']:.3f}",
+                     share(base["of_vision_tower"]), "",
                      f"{base['decoder']}; real path is {results['speedup_over_baseline']:.1f}x faster"))
+    for label, setting in results.get("settings", {}).items():
+        if "error" in setting:
+            rows.append((f"2 real, {label}", "failed", "", "", "", setting["error"][:80]))
+            continue
+        step = setting["real"]
+        rows.append((f"2 real, {label}", f"{step['frames_per_s']:.0f}", f"{step['step_s_median']:.3f}",
+                     share(step["frames_per_s"] / train0["frames_per_s"]), share(step.get("idle_share")),
+                     f"{setting['batch_size']} x {setting['grad_accum']}, checkpointing {setting['gradient_checkpointing']}"
+                     + (f", peak {step['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in step else "")))
+    inference0 = tower["inference"]
+    rows.append(("0 bare vision tower (inference)", f"{inference0['frames_per_s']:.0f}", "", "100%", "",
+                 f"batches of {inference0['batch_frames']} frames"))
     if "eval" in results:
         ev = results["eval"]
-        rows.append(("4 evaluation inference", f"{ev['frames_per_s']:.0f}", "", f"{ev['stored_frames']} stored frames"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        rows.append(("4 evaluation inference", f"{ev['frames_per_s']:.0f}", "", share(ev["of_vision_tower"]), "",
+                     f"{ev['stored_frames']} stored frames, {ev['readers']} readers, compiled {ev['compiled']}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     env = results["environment"]
     lines.insert(0, f"{results.get('label') or 'bench'}: {env['device']} x{results['world_size']}, torch {env['torch']}, "
-                    f"{results['config']['batch_size']} x {results['config']['num_frames']} frames x accum "
-                    f"{results['config']['grad_accum']}, checkpointing {results['config']['gradient_checkpointing']}, "
-                    f"compiled {results.get('compiled', False)}")
+                    f"{results['batch_size']} x {results['config']['num_frames']} frames x accum "
+                    f"{results['grad_accum']}{' (auto)' if results.get('auto_batch') else ''}, checkpointing "
+                    f"{results['gradient_checkpointing']}, compiled {results.get('compiled', False)}")
     lines.append(f"projected full preset (232 x 256 x 10 epochs): {results['projected_full_preset_s'] / 60:.1f} min")
     return "\n".join(lines)

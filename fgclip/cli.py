@@ -382,6 +382,27 @@ def export_model_command(source: str, layout: str, out_dir: str, force: bool) ->
 
 # --- stage 2: training --------------------------------------------------------------------------
 
+class _BatchSize(click.ParamType):
+    """A positive number of videos per micro-batch, or `auto`."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or str(value).lower() != "auto":
+            return click.IntRange(min=1).convert(value, param, ctx)
+        return "auto"
+
+
+def _batch_size_overrides(overrides: dict) -> dict:
+    """--batch-size auto -> auto_batch (the preset's batch_size x grad_accum is the contrastive batch
+    kept); a number turns auto off."""
+    if overrides.get("batch_size") == "auto":
+        return {**overrides, "batch_size": None, "auto_batch": True}
+    if overrides.get("batch_size") is not None:
+        return {**overrides, "auto_batch": False}
+    return overrides
+
+
 # Command-line option -> TrainConfig field, for the settings every preset carries. Each is
 # optional: given, it overrides the preset (the Makefile passes its variables through these).
 # The help ends with the presets' values (`presets.preset_defaults`); the last column says what
@@ -392,7 +413,8 @@ _TRAIN_OVERRIDES = [
     ("--output-dir", "output_dir", click.Path(file_okay=False), "Where logs and checkpoints go.", None),
     ("--max-records", "max_records", click.IntRange(min=0), "Train on the first N records only (0 = all).", "all"),
     ("--num-frames", "num_frames", click.IntRange(min=1), "Frames per video, a uniform subset of the stored ones.", None),
-    ("--batch-size", "batch_size", click.IntRange(min=1), "Videos per micro-batch per GPU.", None),
+    ("--batch-size", "batch_size", _BatchSize(), "Videos per micro-batch per GPU, or auto (the default on a GPU): the "
+     "largest that fits, with checkpointing on or off, the preset's batch size x --grad-accum kept as the contrastive batch.", None),
     ("--grad-accum", "grad_accum", click.IntRange(min=1), "Micro-batches per optimizer step; the loss sees all of them.", None),
     ("--epochs", "epochs", click.IntRange(min=1), "Passes over the data.", None),
     ("--lr", "lr", click.FloatRange(min=0, min_open=True), "Learning rate of the vision tower, temporal module, temperatures.", None),
@@ -414,7 +436,8 @@ _TRAIN_OVERRIDES = [
 ]
 _TRAIN_SWITCHES = [
     ("--bf16/--no-bf16", "bf16", "bf16 autocast.", "on with a GPU, off on CPU"),
-    ("--gradient-checkpointing/--no-gradient-checkpointing", "gradient_checkpointing", "Recompute activations in backward.", None),
+    ("--gradient-checkpointing/--no-gradient-checkpointing", "gradient_checkpointing", "Recompute activations in backward.",
+     "chosen by --batch-size auto on a GPU, else on"),
     ("--compile/--no-compile", "compile", "torch.compile the transformer blocks; compiling takes a minute at the start.",
      "on with a GPU, off on CPU"),
     ("--augment/--no-augment", "augment", "Random resized crop + flip per video, boxes included.", None),
@@ -478,7 +501,7 @@ def train_command(preset: str, resume: str | None, stop_after_step: int | None, 
     else:
         explicit_all = False
     try:
-        config = resolve_config(preset, overrides)
+        config = resolve_config(preset, _batch_size_overrides(overrides))
     except ValueError as err:
         raise click.UsageError(str(err)) from None
     if explicit_all:
@@ -668,23 +691,28 @@ def eval_command(checkpoints, test_shards, annotations, baseline, no_baseline, o
 @click.option("--baseline-videos", default=8, show_default=True, help="Generated videos for the decode baseline (0: skip it).")
 @click.option("--size", default=224, show_default=True, help="Stored frame size of generated shards.")
 @click.option("--num-frames", default=256, show_default=True)
-@click.option("--batch-size", default=2, show_default=True)
+@click.option("--batch-size", type=_BatchSize(), default="auto", show_default=True,
+              help="Videos per micro-batch, or auto (as training on a GPU: 2 x --grad-accum videos per step kept).")
 @click.option("--grad-accum", default=8, show_default=True)
 @click.option("--workers", default=8, show_default=True)
-@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=True, show_default=True)
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None,
+              help="Force checkpointing on or off [as training: chosen by --batch-size auto, else on].")
+@click.option("--extra-settings/--no-extra-settings", default=None,
+              help="Also time checkpointing forced on (auto micro-batch) and 2 x 256 frames with checkpointing [on; off with --smoke].")
 @click.option("--compile/--no-compile", "compile_blocks", default=None,
               help="torch.compile the transformer blocks, as training does [on with a GPU]; warm-up absorbs compiling.")
 @click.option("--steps", default=5, show_default=True, help="Timed optimizer steps per path.")
 @click.option("--warmup-steps", default=2, show_default=True)
 @click.option("--baseline-steps", default=2, show_default=True)
 @click.option("--eval/--no-eval", "time_eval", default=True, show_default=True, help="Time evaluation inference too.")
+@click.option("--eval-readers", default=8, show_default=True, help="Shard reader processes of the evaluation timing.")
 @click.option("--label", default="", help="Name of this configuration (bench-LABEL.json).")
 @click.option("--profile", "profile_step", is_flag=True, help="Also write profile[-LABEL].txt: the kernels of one step by device time.")
 @click.option("--smoke", is_flag=True,
               help="A seconds-long CPU configuration of all four measurements (tiny model and data; CI runs it).")
 def bench_command(out_dir, model, model_preset, shards, test_shards, videos, make_data, records, test_videos,
                   baseline_videos, size, num_frames, batch_size, grad_accum, workers, gradient_checkpointing, compile_blocks,
-                  steps, warmup_steps, baseline_steps, time_eval, label, profile_step, smoke) -> None:
+                  steps, warmup_steps, baseline_steps, time_eval, eval_readers, label, profile_step, smoke, extra_settings) -> None:
     """Time the training step fed from device memory, from HDF5 shards and by decoding video in the
     loop, plus evaluation inference; write bench.json and print a table."""
     from pathlib import Path
@@ -696,6 +724,7 @@ def bench_command(out_dir, model, model_preset, shards, test_shards, videos, mak
         make_data, model_preset, records, num_frames, size = True, "tiny", SMOKE["records"], SMOKE["num_frames"], SMOKE["size"]
         test_videos, baseline_videos, batch_size, grad_accum = SMOKE["test_videos"], SMOKE["baseline_videos"], 1, 2
         workers, steps, warmup_steps, baseline_steps, label = 1, 1, 1, 1, label or "smoke"
+        extra_settings = bool(extra_settings)
 
     out = Path(out_dir)
     data = out / "data"
@@ -718,9 +747,10 @@ def bench_command(out_dir, model, model_preset, shards, test_shards, videos, mak
         test_shards=None if not time_eval else (
             test_shards or (str(data / "test_stride16") if (data / "test_stride16").is_dir() else None)),
         videos=videos or (str(data / "videos") if (data / "videos").is_dir() else None),
-        num_frames=num_frames, batch_size=batch_size, grad_accum=grad_accum, workers=workers,
+        num_frames=num_frames, batch_size=2 if batch_size == "auto" else batch_size, auto_batch=batch_size == "auto",
+        grad_accum=grad_accum, workers=workers, extra_settings=extra_settings is not False,
         gradient_checkpointing=gradient_checkpointing, compile=compile_blocks, steps=steps, warmup_steps=warmup_steps,
-        baseline_steps=baseline_steps, label=label, profile=profile_step,
+        baseline_steps=baseline_steps, label=label, profile=profile_step, eval_readers=eval_readers,
     )
     results = run_bench(config)
     if dist.is_main:
