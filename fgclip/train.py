@@ -47,7 +47,7 @@ from fgclip.loader import ShardLoader
 from fgclip.losses import LossWeights
 from fgclip.model import FGCLIPVideo, check_tokenizer
 from fgclip.presets import TrainConfig
-from fgclip.run_dir import FINAL_DIR_NAME, checkpoint_dir, resolve_resume, write_run_config
+from fgclip.run_dir import FINAL_DIR_NAME, checkpoint_dir, read_run_config, resolve_resume, write_run_config
 from fgclip.step_fit import choose_step_fit
 from fgclip.text import load_tokenizer
 from fgclip.train_log import TrainLog, gpu_stats
@@ -268,7 +268,7 @@ class Trainer:
                 config.gradient_checkpointing = True
             return
         if self.resume_from is not None:
-            saved = load_trainer_state(self.resume_from)["config"]
+            saved = read_run_config(self.resume_from) or load_trainer_state(self.resume_from)["config"]
             config.batch_size, config.grad_accum = saved["batch_size"], saved["grad_accum"]
             config.gradient_checkpointing = bool(saved.get("gradient_checkpointing", True))
             return
