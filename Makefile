@@ -88,9 +88,11 @@ doctor: venv
 # The whole chain on the embedded default: stage 1, the tiny model, the demo preset, evaluation
 # of the trained model against its untrained start.
 DEMO_DIR ?= checkpoints/fgclip_demo
+# make demo chooses its checkpoint on held-out training videos (best/), never on the test split.
+DEMO_VALIDATION ?= --val-fraction 0.1 --val-every 10
 demo: frames
 	test -f $(EMBEDDED_MODEL) || $(FGCLIP) init-model --preset tiny
-	$(FGCLIP) train --preset demo --output-dir $(DEMO_DIR) --resume auto
+	$(FGCLIP) train --preset demo --output-dir $(DEMO_DIR) --resume auto $(DEMO_VALIDATION)
 	$(MAKE) eval EVAL_ARGS="--checkpoint $(DEMO_DIR) $(EVAL_ARGS)"
 
 # Evaluation: the latest debug checkpoint vs the model it started from, on the embedded test split.

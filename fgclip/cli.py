@@ -433,6 +433,12 @@ _TRAIN_OVERRIDES = [
     ("--keep-last", "keep_last", click.IntRange(min=0), "Checkpoints kept (0 = all).", None),
     ("--log-every", "log_every", click.IntRange(min=1), "Optimizer steps between trainer_log.txt lines.", None),
     ("--max-nonfinite", "max_nonfinite", click.IntRange(min=1), "Non-finite steps in a row before the run stops.", None),
+    ("--val-fraction", "val_fraction", click.FloatRange(min=0, max=1, max_open=True),
+     "Hold out this share of the training videos (never test-split ones) to choose best/ by (0 = off).", None),
+    ("--val-every", "val_every", click.IntRange(min=0), "Optimizer steps between validations (0 = at every checkpoint).", None),
+    ("--val-annotations", "val_annotations", click.Path(dir_okay=True),
+     "Temporal labels of training videos (any ground-truth format): validation scores frame AUC, not retrieval.",
+     "none"),
 ]
 _TRAIN_SWITCHES = [
     ("--bf16/--no-bf16", "bf16", "bf16 autocast.", "on with a GPU, off on CPU"),
@@ -668,6 +674,7 @@ def eval_command(checkpoints, test_shards, annotations, baseline, no_baseline, o
     click.echo(report["headline"])
     for model in report["models"]:
         click.echo(f"  {model['name']}: {model['path']}")
+    click.echo(f"selection: {report['selection']['note']}")
     click.echo(f"report: {inputs.out_dir / 'report.md'}  (plots in {inputs.out_dir / 'plots'}, "
                f"TensorBoard: tensorboard --logdir {inputs.out_dir})")
 

@@ -52,6 +52,7 @@ from fgclip.ground_truth import (
 from fgclip.metrics import DEFAULT_THRESHOLD, VideoFrames, compute_metrics
 from fgclip.text import SHORT_TEXT_LENGTH, load_tokenizer, tokenize
 from pipeline.datasets import ANOMALY_LABEL, get_dataset
+from pipeline.run_lock import RunLock, RunLockError
 from pipeline.shards import ShardReader, list_shards, read_manifest
 
 log = logging.getLogger(__name__)
@@ -308,15 +309,17 @@ class ModelChoice:
     path: Path  # the model directory loaded
     given: Path  # what the user named (a model dir or a training output dir)
     step: int | None  # training step, when known from the directory name
+    selection: str = ""  # how this model was chosen (validation's best/, the run's newest, as given)
 
 
 def resolve_model_dir(path: Path) -> Path:
-    """A model directory as given, or the newest model of a training output directory."""
+    """A model directory as given, or a training output directory's chosen model: `best/` when
+    the run kept one by validation, else its newest model."""
     path = Path(path)
     if not path.exists():
         raise EvaluationError(f"{path}: no such checkpoint or training output directory")
     if path.is_dir() and not run_dir.is_model_dir(path):
-        latest = run_dir.latest_model_dir(path)
+        latest = run_dir.chosen_model_dir(path)
         if latest is None:
             raise EvaluationError(f"{path}: neither a model directory (config.json + weights) nor a training output "
                                   f"directory with {run_dir.CHECKPOINT_PREFIX}STEP/ or {run_dir.FINAL_DIR_NAME}/ inside")
@@ -343,11 +346,39 @@ def choose_models(checkpoints: Sequence[Path], baseline: Path | None) -> list[Mo
     for given in checkpoints:
         path = resolve_model_dir(Path(given))
         display = f"{path.parent.name}/{path.name}" if run_dir.in_run(path) else path.name
-        choices.append(ModelChoice(unique(display), "checkpoint", path, Path(given), run_dir.training_step(path)))
+        choices.append(ModelChoice(unique(display), "checkpoint", path, Path(given), run_dir.training_step(path),
+                                   how_chosen(path, Path(given))))
     if baseline is not None:
         path = resolve_model_dir(Path(baseline))
         choices.append(ModelChoice(unique(f"baseline ({path.name})"), "baseline", path, Path(baseline), 0))
     return choices
+
+
+def how_chosen(model_dir: Path, given: Path) -> str:
+    """One sentence: how `model_dir` came to be the model evaluated for what the user gave."""
+    selection = run_dir.read_selection(model_dir.parent) if model_dir.name == run_dir.BEST_DIR_NAME else None
+    if selection is not None:
+        value = selection.get("value")
+        shown = f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
+        return (f"{model_dir}: best on the validation split ({selection.get('metric')} {shown} at step "
+                f"{selection.get('step')} of {selection.get('total_steps')}; {selection.get('validation')}); "
+                f"the test set played no part in choosing it")
+    if Path(given).resolve() != Path(model_dir).resolve():
+        return (f"{model_dir}: the newest model of {given} (the run kept no validation split; "
+                f"--val-fraction chooses a best/ without the test set)")
+    return f"{model_dir}: given on the command line"
+
+
+def selection_summary(models: list[ModelChoice]) -> dict:
+    """How the evaluated checkpoints were chosen, and whether this report compares several of
+    them on the test split (then choosing among them by these numbers is selection on the test set)."""
+    checkpoints = [m for m in models if m.role == "checkpoint"]
+    on_test_set = len(checkpoints) > 1
+    note = (f"SELECTION ON THE TEST SET: {len(checkpoints)} checkpoints are compared on the test split; picking one "
+            f"of them by these numbers chooses on the test set and overstates how it does on unseen data. "
+            f"Choose with --val-fraction at training instead (best/)" if on_test_set else
+            "one checkpoint evaluated: " + checkpoints[0].selection)
+    return {"on_test_set": on_test_set, "note": note, "models": {m.name: m.selection for m in checkpoints}}
 
 
 # --- what `fgclip-vad eval` evaluates when not told ------------------------------------------------
@@ -442,7 +473,21 @@ def _coverage(annotations: dict, test_set: TestSet) -> dict:
     }
 
 
-def evaluate(checkpoints: list[Path], test_shard_dir: Path, annotations: Path, out_dir: Path, *,
+def evaluate(checkpoints: list[Path], test_shard_dir: Path, annotations: Path, out_dir: Path, **options) -> dict:
+    """`score_and_report` holding `out_dir` as a run lock (`pipeline.run_lock`, as training and
+    stage 1 hold theirs): a second evaluation into the same report directory stops at once,
+    naming the first, instead of mixing its plots and scores into the other's report."""
+    try:
+        lock = RunLock(Path(out_dir), what="fgclip-vad eval", hint="choose another --out").acquire()
+    except RunLockError as err:
+        raise EvaluationError(str(err)) from None
+    try:
+        return score_and_report(checkpoints, test_shard_dir, annotations, out_dir, **options)
+    finally:
+        lock.release()
+
+
+def score_and_report(checkpoints: list[Path], test_shard_dir: Path, annotations: Path, out_dir: Path, *,
              baseline: Path | None = None, convention: str = DEFAULT_CONVENTION, smoothing_window: int = 1,
              threshold: float = DEFAULT_THRESHOLD, device: str | None = None, batch_frames: int = 512,
              num_readers: int = 2, templates: Sequence[str] = PROMPT_TEMPLATES,
@@ -505,16 +550,19 @@ def evaluate(checkpoints: list[Path], test_shard_dir: Path, annotations: Path, o
         stored = sum(v.stored_frames for v in videos)
         results.append({
             "name": choice.name, "role": choice.role, "path": str(choice.path), "given": str(choice.given),
-            "step": choice.step, "temperature": temperature,
+            "step": choice.step, "temperature": temperature, "selection": choice.selection,
             "metrics": compute_metrics(per_video, threshold=threshold),
             "timing": {"load_s": round(load_s, 3), "scoring_s": round(score_s, 3), "stored_frames": stored,
                        "stored_frames_per_s": round(stored / score_s, 1) if score_s > 0 else None},
         })
 
     partial = coverage["evaluated_videos"] < coverage["annotated_videos"]
+    selection = selection_summary(models)
     report = {
-        "headline": _headline(results, coverage, partial, spec.headline),
+        "headline": _headline(results, coverage, partial, spec.headline) + (
+            " [SELECTION ON THE TEST SET: several checkpoints compared]" if selection["on_test_set"] else ""),
         "partial": partial,
+        "selection": selection,
         "dataset": {"name": spec.name, "title": spec.title, "headline_metric": spec.headline,
                     "ap": "step-wise average precision: sum over thresholds of (R_n - R_{n-1}) P_n",
                     "ap_trapezoid": "area under the precision-recall curve by the trapezoidal rule"},

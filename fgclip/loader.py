@@ -34,6 +34,7 @@ from fgclip.loader_worker import SlotLayout, TrainingReadJob
 from fgclip.reader_pool import ReaderPool, ReadFailed, RecordSource
 from fgclip.text import LONG_TEXT_LENGTH, SHORT_TEXT_LENGTH, caption_key, tokenize
 from pipeline.shards import RecordMeta, ShardFormatError, ShardReader, ShardVersionError, list_shards
+from pipeline.ucf_split import video_key
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,7 @@ class ShardLoader:
         drop_last: bool = True,
         max_records: int | None = None,
         skip_damaged: bool = False,
+        exclude_videos: frozenset[str] | set[str] = frozenset(),
     ):
         if batch_size < 1 or num_frames < 1 or num_workers < 0 or prefetch < 1:
             raise ValueError(
@@ -220,6 +222,8 @@ class ShardLoader:
         self.shard_dir = Path(shard_dir)
         self.metas, (self.frame_height, self.frame_width) = read_training_metas(shard_dir, max_records,
                                                                                 skip_damaged=skip_damaged)
+        if exclude_videos:  # a validation split: every record of a held-out video goes
+            self.metas = [m for m in self.metas if video_key(m.video) not in exclude_videos]
         stored = min(m.num_frames for m in self.metas)
         if num_frames > stored:
             raise ShardFormatError(

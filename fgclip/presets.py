@@ -56,6 +56,10 @@ class TrainConfig:
     keep_last: int = 3
     log_every: int = 1  # optimizer steps between trainer_log.txt lines
     max_nonfinite: int = 5  # consecutive skipped (non-finite) steps before the run stops
+    # checkpoint selection without the test set (`fgclip.validation`)
+    val_fraction: float = 0.0  # share of the training videos held out (0 = no validation, no best/)
+    val_every: int = 0  # optimizer steps between validations (0 = at every checkpoint)
+    val_annotations: str | None = None  # temporal labels of training videos: frame AUC instead of retrieval
     extra: dict = field(default_factory=dict)  # free-form notes (e.g. the command line)
 
     def to_dict(self) -> dict:
@@ -195,6 +199,8 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"warmup_ratio must be in [0, 1), got {config.warmup_ratio}")
     if config.max_grad_norm <= 0:
         raise ValueError(f"max_grad_norm must be > 0, got {config.max_grad_norm}")
+    if not 0 <= config.val_fraction < 1 or config.val_every < 0:
+        raise ValueError(f"val_fraction must be in [0, 1) and val_every >= 0, got {config.val_fraction}, {config.val_every}")
 
 
 def resolve_path(path: str) -> Path:

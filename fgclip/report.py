@@ -211,6 +211,12 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| {c} | {videos} | " + " | ".join(_fmt(m["metrics"]["per_class_auc"].get(c)) for m in models) + " |")
         lines.append("")
 
+    selection = report.get("selection")
+    if selection:
+        lines += ["## Checkpoint selection", "", selection["note"], ""]
+        if selection["on_test_set"]:
+            lines += [f"* {name}: {how}" for name, how in selection["models"].items()] + [""]
+
     lines += ["## Setup", "",
               f"* Test shards: `{config['test_shards']}`; annotations: `{config['annotations']}`",
               f"* Ground truth: convention **{gt['convention']}** ({gt['meaning']}); frame counts: {gt['frame_counts']}",

@@ -10,6 +10,8 @@
                              model.safetensors, tokenizer, ...) plus trainer_state.pt (optimizer,
                              scheduler, RNG, data position) and run_config.json
         final/               the model at the end of the run (a model directory + run_config.json)
+        best/                with a validation split: the model that scored best on it (a model
+                             directory; its run_config.json's "selection" says when and how)
         .tmp-*               a checkpoint being written (`fgclip.checkpoint`); never read
 
 A model directory's own `config.json` is the Hugging Face model config; the run's settings are
@@ -28,6 +30,7 @@ from pathlib import Path
 CHECKPOINT_PREFIX = "checkpoint-"
 TMP_PREFIX = ".tmp-"
 FINAL_DIR_NAME = "final"
+BEST_DIR_NAME = "best"
 STATE_FILE = "trainer_state.pt"
 RUN_CONFIG_NAME = "run_config.json"
 # Read when RUN_CONFIG_NAME is missing: an output directory's `config.json` and a checkpoint's
@@ -71,7 +74,7 @@ def is_complete(path: Path) -> bool:
 def in_run(model_dir: os.PathLike | str) -> bool:
     """Whether a model directory is one of a run's (`checkpoint-STEP/` or `final/`)."""
     path = Path(model_dir)
-    return checkpoint_step(path) is not None or path.name == FINAL_DIR_NAME
+    return checkpoint_step(path) is not None or path.name in (FINAL_DIR_NAME, BEST_DIR_NAME)
 
 
 def list_checkpoints(output_dir: os.PathLike | str) -> list[Path]:
@@ -186,3 +189,16 @@ def run_name(path: os.PathLike | str) -> str:
     final model inside one), else the path's own name."""
     path = Path(path).resolve()
     return path.parent.name if in_run(path) else path.name
+
+
+def read_selection(output_dir: os.PathLike | str) -> dict | None:
+    """How a run's `best/` was chosen (its run config's "selection": step, metric, value, ...), or None."""
+    config = read_run_config(Path(output_dir) / BEST_DIR_NAME) if is_model_dir(Path(output_dir) / BEST_DIR_NAME) else None
+    selection = config.get("selection") if config else None
+    return selection if isinstance(selection, dict) else None
+
+
+def chosen_model_dir(output_dir: os.PathLike | str) -> Path | None:
+    """The model of a run that evaluation takes: `best/` when validation kept one, else the newest."""
+    best = Path(output_dir) / BEST_DIR_NAME
+    return best if is_model_dir(best) else latest_model_dir(output_dir)

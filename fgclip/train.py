@@ -8,8 +8,10 @@ separate vision and text learning rates on a warmup + cosine schedule.
 A step whose loss or gradient norm is not finite is skipped (no update) and counted; after
 `max_nonfinite` of them in a row the run stops with advice. Checkpoints are written every
 `save_every` steps (atomically, last `keep_last` kept) and at the end, with everything needed
-to continue exactly (`--resume auto`). SIGINT/SIGTERM end the current step, write a
-checkpoint and stop, so `kill` on a background run loses nothing.
+to continue exactly (`--resume auto`). With `val_fraction`, held-out training videos are scored
+every `val_every` steps (`fgclip.validation`) and the best model so far is kept in `best/`.
+SIGINT/SIGTERM end the current step, write a checkpoint and stop, so `kill` on a background
+run loses nothing.
 
 Only rank 0 writes files. The host waits for the GPU once per optimizer step (to read the
 losses and the gradient norm that decide whether the step is kept), never per micro-batch.
@@ -21,6 +23,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import time
 import dataclasses
@@ -43,14 +46,23 @@ from fgclip.checkpoint import (
     write_model_dir,
 )
 from fgclip.grad_cache import grad_cached_window
-from fgclip.loader import ShardLoader
+from fgclip.loader import ShardLoader, read_training_metas
 from fgclip.losses import LossWeights
 from fgclip.model import FGCLIPVideo, check_tokenizer
 from fgclip.presets import TrainConfig
-from fgclip.run_dir import FINAL_DIR_NAME, checkpoint_dir, read_run_config, resolve_resume, write_run_config
+from fgclip.run_dir import (
+    BEST_DIR_NAME,
+    FINAL_DIR_NAME,
+    checkpoint_dir,
+    read_run_config,
+    read_selection,
+    resolve_resume,
+    write_run_config,
+)
 from fgclip.step_fit import choose_step_fit
 from fgclip.text import load_tokenizer
 from fgclip.train_log import TrainLog, gpu_stats
+from fgclip.validation import ValidationError, ValidationSet
 from pipeline.run_lock import RunLock, RunLockError
 
 log = logging.getLogger(__name__)
@@ -59,7 +71,8 @@ STATE_FORMAT_VERSION = 1
 
 # Settings that fix which samples form which step; resuming with other values cannot continue
 # the same run exactly, so it is refused.
-_RESUME_FIXED = ("shards", "max_records", "num_frames", "batch_size", "grad_accum", "epochs", "seed", "augment")
+_RESUME_FIXED = ("shards", "max_records", "num_frames", "batch_size", "grad_accum", "epochs", "seed", "augment",
+                 "val_fraction")
 
 # Parameters trained at the text learning rate.
 _TEXT_PREFIXES = ("clip.text_model.", "clip.text_projection.", "long_positions.", "long_text_projection.")
@@ -224,6 +237,16 @@ class Trainer:
 
         self.loss_weights = LossWeights(config.global_weight, config.region_weight, config.hard_weight)
 
+        self.validation: ValidationSet | None = None
+        if config.val_fraction > 0:
+            metas, _ = read_training_metas(config.shards, config.max_records, skip_damaged=config.skip_damaged)
+            try:
+                self.validation = ValidationSet.hold_out(
+                    metas, Path(config.shards), fraction=config.val_fraction, seed=config.seed,
+                    num_frames=config.num_frames,
+                    annotations=Path(config.val_annotations) if config.val_annotations else None)
+            except ValidationError as err:
+                raise TrainingError(str(err)) from None
         self.loader = ShardLoader(
             config.shards,
             model=self.model,
@@ -240,6 +263,7 @@ class Trainer:
             drop_last=True,
             max_records=config.max_records,
             skip_damaged=config.skip_damaged,
+            exclude_videos=self.validation.videos if self.validation is not None else frozenset(),
         )
         # An epoch's last window holds the micro-batches left (ShardLoader.windows).
         self.steps_per_epoch = -(-len(self.loader) // config.grad_accum)
@@ -392,6 +416,8 @@ class Trainer:
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(loss=f"{outcome.losses.get('total', float('nan')):.3f}", refresh=False)
+                if self.validation is not None and (self.step % (config.val_every or config.save_every) == 0 or last):
+                    self._validate()
                 stop = self._stop_reason()
                 if self.step % config.save_every == 0 or stop or last:
                     self._save_checkpoint()
@@ -463,6 +489,10 @@ class Trainer:
                 f"({self.steps_per_epoch} per epoch), effective batch {self.run_config()['effective_batch']}, "
                 f"model {self.config.model}, device {self.device}, {self.dist.world_size} process(es)"
             )
+        if self.validation is not None:
+            if not resuming:  # a fresh run competes with itself only
+                shutil.rmtree(self.output_dir / BEST_DIR_NAME, ignore_errors=True)
+            self.log.note(f"validation: {self.validation.describe()}; best model kept in {BEST_DIR_NAME}/")
 
     def _log_step(self, outcome: StepOutcome, frames_per_s: float, wait_share: float, step_time_s: float) -> None:
         if not self.is_main or self.log is None:
@@ -507,6 +537,28 @@ class Trainer:
                                config=self.run_config(), keep_last=self.config.keep_last)
         if self.log is not None:
             self.log.note(f"checkpoint {path}")
+
+    def _validate(self) -> None:
+        """Score the held-out videos; keep the model in best/ when it scores at least the best so far
+        (ties go to the later step: it has trained longer)."""
+        if not self.is_main:
+            return
+        value = self.validation.score(self.model, self.tokenizer, self.device, self.autocast)
+        best = read_selection(self.output_dir)
+        best_value = best["value"] if best else None
+        shown = "n/a" if value is None else f"{value:.4f}"
+        if value is not None and (best_value is None or value >= best_value):
+            self._check_finite_model()
+            selection = {"step": self.step, "total_steps": self.total_steps, "metric": self.validation.metric,
+                         "value": value, "validation": self.validation.describe(),
+                         "videos": sorted(self.validation.videos)}
+            path = write_model_dir(self.output_dir / BEST_DIR_NAME, self.model, {**self.run_config(), "selection": selection})
+            message = f"validation at step {self.step}: {self.validation.metric} {shown}, best so far: {path}"
+        else:
+            message = (f"validation at step {self.step}: {self.validation.metric} {shown} "
+                       f"(best {best_value:.4f} at step {best['step']})")
+        if self.log is not None:
+            self.log.note(message)
 
     def _save_final(self) -> None:
         if not self.is_main:

@@ -1,0 +1,185 @@
+"""Checkpoint selection that never looks at the test set: a validation split of training videos.
+
+`--val-fraction F` holds out a share F of the training *videos* (all records of a held-out
+video go, so no window of it is trained on), drawn per anomalous / normal group with the run's
+seed, and never a video of any official test split (`test_split_videos`: the splits found for
+the shards' annotation file, per dataset, as stage 1's leak check finds them). The trainer
+scores the held-out records every `--val-every` steps with evaluation's code and keeps the
+best model in `best/` (`fgclip.run_dir`; `run_dir.read_selection` says when and how):
+
+* **frame AUC** when the held-out videos have temporal labels (`--val-annotations FILE`, a
+  ground-truth file in any format of `fgclip.ground_truth` that lists them): each stored frame
+  scored as evaluation scores test frames (`fgclip.evaluate.anomaly_scores`), labelled at its
+  source frame number;
+* otherwise **video -> caption retrieval accuracy**: the share of held-out records whose video
+  embedding is nearest to their own global caption among all held-out captions (an identical
+  caption of another record counts as correct: it is the same text).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fgclip.ground_truth import frame_labels, load_ground_truth
+from fgclip.ground_truth import video_key as gt_video_key
+from fgclip.loader_worker import subsample_rows
+from fgclip.metrics import roc_auc
+from fgclip.text import LONG_TEXT_LENGTH, caption_key, tokenize
+from pipeline.datasets import REGISTRY, dataset_of_path
+from pipeline.shards import RecordMeta, ShardReader, read_manifest
+from pipeline.ucf_split import find_test_split, read_split_list, video_key
+
+log = logging.getLogger(__name__)
+
+RETRIEVAL = "retrieval_top1"
+FRAME_AUC = "frame_auc"
+METRIC_DOC = {
+    RETRIEVAL: "video -> caption retrieval top-1 accuracy over the held-out records",
+    FRAME_AUC: "frame ROC AUC of the held-out records' stored frames against their temporal labels",
+}
+
+
+class ValidationError(ValueError):
+    """A validation split that cannot be made (too few videos, bad fraction); the message says what to do."""
+
+
+def test_split_videos(shard_dir: Path, metas: list[RecordMeta]) -> tuple[set[str], list[str]]:
+    """Video keys of every official test split found for the shards' source annotation file
+    (one per dataset of the records), and the split files read."""
+    try:
+        source = read_manifest(shard_dir).get("source") or ""
+    except Exception:  # noqa: BLE001 - no manifest: nothing to look next to
+        source = ""
+    keys: set[str] = set()
+    files: list[str] = []
+    if not source:
+        return keys, files
+    for name in sorted({dataset_of_path(m.video).name for m in metas}):
+        split = find_test_split(source, REGISTRY[name])
+        if split is None or not split.is_file():
+            continue
+        keys |= {entry.key for entry in read_split_list(split, REGISTRY[name])}
+        files.append(str(split))
+    return keys, files
+
+
+def choose_validation_videos(metas: list[RecordMeta], fraction: float, seed: int,
+                             excluded: set[str] = frozenset()) -> set[str]:
+    """Video keys held out: round(fraction x videos) of the anomalous and of the normal videos
+    (at least one of a group of two or more), never one of `excluded` (test-split videos)."""
+    if not 0 < fraction < 1:
+        raise ValidationError(f"--val-fraction must be between 0 and 1 (exclusive), got {fraction}")
+    anomalous_of: dict[str, bool] = {}
+    for meta in metas:
+        anomalous_of.setdefault(video_key(meta.video), meta.is_anomaly)
+    groups: dict[bool, list[str]] = defaultdict(list)
+    for key, anomalous in sorted(anomalous_of.items()):
+        if key not in excluded:
+            groups[anomalous].append(key)
+    rng = np.random.default_rng([seed, 0x5A11D])
+    chosen: set[str] = set()
+    for anomalous in sorted(groups):
+        keys = groups[anomalous]
+        count = max(1, round(fraction * len(keys))) if len(keys) >= 2 else 0
+        chosen |= {keys[i] for i in rng.permutation(len(keys))[:count]}
+    if not chosen or len(chosen) >= len(anomalous_of):
+        raise ValidationError(f"--val-fraction {fraction}: {len(anomalous_of)} training videos "
+                              f"({len(excluded & set(anomalous_of))} of them test videos) leave no validation split "
+                              f"and training videos both; train on more videos or drop --val-fraction")
+    return chosen
+
+
+@dataclass
+class ValidationSet:
+    """The held-out records (metas only; frames are read at each scoring) and how they are scored."""
+
+    metas: list[RecordMeta]
+    num_frames: int
+    videos: set[str]
+    test_split_files: list[str] = field(default_factory=list)
+    temporal_labels: dict = field(default_factory=dict)  # video key -> VideoAnnotation, for frame AUC
+    class_names: list[str] = field(default_factory=list)
+
+    @classmethod
+    def hold_out(cls, metas: list[RecordMeta], shard_dir: Path, *, fraction: float, seed: int, num_frames: int,
+                 annotations: Path | None = None) -> "ValidationSet":
+        excluded, files = test_split_videos(shard_dir, metas)
+        videos = choose_validation_videos(metas, fraction, seed, excluded)
+        held = [m for m in metas if video_key(m.video) in videos]
+        labels: dict = {}
+        class_names: list[str] = []
+        if annotations is not None:
+            _, ground_truth = load_ground_truth(annotations)
+            labels = {gt_video_key(m.video): ground_truth[gt_video_key(m.video)] for m in held
+                      if gt_video_key(m.video) in ground_truth}
+            class_names = sorted({a.label for a in ground_truth.values() if a.is_anomaly})
+        return cls(held, num_frames, videos, files, labels, class_names)
+
+    @property
+    def metric(self) -> str:
+        return FRAME_AUC if self.temporal_labels else RETRIEVAL
+
+    def describe(self) -> str:
+        splits = ", ".join(self.test_split_files) or "none found"
+        return (f"{len(self.metas)} records of {len(self.videos)} held-out training videos, scored by "
+                f"{METRIC_DOC[self.metric]}; test splits kept out: {splits}")
+
+    @torch.inference_mode()
+    def score(self, model, tokenizer, device, autocast=None) -> float | None:
+        """The validation score of `model` (higher is better); None when undefined (one class of frames)."""
+        was_training = model.training
+        model.eval()
+        context = autocast if autocast is not None else contextlib.nullcontext()
+        try:
+            with context:
+                return self._frame_auc(model, tokenizer, device) if self.metric == FRAME_AUC else \
+                    self._retrieval(model, tokenizer, device)
+        finally:
+            model.train(was_training)
+
+    def _read(self, meta: RecordMeta, rows: np.ndarray | None) -> tuple[torch.Tensor, ...]:
+        with ShardReader(meta.shard) as reader:
+            record = reader.read_record(meta.local_index)
+        keep = rows if rows is not None else np.arange(record.num_frames)
+        return (torch.from_numpy(np.ascontiguousarray(record.frames_uint8[keep])),
+                torch.from_numpy(record.boxes[:, keep]).float(), torch.from_numpy(record.box_mask[:, keep]),
+                record.frame_index[keep])
+
+    def _retrieval(self, model, tokenizer, device) -> float:
+        video_embeds = []
+        for meta in self.metas:
+            frames, boxes, box_mask, _ = self._read(meta, subsample_rows(meta.num_frames, self.num_frames))
+            if boxes.shape[0] == 0:  # no regions: the video path needs none
+                boxes, box_mask = torch.zeros(1, len(frames), 4), torch.zeros(1, len(frames), dtype=torch.bool)
+            pixels = model.preprocess(frames.to(device))
+            out = model.encode_video(pixels[None], boxes[None].to(device), box_mask[None].to(device))
+            video_embeds.append(out.video_embeds.float())
+        captions = [m.global_caption for m in self.metas]
+        ids = tokenize(tokenizer, captions, LONG_TEXT_LENGTH).to(device)
+        text_embeds = model.encode_text(ids, long=True).float()
+        nearest = (torch.cat(video_embeds) @ text_embeds.t()).argmax(dim=1).cpu().numpy()
+        keys = [caption_key(c) for c in captions]
+        return float(np.mean([keys[j] == keys[i] for i, j in enumerate(nearest)]))
+
+    def _frame_auc(self, model, tokenizer, device) -> float | None:
+        from fgclip.evaluate import anomaly_scores, prompt_embeddings
+
+        prompts = prompt_embeddings(model, tokenizer, self.class_names, device=torch.device(device))
+        temperature = model.temperatures()["global"].float()
+        scores, labels = [], []
+        for meta in self.metas:
+            annotation = self.temporal_labels.get(gt_video_key(meta.video))
+            if annotation is None:
+                continue
+            frames, _, _, frame_index = self._read(meta, None)
+            frame_embeds = model.encode_frames(model.preprocess(frames.to(device)))
+            scores.append(anomaly_scores(frame_embeds, prompts, temperature).cpu().numpy())
+            labels.append(frame_labels(annotation, meta.num_source_frames)[frame_index])
+        return roc_auc(np.concatenate(scores), np.concatenate(labels))
