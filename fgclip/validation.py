@@ -111,6 +111,10 @@ class ValidationSet:
     def hold_out(cls, metas: list[RecordMeta], shard_dir: Path, *, fraction: float, seed: int, num_frames: int,
                  annotations: Path | None = None) -> "ValidationSet":
         excluded, files = test_split_videos(shard_dir, metas)
+        if not files:
+            log.warning("%s: no official test split found for the shards' annotation file (see `fgclip-vad validate`); "
+                        "the validation split cannot keep test videos out, stage 1's leak check is all there is",
+                        shard_dir)
         videos = choose_validation_videos(metas, fraction, seed, excluded)
         held = [m for m in metas if video_key(m.video) in videos]
         labels: dict = {}
