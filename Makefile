@@ -89,7 +89,7 @@ doctor: venv
 # of the trained model against its untrained start.
 DEMO_DIR ?= checkpoints/fgclip_demo
 # make demo chooses its checkpoint on held-out training videos (best/), never on the test split.
-DEMO_VALIDATION ?= --val-fraction 0.1 --val-every 10
+DEMO_VALIDATION ?= --val-fraction 0.05 --val-every 20
 demo: frames
 	test -f $(EMBEDDED_MODEL) || $(FGCLIP) init-model --preset tiny
 	$(FGCLIP) train --preset demo --output-dir $(DEMO_DIR) --resume auto $(DEMO_VALIDATION)
