@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 .PHONY: help venv demo test frames clean-data
 
 help:
-	@echo "make demo    - whole chain on the embedded default (stage 1, training, evaluation)"
+	@echo "make demo    - whole chain on the embedded default (stage 1, training, evaluation); MODEL_FAMILY=siglip2 for FG-CLIP 2"
 	@echo "make test    - the test suite"
 	@echo "make frames  - stage 1: decode videos into HDF5 shards (embedded default without arguments)"
 	@echo "make eval    - frame-level AUC of the latest debug checkpoint vs its starting model (report, plots)"
@@ -86,13 +86,17 @@ doctor: venv
 		$(call _opt,--output-dir,$(OUTPUT_DIR)) $(call _opt,--num-frames,$(NUM_FRAMES)) $(call _opt,--annotations,$(ANNOTATIONS))
 
 # The whole chain on the embedded default: stage 1, the tiny model, the demo preset, evaluation
-# of the trained model against its untrained start.
-DEMO_DIR ?= checkpoints/fgclip_demo
+# of the trained model against its untrained start. MODEL_FAMILY=siglip2 runs it with FG-CLIP 2's
+# family (SigLIP 2 towers, sigmoid loss, Gemma-style tokenizer; `init-model --preset tiny-siglip2`).
+MODEL_FAMILY ?= clip
+DEMO_MODEL_PRESET := $(if $(filter siglip2,$(MODEL_FAMILY)),tiny-siglip2,$(if $(filter clip,$(MODEL_FAMILY)),tiny,$(error MODEL_FAMILY must be clip or siglip2, not $(MODEL_FAMILY))))
+DEMO_MODEL := $(DATA_ROOT)/models/$(DEMO_MODEL_PRESET)
+DEMO_DIR ?= checkpoints/fgclip_demo$(if $(filter siglip2,$(MODEL_FAMILY)),_siglip2)
 # make demo chooses its checkpoint on held-out training videos (best/), never on the test split.
 DEMO_VALIDATION ?= --val-fraction 0.05 --val-every 20
 demo: frames
-	test -f $(EMBEDDED_MODEL) || $(FGCLIP) init-model --preset tiny
-	$(FGCLIP) train --preset demo --output-dir $(DEMO_DIR) --resume auto $(DEMO_VALIDATION)
+	test -f $(DEMO_MODEL)/config.json || $(FGCLIP) init-model --preset $(DEMO_MODEL_PRESET) --out $(DEMO_MODEL)
+	$(FGCLIP) train --preset demo --model $(DEMO_MODEL) --output-dir $(DEMO_DIR) --resume auto $(DEMO_VALIDATION)
 	$(MAKE) eval EVAL_ARGS="--checkpoint $(DEMO_DIR) $(EVAL_ARGS)"
 
 # Evaluation: the latest debug checkpoint vs the model it started from, on the embedded test split.

@@ -78,8 +78,10 @@ def _test_split_option(values: tuple[str, ...]):
 @click.option("--json-report", type=click.Path(dir_okay=False), default=None, help="Write every problem to this JSON file.")
 @click.option("--max-listed", type=click.IntRange(min=0), default=10, show_default=True,
               help="Problems listed per kind (overlapping test videos are always all listed).")
+@click.option("--model-family", type=click.Choice(["clip", "siglip2"]), default="clip", show_default=True,
+              help="The family you will train: with siglip2 (bilingual FG-CLIP 2) Chinese captions are not flagged.")
 def validate_command(annotations, test_split, allow_test_overlap, drop_test_overlap, drop_invalid, translations,
-                     fps_hint, json_report, max_listed) -> None:
+                     fps_hint, json_report, max_listed, model_family) -> None:
     """Check an annotation JSON; exit 1 if anything makes the dataset wrong.
 
     Errors: unreadable file, records that cannot be used as written, videos of the official
@@ -97,7 +99,8 @@ def validate_command(annotations, test_split, allow_test_overlap, drop_test_over
     report = validate_annotations(
         Path(annotations), test_split=_test_split_option(test_split),
         allow_test_overlap=allow_test_overlap, drop_test_overlap=drop_test_overlap,
-        translations=_load_translations_option(translations), drop_invalid=drop_invalid, fps_hint=fps_hint)
+        translations=_load_translations_option(translations), drop_invalid=drop_invalid, fps_hint=fps_hint,
+        model_family=model_family)
     fatal = [p for p in report.problems if p.kind in FATAL_FILE_KINDS]
     if fatal:
         raise click.ClickException(fatal[0].message)
@@ -224,10 +227,12 @@ def _print_frames_summary(summary: dict) -> None:
 @click.option("--benchmark", is_flag=True,
               help="Time stage 1 on the embedded default against a bare ffmpeg decode of the same videos; builds nothing.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Benchmark rounds.")
+@click.option("--model-family", type=click.Choice(["clip", "siglip2"]), default="clip", show_default=True,
+              help="The family you will train: with siglip2 (bilingual FG-CLIP 2) Chinese captions are not flagged.")
 @click.pass_context
 def frames_command(ctx, annotations, video_root, out_root, num_frames, size, resize_mode, records_per_shard, workers,
                    strict, test_split, allow_test_overlap, drop_test_overlap, translations, test_list, stride,
-                   path_maps, dataset_name, benchmark, repeats) -> None:
+                   path_maps, dataset_name, benchmark, repeats, model_family) -> None:
     """Stage 1: decode each video once into HDF5 shards with box tracks.
 
     \b
@@ -306,7 +311,7 @@ def frames_command(ctx, annotations, video_root, out_root, num_frames, size, res
             resize_mode=resize_mode, records_per_shard=records_per_shard, workers=workers, strict=strict,
             test_split=_test_split_option(test_split), allow_test_overlap=allow_test_overlap,
             drop_test_overlap=drop_test_overlap, translations=_load_translations_option(translations),
-            path_map=path_map, report_problems=lambda text: click.echo(text, err=True))
+            path_map=path_map, model_family=model_family, report_problems=lambda text: click.echo(text, err=True))
         _print_frames_summary(summary)
     except (FramesError, VideoError) as err:
         raise click.ClickException(str(err)) from None
@@ -319,13 +324,15 @@ def frames_command(ctx, annotations, video_root, out_root, num_frames, size, res
 
 
 # The names of fgclip.model_factory.PRESETS (importing it here would load torch for --help).
-MODEL_PRESETS = ["tiny", "vit-b16", "vit-l14-336"]
+MODEL_PRESETS = ["tiny", "vit-b16", "vit-l14-336", "tiny-siglip2", "vit-b16-siglip2"]
 
 
 @main.command("init-model")
 @click.option("--preset", type=click.Choice(MODEL_PRESETS), default="tiny", show_default=True,
               help="tiny: the embedded default (112 px, trains on CPU); vit-b16 / vit-l14-336: random weights of "
-                   "fg-clip-base's / fg-clip-large's shape (ViT-B/16 at 224 px, ViT-L/14 at 336 px), for benchmarks.")
+                   "fg-clip-base's / fg-clip-large's shape (ViT-B/16 at 224 px, ViT-L/14 at 336 px), for benchmarks; "
+                   "tiny-siglip2 / vit-b16-siglip2: the same for the FG-CLIP 2 family (SigLIP 2, FG-CLIP 2's layout, "
+                   "Gemma-style tokenizer).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Model directory to write [default: the embedded default model dir for tiny, beside it for vit-b16].")
 @click.option("--captions", "captions_json", type=click.Path(dir_okay=False, path_type=str), default=None,
@@ -334,7 +341,8 @@ MODEL_PRESETS = ["tiny", "vit-b16", "vit-l14-336"]
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
 @click.option("--force", is_flag=True, help="Overwrite a directory that already holds a model.")
 def init_model_command(preset: str, out_dir: str | None, captions_json: str | None, seed: int, force: bool) -> None:
-    """Write a new CLIP model directory (random weights, BPE tokenizer trained on captions)."""
+    """Write a new model directory (random weights, a tokenizer trained on captions): CLIP, or FG-CLIP 2
+    for the -siglip2 presets."""
     from pathlib import Path
 
     from fgclip.model_factory import captions_from_annotations, init_model
@@ -686,8 +694,10 @@ def eval_command(checkpoints, test_shards, annotations, baseline, no_baseline, o
               help="Output dir: bench[-LABEL].json, the benchmark inputs (with --make-data) and the trainer's log.")
 @click.option("--model", default=None, type=click.Path(file_okay=False),
               help="Model directory [default: OUT/model-PRESET, created with --model-preset].")
-@click.option("--model-preset", default="vit-b16", show_default=True, type=click.Choice(MODEL_PRESETS),
-              help="init-model preset used when --model is not given.")
+@click.option("--model-preset", default=None, type=click.Choice(MODEL_PRESETS),
+              help="init-model preset used when --model is not given [the --family's ViT-B/16 shape; its tiny one with --smoke].")
+@click.option("--family", default="clip", show_default=True, type=click.Choice(["clip", "siglip2"]),
+              help="Model family of the default --model-preset: clip (FG-CLIP) or siglip2 (FG-CLIP 2 on SigLIP 2).")
 @click.option("--shards", default=None, type=click.Path(file_okay=False), help="Uniform training shards [default: OUT/data/train_tT].")
 @click.option("--test-shards", default=None, type=click.Path(file_okay=False), help="Stride test shards [default: OUT/data/test_stride16].")
 @click.option("--videos", default=None, type=click.Path(file_okay=False), help="Videos for the decode baseline [default: OUT/data/videos].")
@@ -717,7 +727,7 @@ def eval_command(checkpoints, test_shards, annotations, baseline, no_baseline, o
 @click.option("--profile", "profile_step", is_flag=True, help="Also write profile[-LABEL].txt: the kernels of one step by device time.")
 @click.option("--smoke", is_flag=True,
               help="A seconds-long CPU configuration of all four measurements (tiny model and data; CI runs it).")
-def bench_command(out_dir, model, model_preset, shards, test_shards, videos, make_data, records, test_videos,
+def bench_command(out_dir, model, model_preset, family, shards, test_shards, videos, make_data, records, test_videos,
                   baseline_videos, size, num_frames, batch_size, grad_accum, workers, gradient_checkpointing, compile_blocks,
                   steps, warmup_steps, baseline_steps, time_eval, eval_readers, label, profile_step, smoke, extra_settings) -> None:
     """Time the training step fed from device memory, from HDF5 shards and by decoding video in the
@@ -727,11 +737,15 @@ def bench_command(out_dir, model, model_preset, shards, test_shards, videos, mak
     from fgclip import distributed
     from fgclip.bench import SMOKE, BenchConfig, format_table, make_bench_data, run_bench
 
+    suffix = "" if family == "clip" else f"-{family}"
+    if model_preset is None:
+        model_preset = ("tiny" if smoke else "vit-b16") + suffix
     if smoke:
-        make_data, model_preset, records, num_frames, size = True, "tiny", SMOKE["records"], SMOKE["num_frames"], SMOKE["size"]
+        make_data, records, num_frames, size = True, SMOKE["records"], SMOKE["num_frames"], SMOKE["size"]
         test_videos, baseline_videos, batch_size, grad_accum = SMOKE["test_videos"], SMOKE["baseline_videos"], 1, 2
-        workers, steps, warmup_steps, baseline_steps, label = 1, 1, 1, 1, label or "smoke"
+        workers, steps, warmup_steps, baseline_steps, label = 1, 1, 1, 1, label or f"smoke{suffix}"
         extra_settings = bool(extra_settings)
+    label = label or suffix.lstrip("-")
 
     out = Path(out_dir)
     data = out / "data"

@@ -125,19 +125,19 @@ def check_disk(output_dir: Path, min_free_gb: float) -> Check:
 
 
 def check_model(model_dir: Path) -> Check:
-    from fgclip.model import FGCLIPVideo, ModelDirError, check_tokenizer
-    from fgclip.text import load_tokenizer
+    from fgclip.families import load_model_and_tokenizer
+    from fgclip.model import ModelDirError
 
     try:
-        model = FGCLIPVideo.from_pretrained(model_dir)
-        check_tokenizer(model, load_tokenizer(model_dir), model_dir)
+        model, _ = load_model_and_tokenizer(model_dir)
     except (ModelDirError, FileNotFoundError, OSError) as err:
         return Check("model", "FAIL", str(err))
     from fgclip.layouts import LAYOUT_DESCRIPTIONS
 
     parameters = sum(p.numel() for p in model.parameters()) / 1e6
-    patch = model.clip.config.vision_config.patch_size
-    return Check("model", "OK", f"{model_dir}: layout {model.source_layout}: {LAYOUT_DESCRIPTIONS[model.source_layout]}; "
+    patch = model.image_size // model.patch_grid
+    layout = model.source_layout
+    return Check("model", "OK", f"{model_dir}: layout {layout}: {LAYOUT_DESCRIPTIONS[layout]}; "
                  f"{parameters:.1f}M parameters, {model.image_size} px input in patches of {patch} "
                  f"({model.patch_grid}x{model.patch_grid} grid), tokenizer found")
 

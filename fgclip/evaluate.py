@@ -10,8 +10,8 @@ The flow of `evaluate` (what `fgclip-vad eval` / `make eval` runs):
    the report; a partial evaluation says so in its headline.
 2. Each model (the checkpoints, then the baseline) scores every stored frame: frame embedding
    vs prompt embeddings of {normal, each anomaly class} (several templates averaged in
-   embedding space), logits scaled by the model's global temperature, and
-   score = 1 - softmax(...)[normal].
+   embedding space), logits = the model's global scale x cosine (+ its global bias for the
+   SigLIP 2 family), and the anomaly score of `anomaly_scores` (ANOMALY_SCORE_DEFINITIONS).
 3. Optional temporal smoothing over snippets (off by default), then each snippet's score is
    given to the `stride` source frames it covers, cut or padded to the video's true length.
 4. Frame-level metrics (`fgclip.metrics`) and the report (`fgclip.report`). The headline is
@@ -50,7 +50,6 @@ from fgclip.ground_truth import (
     video_key,
 )
 from fgclip.metrics import DEFAULT_THRESHOLD, VideoFrames, compute_metrics
-from fgclip.text import SHORT_TEXT_LENGTH, load_tokenizer, tokenize
 from pipeline.datasets import ANOMALY_LABEL, get_dataset
 from pipeline.run_lock import RunLock, RunLockError
 from pipeline.shards import ShardReader, list_shards, read_manifest
@@ -149,15 +148,36 @@ def prompt_embeddings(model, tokenizer, class_names: Sequence[str], *, device: t
     """(1 + C, D) float32, L2-normalised: each row the normalised mean of its templates' embeddings."""
     prompts = class_prompts(class_names, templates, normal_phrase)
     flat = [sentence for row in prompts for sentence in row]
-    ids = tokenize(tokenizer, flat, SHORT_TEXT_LENGTH).to(device)
-    embeds = model.encode_text(ids, long=False).float().view(len(prompts), len(templates), -1)
+    ids = model.text_rules.ids(tokenizer, flat, "short").to(device)
+    embeds = model.encode_text(ids, "short").float().view(len(prompts), len(templates), -1)
     return torch.nn.functional.normalize(embeds.mean(dim=1), dim=-1)
 
 
-def anomaly_scores(frame_embeds: torch.Tensor, prompt_embeds: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """(N, D) frames x (1 + C, D) prompts -> (N,) 1 - P(normal), in float32."""
+# How each objective's model turns prompt logits into an anomaly score (the report states it).
+ANOMALY_SCORE_DEFINITIONS = {
+    "infonce": "1 - softmax(global scale * cosine(frame, prompts))[normal], prompts = {normal} + classes, "
+               "templates averaged in embedding space",
+    "sigmoid": "p = sigmoid(global scale * cosine(frame, prompt) + global bias) for each prompt of {normal} + classes "
+               "(templates averaged in embedding space), each the model's own probability that the prompt matches; "
+               "score = 1 - p[normal] / sum(p), the share of the matching probability not given to normal",
+}
+
+
+def anomaly_scores(frame_embeds: torch.Tensor, prompt_embeds: torch.Tensor, temperature: torch.Tensor, *,
+                   objective: str = "infonce", bias: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, D) frames x (1 + C, D) prompts -> (N,) anomaly scores in float32 (ANOMALY_SCORE_DEFINITIONS).
+
+    The sigmoid family's prompts are independent yes/no questions: their probabilities need not
+    sum to 1, so the score is normal's share of their sum (computed in log space: with SigLIP's
+    bias near -10 each probability is tiny)."""
     logits = temperature * (frame_embeds.float() @ prompt_embeds.float().t())
-    return 1.0 - logits.softmax(dim=-1)[:, 0]
+    if objective == "infonce":
+        return 1.0 - logits.softmax(dim=-1)[:, 0]
+    if objective != "sigmoid" or bias is None:
+        raise ValueError(f"anomaly_scores: objective {objective!r} (bias {'given' if bias is not None else 'missing'}) "
+                         f"is not one of {', '.join(ANOMALY_SCORE_DEFINITIONS)} with its parameters")
+    log_p = torch.nn.functional.logsigmoid(logits + bias.float())
+    return 1.0 - (log_p[:, 0] - torch.logsumexp(log_p, dim=-1)).exp()
 
 
 def smooth_snippets(snippet_scores: np.ndarray, window: int) -> np.ndarray:
@@ -227,6 +247,8 @@ def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[st
                                 normal_phrase=normal_phrase)
     with torch.inference_mode():
         temperature = model.temperatures()["global"].float().to(device)
+        bias = model.logit_biases().get("global")
+        bias = None if bias is None else bias.float().to(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext()
     bar = tqdm(total=sum(v.stored_frames for v in chosen), unit="frame", desc=description, disable=not progress,
                dynamic_ncols=True)
@@ -261,7 +283,8 @@ def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[st
                         # One batch shape on the GPU: compiled blocks are not compiled again for a short last batch.
                         batch = torch.cat([batch, batch.new_zeros((batch_frames - count, *batch.shape[1:]))])
                     pixels = model.preprocess(batch)
-                    unit_scores[start:start + count] = anomaly_scores(model.encode_frames(pixels), prompts, temperature)[:count]
+                    unit_scores[start:start + count] = anomaly_scores(
+                        model.encode_frames(pixels), prompts, temperature, objective=model.objective, bias=bias)[:count]
             # Collect the previous unit only now: the device already has this unit's work queued.
             if pending is not None:
                 finish(*pending)
@@ -287,11 +310,10 @@ def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[st
 def load_scoring_model(path: Path, device: torch.device):
     """A model and its tokenizer, ready to score on `device`: on a GPU its transformer blocks are
     compiled (bf16 autocast comes from `score_videos`); the first batch compiles them."""
-    from fgclip.model import FGCLIPVideo, check_tokenizer
+    from fgclip.families import load_model_and_tokenizer
 
-    model = FGCLIPVideo.from_pretrained(path).to(device)
-    tokenizer = load_tokenizer(path)
-    check_tokenizer(model, tokenizer, path)
+    model, tokenizer = load_model_and_tokenizer(path)
+    model.to(device)
     if torch.device(device).type == "cuda":
         model.compile_blocks()
     return model, tokenizer
@@ -537,6 +559,8 @@ def score_and_report(checkpoints: list[Path], test_shard_dir: Path, annotations:
                               description=choice.name)
         score_s = time.perf_counter() - started
         temperature = float(model.temperatures()["global"].detach())
+        bias = model.logit_biases().get("global")
+        family, objective = model.family, model.objective
         del model
         if torch_device.type == "cuda":
             torch.cuda.empty_cache()
@@ -551,6 +575,8 @@ def score_and_report(checkpoints: list[Path], test_shard_dir: Path, annotations:
         results.append({
             "name": choice.name, "role": choice.role, "path": str(choice.path), "given": str(choice.given),
             "step": choice.step, "temperature": temperature, "selection": choice.selection,
+            "family": family, "objective": objective, "logit_bias": None if bias is None else float(bias.detach()),
+            "score": ANOMALY_SCORE_DEFINITIONS[objective],
             "metrics": compute_metrics(per_video, threshold=threshold),
             "timing": {"load_s": round(load_s, 3), "scoring_s": round(score_s, 3), "stored_frames": stored,
                        "stored_frames_per_s": round(stored / score_s, 1) if score_s > 0 else None},
@@ -575,8 +601,7 @@ def score_and_report(checkpoints: list[Path], test_shard_dir: Path, annotations:
             "stride": sorted({v.stride for v in videos}),
             "prompt_templates": list(templates), "normal_phrase": normal_phrase, "class_names": class_names,
             "class_phrases": {name: camel_case_to_words(name) for name in class_names},
-            "score": "1 - softmax(global temperature * cosine(frame, prompts))[normal], prompts = {normal} + classes, "
-                     "templates averaged in embedding space",
+            "score": {objective: ANOMALY_SCORE_DEFINITIONS[objective] for objective in sorted({r["objective"] for r in results})},
             "smoothing": ("none" if smoothing_window == 1 else
                           f"moving average over {smoothing_window} snippets (edges repeated), before expansion"),
             "smoothing_window": smoothing_window,
@@ -591,11 +616,32 @@ def score_and_report(checkpoints: list[Path], test_shard_dir: Path, annotations:
             "false_alarm_rate": f"fraction of normal-video frames with score > {threshold}",
         },
         "coverage": coverage,
+        "training_caption_scripts": training_caption_scripts(models),
         "models": results,
         "videos": _per_video_summary(videos, ground_truth, frame_gt, frame_results, convention),
     }
     report_writer.write_report(out_dir, report, frame_results, raw_scores, video_plots=video_plots)
     return report
+
+
+def training_caption_scripts(models: Sequence[ModelChoice]) -> dict[str, list[str]]:
+    """{class: non-Latin scripts of its training captions} over the training shards the checkpoints
+    were trained on (their run config's "shards"), e.g. {"Explosion": ["Chinese (Han)"]}: which
+    classes' per-class AUC measures learning from captions in another language."""
+    from pipeline.captions import foreign_scripts
+
+    scripts: dict[str, set[str]] = {}
+    for choice in models:
+        config = run_dir.read_run_config(choice.path) if choice.role == "checkpoint" else None
+        shard_dir = Path(config["shards"]) if config and config.get("shards") else None
+        if shard_dir is None or not shard_dir.is_dir():
+            continue
+        for path in list_shards(shard_dir):
+            with ShardReader(path) as reader:
+                for meta in reader.metas():
+                    for text in (meta.global_caption, *meta.region_captions):
+                        scripts.setdefault(meta.label, set()).update(foreign_scripts(text))
+    return {label: sorted(found) for label, found in sorted(scripts.items()) if found}
 
 
 def _headline(results: list[dict], coverage: dict, partial: bool, metric: str = "auc") -> str:

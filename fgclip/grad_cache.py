@@ -11,8 +11,10 @@ step's window (micro-batch x accumulation steps x ranks), exactly:
    which accumulates exactly d(window loss)/d(parameters) into `.grad`.
 
 Cost: one extra forward pass. It relies on a deterministic forward (the model has no dropout).
-The temperatures receive their gradient directly from step 2 (on rank 0 only, so that the
-gradient sum of `distributed.all_reduce_gradients` counts it once).
+The temperatures (and the sigmoid family's biases) receive their gradient directly from step 2
+(on rank 0 only, so that the gradient sum of `distributed.all_reduce_gradients` counts it once).
+Nothing here depends on the loss's form: any loss of the whole window's embeddings (InfoNCE or
+sigmoid, `model.objective`) gets its exact gradient.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from torch import Tensor
 
 from fgclip import distributed
 from fgclip.batch import MicroBatch
+from fgclip.families import VideoModel
 from fgclip.losses import LossWeights, WindowEmbeddings, concat_embeddings, fgclip_losses, full_precision
-from fgclip.model import FGCLIPVideo
 from fgclip.region_index import MicroBatchIndex, window_indices
 
 
-def embed_micro_batch(model: FGCLIPVideo, batch: MicroBatch, index: MicroBatchIndex | None = None) -> WindowEmbeddings:
+def embed_micro_batch(model: VideoModel, batch: MicroBatch, index: MicroBatchIndex | None = None) -> WindowEmbeddings:
     """A loader micro-batch (`fgclip.batch.MicroBatch`) -> its embeddings.
 
     `index` (from `window_indices`) says which regions and negatives are real; without it they
@@ -37,7 +39,7 @@ def embed_micro_batch(model: FGCLIPVideo, batch: MicroBatch, index: MicroBatchIn
     if index is None:
         index = window_indices([batch])[0]
     video = model.encode_video(batch["pixels"], batch["boxes"], batch["box_mask"], index.boxes)
-    global_text = model.encode_text(batch["global_ids"], long=True)
+    global_text = model.encode_text(batch["global_ids"], "long")
     # Regions that exist and are visible somewhere; the others have no embedding to contrast.
     visible = index.visible_regions
     slots = batch["negative_valid"].shape[2]
@@ -48,7 +50,7 @@ def embed_micro_batch(model: FGCLIPVideo, batch: MicroBatch, index: MicroBatchIn
     short_ids = torch.cat([region_ids, negative_ids])
     dim = video.video_embeds.shape[1]
     if short_ids.shape[0]:
-        short_text = model.encode_text(short_ids, long=False)  # one text pass for captions and negatives
+        short_text = model.encode_text(short_ids, "box")  # one text pass for captions and negatives
     else:
         short_text = video.video_embeds.new_zeros((0, dim))
     region_text = short_text[: region_ids.shape[0]]
@@ -87,7 +89,18 @@ def _detached_leaves(emb: WindowEmbeddings) -> WindowEmbeddings:
     return emb.replace(**leaves)
 
 
-def grad_cached_window(model: FGCLIPVideo, micro_batches: list[MicroBatch], weights: LossWeights, *,
+def window_losses(model: VideoModel, window: WindowEmbeddings, weights: LossWeights, *,
+                  trainable: bool = True) -> dict[str, Tensor]:
+    """The model family's losses of a window, with its scales (and biases) as the model holds them;
+    `trainable=False` detaches them (ranks other than 0 in `grad_cached_window`)."""
+    temperatures, biases = model.temperatures(), model.logit_biases()
+    if not trainable:
+        temperatures = {name: value.detach() for name, value in temperatures.items()}
+        biases = {name: value.detach() for name, value in biases.items()}
+    return fgclip_losses(window, temperatures, weights, objective=model.objective, biases=biases)
+
+
+def grad_cached_window(model: VideoModel, micro_batches: list[MicroBatch], weights: LossWeights, *,
                        autocast: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
     """Accumulate one optimizer step's gradients into `.grad` with the loss over the whole window.
 
@@ -112,10 +125,7 @@ def grad_cached_window(model: FGCLIPVideo, micro_batches: list[MicroBatch], weig
 
     # 2. The loss over all ranks' samples and its gradient w.r.t. this rank's embeddings.
     window = gather_window(concat_embeddings(cached))
-    temperatures = model.temperatures()
-    if distributed.rank() != 0:
-        temperatures = {name: value.detach() for name, value in temperatures.items()}
-    losses = fgclip_losses(window, temperatures, weights)
+    losses = window_losses(model, window, weights, trainable=distributed.rank() == 0)
     losses["total"].backward()
 
     # 3. Each micro-batch again, with graph, back-propagating its cached embedding gradients.

@@ -32,7 +32,7 @@ from fgclip.augment import crop_flip_boxes, crop_flip_frames, sample_crop_flip
 from fgclip.batch import MicroBatch
 from fgclip.loader_worker import SlotLayout, TrainingReadJob
 from fgclip.reader_pool import ReaderPool, ReadFailed, RecordSource
-from fgclip.text import LONG_TEXT_LENGTH, SHORT_TEXT_LENGTH, caption_key, tokenize
+from fgclip.text import CLIP_TEXT_RULES, TextRules, caption_key
 from pipeline.shards import RecordMeta, ShardFormatError, ShardReader, ShardVersionError, list_shards
 from pipeline.ucf_split import video_key
 
@@ -82,24 +82,26 @@ def token_counts(ids: torch.Tensor, tokenizer) -> np.ndarray:
     return ((ids != pad) * positions).amax(-1).numpy()
 
 
-def build_caption_tables(metas: list[RecordMeta], tokenizer) -> CaptionTables:
-    """Tokenise all captions once: global captions long (248), regions and negatives short (77)."""
+def build_caption_tables(metas: list[RecordMeta], tokenizer, rules: TextRules = CLIP_TEXT_RULES) -> CaptionTables:
+    """Tokenise all captions once with the model family's `rules`: global captions as long texts
+    (CLIP 248, FG-CLIP 2 196 tokens), regions and negatives as box texts (77 / 64)."""
     n = len(metas)
     r_max = max(1, max(len(m.region_captions) for m in metas))
     k_max = max((len(neg) for m in metas for neg in m.hard_negatives), default=0)
-    global_ids = tokenize(tokenizer, [m.global_caption for m in metas], LONG_TEXT_LENGTH)
-    region_ids = torch.zeros((n, r_max, SHORT_TEXT_LENGTH), dtype=torch.long)
+    box_length = rules.length("box")
+    global_ids = rules.ids(tokenizer, [m.global_caption for m in metas], "long")
+    region_ids = torch.zeros((n, r_max, box_length), dtype=torch.long)
     region_key = torch.zeros((n, r_max), dtype=torch.long)
-    negative_ids = torch.zeros((n, r_max, k_max, SHORT_TEXT_LENGTH), dtype=torch.long)
+    negative_ids = torch.zeros((n, r_max, k_max, box_length), dtype=torch.long)
     negative_valid = torch.zeros((n, r_max, k_max), dtype=torch.bool)
     for i, meta in enumerate(metas):
         r = len(meta.region_captions)
         if r:
-            region_ids[i, :r] = tokenize(tokenizer, list(meta.region_captions), SHORT_TEXT_LENGTH)
+            region_ids[i, :r] = rules.ids(tokenizer, list(meta.region_captions), "box")
             region_key[i, :r] = torch.tensor([caption_key(c) for c in meta.region_captions], dtype=torch.long)
         for j, negatives in enumerate(meta.hard_negatives):
             if negatives:
-                negative_ids[i, j, : len(negatives)] = tokenize(tokenizer, list(negatives), SHORT_TEXT_LENGTH)
+                negative_ids[i, j, : len(negatives)] = rules.ids(tokenizer, list(negatives), "box")
                 negative_valid[i, j, : len(negatives)] = True
     return CaptionTables(
         global_ids=global_ids,
@@ -256,7 +258,8 @@ class ShardLoader:
         self.sources = tuple(
             RecordSource(m.shard, m.local_index, m.num_frames, len(m.region_captions), m.video) for m in self.metas
         )
-        self.tables = build_caption_tables(self.metas, tokenizer).to(self.device)
+        self.full_length_text = model.text_rules.full_length
+        self.tables = build_caption_tables(self.metas, tokenizer, model.text_rules).to(self.device)
         self._region_count = np.array([len(m.region_captions) for m in self.metas])
         self._negative_count = np.array([max((len(n) for n in m.hard_negatives), default=0) for m in self.metas])
         self.layout = SlotLayout(
@@ -391,8 +394,9 @@ class ShardLoader:
         # Token ids are cut after the batch's longest caption: the text encoder is causal and pools
         # at the end token, so the padding after it cannot change an embedding, only cost compute
         # (a 248-position global caption is mostly padding).
-        long_width = max(1, int(t.global_tokens[positions_host].max()))
-        short_width = max(1, int(t.short_tokens[positions_host].max()))
+        # A family that pools at the last position (SigLIP 2) keeps the full length.
+        long_width = t.global_ids.shape[1] if self.full_length_text else max(1, int(t.global_tokens[positions_host].max()))
+        short_width = t.region_ids.shape[2] if self.full_length_text else max(1, int(t.short_tokens[positions_host].max()))
         region_valid = torch.arange(regions, device=positions.device) < t.region_count[positions].unsqueeze(1)
         return MicroBatch(
             pixels=pixel_batch,

@@ -1,5 +1,9 @@
 """FG-CLIP's training losses over the embeddings of a whole contrastive window.
 
+Two objectives, one per model family (the model's `objective`):
+
+"infonce" (CLIP family):
+
 * global: symmetric InfoNCE between video embeddings and their global captions;
 * region: symmetric InfoNCE between region embeddings and their region captions, over all
   regions of the window;
@@ -114,11 +118,52 @@ def hard_negative_loss(region: Tensor, region_text: Tensor, negative_text: Tenso
     return (per_region * has_negatives).sum() / has_negatives.sum().clamp(min=1)
 
 
-def fgclip_losses(emb: WindowEmbeddings, temperatures: dict[str, Tensor], weights: LossWeights) -> dict[str, Tensor]:
-    """{"total", "global", "region", "hard"} for one window (hard = 0 without negatives)."""
-    global_loss = contrastive_loss(emb.video, emb.global_text, emb.global_key, temperatures["global"])
-    region_loss = contrastive_loss(emb.region, emb.region_text, emb.region_key, temperatures["region"])
-    hard_loss = hard_negative_loss(emb.region, emb.region_text, emb.negative_text, emb.negative_valid,
-                                   temperatures["hard"])
+def sigmoid_pair_loss(first: Tensor, second: Tensor, keys: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+    """SigLIP's pairwise sigmoid loss of row i of `first` with every row of `second`; rows with the
+    same key (row i itself included) are positives. Sum over pairs / number of rows."""
+    count = first.shape[0]
+    if count == 0:
+        return full_precision(first).new_zeros(())
+    logits = scale * full_precision(first) @ full_precision(second).t() + bias
+    labels = (keys[:, None] == keys[None, :]).to(logits.dtype) * 2 - 1
+    return -F.logsigmoid(labels * logits).sum() / count
+
+
+def sigmoid_hard_negative_loss(region: Tensor, region_text: Tensor, negative_text: Tensor, negative_valid: Tensor,
+                               scale: Tensor, bias: Tensor) -> Tensor:
+    """Mean over regions with at least one negative of -(log sig(own caption) + sum log sig(-negative))."""
+    has_negatives = negative_valid.any(dim=1)
+    if not bool(has_negatives.any()):
+        return full_precision(region).new_zeros(())
+    region = full_precision(region[has_negatives])
+    positive = scale * (region * full_precision(region_text[has_negatives])).sum(dim=-1) + bias  # (M',)
+    negative = scale * torch.einsum("md,mkd->mk", region, full_precision(negative_text[has_negatives])) + bias
+    valid = negative_valid[has_negatives].to(negative.dtype)
+    per_region = -F.logsigmoid(positive) - (F.logsigmoid(-negative) * valid).sum(dim=1)
+    return per_region.mean()
+
+
+OBJECTIVES = ("infonce", "sigmoid")
+
+
+def fgclip_losses(emb: WindowEmbeddings, temperatures: dict[str, Tensor], weights: LossWeights, *,
+                  objective: str = "infonce", biases: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """{"total", "global", "region", "hard"} for one window (hard = 0 without negatives).
+
+    `objective` "infonce" uses `temperatures` only; "sigmoid" also the per-term `biases`."""
+    if objective == "infonce":
+        global_loss = contrastive_loss(emb.video, emb.global_text, emb.global_key, temperatures["global"])
+        region_loss = contrastive_loss(emb.region, emb.region_text, emb.region_key, temperatures["region"])
+        hard_loss = hard_negative_loss(emb.region, emb.region_text, emb.negative_text, emb.negative_valid,
+                                       temperatures["hard"])
+    elif objective == "sigmoid":
+        if not biases:
+            raise ValueError("the sigmoid objective needs the model's logit biases")
+        global_loss = sigmoid_pair_loss(emb.video, emb.global_text, emb.global_key, temperatures["global"], biases["global"])
+        region_loss = sigmoid_pair_loss(emb.region, emb.region_text, emb.region_key, temperatures["region"], biases["region"])
+        hard_loss = sigmoid_hard_negative_loss(emb.region, emb.region_text, emb.negative_text, emb.negative_valid,
+                                               temperatures["hard"], biases["hard"])
+    else:
+        raise ValueError(f"unknown objective {objective!r}; one of {', '.join(OBJECTIVES)}")
     total = weights.global_weight * global_loss + weights.region_weight * region_loss + weights.hard_weight * hard_loss
     return {"total": total, "global": global_loss, "region": region_loss, "hard": hard_loss}

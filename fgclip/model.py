@@ -52,6 +52,7 @@ from fgclip.layouts import (
     read_model_dir,
 )
 from fgclip.region_index import BoxIndex, box_index
+from fgclip.text import CLIP_TEXT_RULES, TEXT_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -230,16 +231,50 @@ def check_tokenizer(model: "FGCLIPVideo", tokenizer, model_dir) -> None:
         )
 
 
-def _image_normalisation(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _image_normalisation(path: Path, default: tuple[tuple[float, ...], tuple[float, ...]] = (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+                         ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the directory's preprocessor_config.json, else the family's `default`."""
     processor_file = path / "preprocessor_config.json"
     if not processor_file.is_file():
-        log.warning("%s: no preprocessor_config.json; using CLIP's mean/std", path)
-        return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+        log.warning("%s: no preprocessor_config.json; using the family's default mean/std %s", path, default)
+        return default
     try:
         processor = json.loads(processor_file.read_text())
     except ValueError as err:
         raise ModelDirError(f"{processor_file}: unreadable JSON ({err}); copy it again from the model you started from") from err
-    return tuple(processor.get("image_mean", OPENAI_CLIP_MEAN)), tuple(processor.get("image_std", OPENAI_CLIP_STD))
+    return tuple(processor.get("image_mean", default[0])), tuple(processor.get("image_std", default[1]))
+
+
+def squash_and_normalise(frames_uint8: Tensor, size: int, mean: Tensor, std: Tensor) -> Tensor:
+    """(..., H, W, 3) uint8 -> (..., 3, size, size) float32: squashed to size x size if needed
+    (bilinear, antialiased), then (x / 255 - mean) / std per channel."""
+    if frames_uint8.dtype != torch.uint8 or frames_uint8.shape[-1] != 3:
+        raise ValueError(f"preprocess expects (..., H, W, 3) uint8 frames, got {tuple(frames_uint8.shape)} {frames_uint8.dtype}")
+    leading = frames_uint8.shape[:-3]
+    height, width = frames_uint8.shape[-3:-1]
+    images = frames_uint8.reshape(-1, height, width, 3).permute(0, 3, 1, 2).float().div_(255.0)
+    if (height, width) != (size, size):
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    images = (images - mean.to(images.device)[None, :, None, None]) / std.to(images.device)[None, :, None, None]
+    return images.reshape(*leading, 3, size, size)
+
+
+def pool_regions(dense_maps, boxes: Tensor, box_mask: Tensor, index: BoxIndex, grid: int) -> Tensor:
+    """(B*R, D) region embeddings for a family whose dense features come from `dense_maps(frame_rows)`
+    ((F', D, g, g) for the frames `index.needed_frames`): RoIAlign 1x1 (aligned) of every visible box,
+    masked mean over frames, L2-normalised; regions never visible stay 0."""
+    from torchvision.ops import roi_align
+
+    batch, regions = boxes.shape[:2]
+    # RoIAlign in float32: under bf16 autocast the frame index column would round (see _region_embeddings).
+    dense = dense_maps(index.needed_frames)
+    dense = dense.to(torch.promote_types(dense.dtype, torch.float32))
+    rois = torch.cat([index.frame_of_box[:, None].to(dense.dtype),
+                      boxes.reshape(-1, 4)[index.box].to(dense.dtype) * float(grid)], dim=1)
+    pooled = roi_align(dense, rois, output_size=1, spatial_scale=1.0, sampling_ratio=-1, aligned=True).flatten(1)
+    sums = pooled.new_zeros(batch * regions, pooled.shape[1]).index_add(0, index.slot, pooled)
+    counts = box_mask.to(torch.bool).sum(dim=-1).reshape(-1, 1).to(pooled.dtype)
+    return F.normalize(sums / counts.clamp(min=1.0), dim=-1)
 
 
 def _clip_from_state(contents: ModelDirContents, attn_implementation: str):
@@ -278,6 +313,11 @@ def _refuse_unused(contents: ModelDirContents, unexpected: list[str]) -> None:
 
 class FGCLIPVideo(nn.Module):
     """CLIP + long text positions + temporal pooling + region features + three temperatures."""
+
+    family = "clip"
+    objective = "infonce"
+    bilingual = False  # CLIP's BPE is English; other scripts become byte fragments
+    text_rules = CLIP_TEXT_RULES
 
     def __init__(
         self,
@@ -419,18 +459,7 @@ class FGCLIPVideo(nn.Module):
 
     def preprocess(self, frames_uint8: Tensor) -> Tensor:
         """(..., H, W, 3) uint8 -> (..., 3, S, S) float32, squashed to S x S if needed, normalised."""
-        if frames_uint8.dtype != torch.uint8 or frames_uint8.shape[-1] != 3:
-            raise ValueError(f"preprocess expects (..., H, W, 3) uint8 frames, got {tuple(frames_uint8.shape)} {frames_uint8.dtype}")
-        leading = frames_uint8.shape[:-3]
-        height, width = frames_uint8.shape[-3:-1]
-        images = frames_uint8.reshape(-1, height, width, 3).permute(0, 3, 1, 2).float().div_(255.0)
-        if (height, width) != (self.image_size, self.image_size):
-            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
-                                   antialias=True, align_corners=False)
-        mean = self.image_mean.to(images.device)[None, :, None, None]
-        std = self.image_std.to(images.device)[None, :, None, None]
-        images = (images - mean) / std
-        return images.reshape(*leading, 3, self.image_size, self.image_size)
+        return squash_and_normalise(frames_uint8, self.image_size, self.image_mean, self.image_std)
 
     def _vision_trunk(self, pixels: Tensor) -> Tensor:
         """(N, 3, S, S) -> hidden states entering the last vision block, (N, 1 + P, W)."""
@@ -465,6 +494,10 @@ class FGCLIPVideo(nn.Module):
         patches = patches + layer.mlp(layer.layer_norm2(patches))
         dense = self.clip.visual_projection(self.clip.vision_model.post_layernorm(patches))  # (N, P, D)
         return dense.transpose(1, 2).reshape(dense.shape[0], dense.shape[2], self.patch_grid, self.patch_grid)
+
+    def dense_features(self, pixels: Tensor) -> Tensor:
+        """(N, 3, S, S) -> (N, D, g, g) dense patch features (the region path), L2-normalised per patch."""
+        return F.normalize(self._dense_patch_features(self._vision_trunk(pixels)), dim=1)
 
     def encode_frames(self, pixels: Tensor) -> Tensor:
         """(N, 3, S, S) -> (N, D) L2-normalised frame embeddings (the CLS path)."""
@@ -506,9 +539,13 @@ class FGCLIPVideo(nn.Module):
 
     # --- text -----------------------------------------------------------------------------------
 
-    def encode_text(self, input_ids: Tensor, *, long: bool) -> Tensor:
-        """(N, L) token ids -> (N, D) L2-normalised. long=True: the 248 long positions and the long
-        projection (global captions); long=False: CLIP's 77 positions and text_projection."""
+    def encode_text(self, input_ids: Tensor, kind: str) -> Tensor:
+        """(N, L) token ids -> (N, D) L2-normalised. kind "long": the 248 long positions and the long
+        projection (global captions); "short" and "box" (one and the same for CLIP): CLIP's 77
+        positions and text_projection."""
+        if kind not in TEXT_KINDS:
+            raise ValueError(f"unknown text kind {kind!r}; one of {', '.join(TEXT_KINDS)}")
+        long = kind == "long"
         text = self.clip.text_model
         length = input_ids.shape[1]
         rows = self.long_positions.num_rows if long else text.embeddings.position_embedding.num_embeddings
@@ -542,3 +579,10 @@ class FGCLIPVideo(nn.Module):
     def temperatures(self) -> dict[str, Tensor]:
         """{"global", "region", "hard"}: exp(log scale), clamped at 100 (CLIP's cap)."""
         return {name: scale.exp().clamp(max=MAX_LOGIT_SCALE) for name, scale in self.logit_scales.items()}
+
+    def logit_biases(self) -> dict[str, Tensor]:
+        """None: the InfoNCE losses have no bias (the sigmoid family's model has one per term)."""
+        return {}
+
+    def check_tokenizer(self, tokenizer, model_dir) -> None:
+        check_tokenizer(self, tokenizer, model_dir)

@@ -10,9 +10,16 @@ Presets:
 * `vit-b16`: random weights of ViT-B/16 CLIP shape (fg-clip-base's), for benchmarks (no real
   weights offline).
 * `vit-l14-336`: random weights of ViT-L/14 at 336 px (fg-clip-large's shape, a 24x24 grid).
+* `tiny-siglip2`: the embedded default of the FG-CLIP 2 family (SigLIP 2 towers), same size as `tiny`,
+  written in FG-CLIP 2's layout (model_type fgclip2) with a Gemma-style tokenizer.
+* `vit-b16-siglip2`: random weights of a ViT-B/16-shaped SigLIP 2 (FG-CLIP 2 base's shape at
+  224 px), for benchmarks.
 
-The tokenizer is byte-level BPE trained with `tokenizers` on the captions: every byte is in
-the vocabulary, so any text (unknown words, Chinese) tokenizes; nothing is ever "unknown".
+The CLIP tokenizer is byte-level BPE trained with `tokenizers` on the captions: every byte is in
+the vocabulary, so any text (unknown words, Chinese) tokenizes; nothing is ever "unknown". The
+SigLIP 2 family's tokenizer is Gemma-style (what FG-CLIP 2 and SigLIP 2 ship): BPE over words
+marked with "▁", byte fallback for anything unseen, <pad>/<eos>/<bos>/<unk>/<mask> as ids 0-4,
+<bos> in front; it loads as transformers' `GemmaTokenizer`, FG-CLIP 2's tokenizer class.
 """
 
 from __future__ import annotations
@@ -66,6 +73,8 @@ class Preset:
     text_heads: int
     projection_dim: int
     vocab_size: int  # target of BPE training; the trained vocabulary may be smaller
+    family: str = "clip"  # "clip" or "siglip2"
+    text_positions: int = SHORT_TEXT_LENGTH  # short-text positions (long = CLIP 248 / FG-CLIP 2 4 x this - 60)
 
 
 PRESETS: dict[str, Preset] = {
@@ -80,7 +89,22 @@ PRESETS: dict[str, Preset] = {
     # fg-clip-large's shape (CLIP ViT-L/14 at 336 px): a 24x24 patch grid.
     "vit-l14-336": Preset(vision_width=1024, vision_layers=24, vision_heads=16, patch_size=14, image_size=336,
                           text_width=768, text_layers=12, text_heads=12, projection_dim=768, vocab_size=49408),
+    # FG-CLIP 2 needs text width = projection = vision width. 22 short positions (28 long, the fewest
+    # FG-CLIP 2's rule allows above keep_len 20) rather than FG-CLIP 2's 64 (196): SigLIP 2 pads every
+    # caption to the full length and pools at the last position, so from a random start that position
+    # averages mostly padding and all captions embed alike (cosine 0.99 at 64/196 rows); the embedded
+    # captions are at most 21 tokens (global) and 10 (regions, prompts), so shorter rows lose nothing.
+    "tiny-siglip2": Preset(vision_width=192, vision_layers=4, vision_heads=3, patch_size=16, image_size=112,
+                           text_width=192, text_layers=4, text_heads=3, projection_dim=192, vocab_size=4096,
+                           family="siglip2", text_positions=22),
+    "vit-b16-siglip2": Preset(vision_width=768, vision_layers=12, vision_heads=12, patch_size=16, image_size=224,
+                              text_width=768, text_layers=12, text_heads=12, projection_dim=768, vocab_size=49408,
+                              family="siglip2", text_positions=64),
 }
+
+# Gemma's special tokens in their ids (SigLIP 2 / FG-CLIP 2 tokenizers), then the 256 byte-fallback tokens.
+GEMMA_SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")
+WORD_MARK = "\u2581"  # SentencePiece's word-start mark, Gemma's stand-in for a space
 
 
 def default_captions() -> list[str]:
@@ -151,6 +175,107 @@ def train_tokenizer(captions: list[str], vocab_size: int):
     )
 
 
+def train_gemma_tokenizer(captions: list[str], vocab_size: int, max_length: int):
+    """A Gemma-style tokenizer (see the module docstring) trained on lower-cased `captions`.
+
+    Merges stay inside words (as SentencePiece's do), so a prompt word seen in captions is one
+    token there too; Chinese has no spaces, so its merges span phrases, as in Gemma."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    pad, eos, bos, unk, mask = GEMMA_SPECIAL_TOKENS
+    tokenizer = Tokenizer(models.BPE(unk_token=unk, byte_fallback=True, fuse_unk=True))
+    tokenizer.normalizer = normalizers.Replace(" ", WORD_MARK)
+    # Training only: pieces split before each word mark, so no merge crosses a word boundary.
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(WORD_MARK, behavior="merged_with_next")
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=2, show_progress=False,
+        special_tokens=[*GEMMA_SPECIAL_TOKENS, *(f"<0x{byte:02X}>" for byte in range(256))],
+    )
+    tokenizer.train_from_iterator([caption.lower() for caption in (captions or BUILTIN_CAPTIONS)], trainer=trainer)
+    # Gemma's own pipeline (its tokenizer.json): no pre-tokenizer split that could fire after the
+    # normaliser; the trained merges never cross a word mark, so the ids are the same.
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous", invert=False)
+    tokenizer.decoder = decoders.Sequence([decoders.Replace(WORD_MARK, " "), decoders.ByteFallback(), decoders.Fuse()])
+    tokenizer.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                                             special_tokens=[(bos, tokenizer.token_to_id(bos))])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=bos, eos_token=eos, pad_token=pad,
+                                   unk_token=unk, mask_token=mask, model_max_length=max_length, padding_side="right")
+
+
+def siglip2_config(preset: Preset, *, vocab_size: int, pad_token_id: int, bos_token_id: int, eos_token_id: int):
+    from transformers import Siglip2Config
+
+    grid = preset.image_size // preset.patch_size
+    text = dict(vocab_size=vocab_size, hidden_size=preset.text_width, intermediate_size=4 * preset.text_width,
+                num_hidden_layers=preset.text_layers, num_attention_heads=preset.text_heads,
+                max_position_embeddings=preset.text_positions, projection_size=preset.projection_dim,
+                pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id)
+    vision = dict(hidden_size=preset.vision_width, intermediate_size=4 * preset.vision_width,
+                  num_hidden_layers=preset.vision_layers, num_attention_heads=preset.vision_heads,
+                  patch_size=preset.patch_size, num_patches=grid * grid)
+    return Siglip2Config(text_config=text, vision_config=vision)
+
+
+def siglip2_preprocessor_config(preset: Preset) -> dict:
+    """The image processor file of an FG-CLIP 2 / SigLIP 2 directory (NaFlex fields; we read mean/std)."""
+    grid = preset.image_size // preset.patch_size
+    return {
+        "image_processor_type": "Siglip2ImageProcessor", "do_resize": True, "resample": 2, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+        "do_convert_rgb": True, "patch_size": preset.patch_size, "max_num_patches": grid * grid,
+    }
+
+
+def start_local_dense_head(head, sharpness: float = 2.0) -> None:
+    """From scratch, start FG-CLIP 2's dense head with each patch attending mostly to itself.
+
+    FG-CLIP 2 copies a pretrained pooling head, whose attention is already content-based; a random
+    one attends uniformly, so every patch's dense feature starts as the frame's average and RoIAlign
+    of any box gives the same region embedding (region and hard-negative losses cannot start). With
+    query = key = `sharpness` x identity, a patch's logit with itself (its post-layernorm state has
+    unit variance per channel) exceeds its logit with a less similar patch by sharpness^2 x head
+    size^0.5 x (1 - cosine), and value/output = identity pass the patch's own state on."""
+    import torch
+
+    attention = head.attention
+    width = attention.embed_dim
+    identity = torch.eye(width)
+    with torch.no_grad():
+        attention.in_proj_weight.copy_(torch.cat([sharpness * identity, sharpness * identity, identity]))
+        attention.in_proj_bias.zero_()
+        attention.out_proj.weight.copy_(identity)
+        attention.out_proj.bias.zero_()
+
+
+def _init_siglip2(spec: Preset, out_dir: Path, captions: list[str], seed: int) -> Path:
+    """A new FG-CLIP 2-layout directory: random SigLIP 2 towers (SigLIP's start: logit scale log 10,
+    bias -10), FG-CLIP 2's additions started from them, a Gemma-style tokenizer."""
+    import math
+
+    import torch
+    from transformers import Siglip2Model
+
+    from fgclip.siglip2_model import FGCLIP2Video
+
+    tokenizer = train_gemma_tokenizer(captions, spec.vocab_size, spec.text_positions)
+    config = siglip2_config(spec, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    siglip = Siglip2Model(config)
+    with torch.no_grad():
+        siglip.logit_scale.fill_(math.log(10.0))
+        siglip.logit_bias.fill_(-10.0)
+    model = FGCLIP2Video(siglip, longtext_len=4 * spec.text_positions - 3 * 20)
+    start_local_dense_head(model.dense_feature_head)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, with_extras=False)
+    tokenizer.save_pretrained(str(out_dir))
+    _portable_tokenizer_class(out_dir / "tokenizer_config.json", "GemmaTokenizer")
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(siglip2_preprocessor_config(spec), indent=2) + "\n")
+    return out_dir
+
+
 def clip_config(preset: Preset, *, vocab_size: int, bos_token_id: int, eos_token_id: int, pad_token_id: int):
     from transformers import CLIPConfig
 
@@ -197,6 +322,8 @@ def init_model(preset: str, out_dir: Path, *, captions: list[str] | None = None,
     out_dir = Path(out_dir)
     if captions is None:
         captions = default_captions()
+    if spec.family == "siglip2":
+        return _init_siglip2(spec, out_dir, captions, seed)
     tokenizer = train_tokenizer(captions, spec.vocab_size)
     config = clip_config(
         spec,
@@ -215,9 +342,10 @@ def init_model(preset: str, out_dir: Path, *, captions: list[str] | None = None,
     return out_dir
 
 
-def _portable_tokenizer_class(config_file: Path) -> None:
+def _portable_tokenizer_class(config_file: Path, name: str = "PreTrainedTokenizerFast") -> None:
     """Name the class every transformers version knows for a tokenizer.json-only tokenizer
-    (5.x writes its internal `TokenizersBackend`; `PreTrainedTokenizerFast` maps to it)."""
+    (5.x writes its internal `TokenizersBackend`; `PreTrainedTokenizerFast` maps to it; the SigLIP 2
+    family's is `GemmaTokenizer`, FG-CLIP 2's class)."""
     config = json.loads(config_file.read_text())
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["tokenizer_class"] = name
     config_file.write_text(json.dumps(config, indent=2) + "\n")

@@ -206,9 +206,11 @@ def render_markdown(report: dict) -> str:
         lines += ["## Per-class AUC", "", "(" + gt["per_class_auc"] + ")", "",
                   "| class | videos | " + " | ".join(m["name"] for m in models) + " |",
                   "|---|---|" + "---|" * len(models)]
+        foreign = report.get("training_caption_scripts", {})
         for c in classes:
             videos = first["per_class_videos"].get(c, 0)
-            lines.append(f"| {c} | {videos} | " + " | ".join(_fmt(m["metrics"]["per_class_auc"].get(c)) for m in models) + " |")
+            name = f"{c} (trained on {' and '.join(foreign[c])} captions)" if c in foreign else c
+            lines.append(f"| {name} | {videos} | " + " | ".join(_fmt(m["metrics"]["per_class_auc"].get(c)) for m in models) + " |")
         lines.append("")
 
     selection = report.get("selection")
@@ -220,8 +222,10 @@ def render_markdown(report: dict) -> str:
     lines += ["## Setup", "",
               f"* Test shards: `{config['test_shards']}`; annotations: `{config['annotations']}`",
               f"* Ground truth: convention **{gt['convention']}** ({gt['meaning']}); frame counts: {gt['frame_counts']}",
-              f"* Score: {config['score']}; temperature per model: " +
-              ", ".join(f"{m['name']} {m['temperature']:.2f}" for m in models),
+              *(f"* Score ({objective} family): {definition}" for objective, definition in config["score"].items()),
+              "* Scale (and bias) per model: " +
+              ", ".join(f"{m['name']} ({m.get('family', 'clip')}) {m['temperature']:.2f}"
+                        + (f" / bias {m['logit_bias']:.2f}" if m.get("logit_bias") is not None else "") for m in models),
               f"* Prompt templates: " + "; ".join(f"`{t}`" for t in config["prompt_templates"]) +
               f"; normal phrase: `{config['normal_phrase']}`",
               f"* Temporal smoothing: **{config['smoothing']}**",

@@ -1,19 +1,54 @@
-"""Captions to token ids: the tokenizer of a model directory, the two text lengths, caption keys.
+"""Captions to token ids: the tokenizer of a model directory, each family's text rules, caption keys.
 
-Global (video) captions are long and use FG-CLIP's 248-position table; region captions and
-hard negatives are short and use CLIP's original 77 positions.
+Global (video) captions are long and use the long position table (FG-CLIP: 248 positions,
+FG-CLIP 2: 196); region captions and hard negatives are box texts and prompts are short texts,
+both on the original positions (CLIP: 77, SigLIP 2: 64). A family's `TextRules` says the
+lengths and how captions are prepared; the model of each family carries its rules.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 LONG_TEXT_LENGTH = 248  # FG-CLIP's long-caption positions (global captions)
 SHORT_TEXT_LENGTH = 77  # CLIP's original positions (region captions, hard negatives, prompts)
+
+# The three text kinds of FG-CLIP 2 (CLIP treats "box" as "short"): long = global captions,
+# box = region captions and their hard negatives, short = prompts.
+TEXT_KINDS = ("long", "short", "box")
+
+
+@dataclass(frozen=True)
+class TextRules:
+    """How one model family turns captions into token ids.
+
+    `full_length`: the text tower pools at the last position (SigLIP 2: no causal mask), so
+    captions are padded to the full length and the padding must stay; a CLIP tower pools at the
+    end token, so padding after it may be cut. `lowercase`: captions are lower-cased before
+    tokenising (FG-CLIP 2 was trained that way; CLIP's tokenizer lower-cases by itself)."""
+
+    long_length: int
+    short_length: int
+    lowercase: bool = False
+    full_length: bool = False
+
+    def length(self, kind: str) -> int:
+        if kind not in TEXT_KINDS:
+            raise ValueError(f"unknown text kind {kind!r}; one of {', '.join(TEXT_KINDS)}")
+        return self.long_length if kind == "long" else self.short_length
+
+    def ids(self, tokenizer, texts: Sequence[str], kind: str) -> torch.Tensor:
+        """(len(texts), length of `kind`) token ids following these rules."""
+        texts = [text.lower() for text in texts] if self.lowercase else list(texts)
+        return tokenize(tokenizer, texts, self.length(kind))
+
+
+CLIP_TEXT_RULES = TextRules(long_length=LONG_TEXT_LENGTH, short_length=SHORT_TEXT_LENGTH)
 
 
 def load_tokenizer(model_dir: os.PathLike | str):

@@ -46,9 +46,9 @@ from fgclip.checkpoint import (
     write_model_dir,
 )
 from fgclip.grad_cache import grad_cached_window
+from fgclip.families import load_model_and_tokenizer
 from fgclip.loader import ShardLoader, read_training_metas
 from fgclip.losses import LossWeights
-from fgclip.model import FGCLIPVideo, check_tokenizer
 from fgclip.presets import TrainConfig
 from fgclip.run_dir import (
     BEST_DIR_NAME,
@@ -60,7 +60,6 @@ from fgclip.run_dir import (
     write_run_config,
 )
 from fgclip.step_fit import choose_step_fit
-from fgclip.text import load_tokenizer
 from fgclip.train_log import TrainLog, gpu_stats
 from fgclip.validation import ValidationError, ValidationSet
 from pipeline.run_lock import RunLock, RunLockError
@@ -74,12 +73,13 @@ STATE_FORMAT_VERSION = 1
 _RESUME_FIXED = ("shards", "max_records", "num_frames", "batch_size", "grad_accum", "epochs", "seed", "augment",
                  "val_fraction")
 
-# Parameters trained at the text learning rate.
-_TEXT_PREFIXES = ("clip.text_model.", "clip.text_projection.", "long_positions.", "long_text_projection.")
+# Parameters trained at the text learning rate (CLIP family, then FG-CLIP 2 family names).
+_TEXT_PREFIXES = ("clip.text_model.", "clip.text_projection.", "long_positions.", "long_text_projection.",
+                  "text_model.", "longtext_head.", "boxtext_head.")
 # Parameters without weight decay besides biases and norms (ndim < 2): lookup tables, the
-# temporal pooling query and the temperatures.
+# temporal pooling query, SigLIP's pooling probes, and the temperatures and biases.
 _NO_DECAY_NAMES = ("position_embedding", "long_positions.", "token_embedding", "class_embedding", "position_table",
-                   "temporal.query", "logit_scales.")
+                   "temporal.query", "probe", "logit_scale", "logit_bias", "term_scales.", "term_biases.")
 
 
 class TrainingError(RuntimeError):
@@ -223,7 +223,8 @@ class Trainer:
             torch.set_num_threads(cpu_threads(config))
         self.resume_from = resolve_resume(resume, self.output_dir)
         model_dir = self.resume_from if self.resume_from is not None else Path(config.model)
-        self.model = FGCLIPVideo.from_pretrained(model_dir).to(self.device)
+        self.model, self.tokenizer = load_model_and_tokenizer(model_dir)
+        self.model.to(self.device)
         use_bf16 = config.bf16 if config.bf16 is not None else self.device.type == "cuda"
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if use_bf16 else None
         self._fit_step_to_memory(config)
@@ -232,8 +233,6 @@ class Trainer:
         if self.compiled:
             self.model.compile_blocks()
         self.model.train()
-        self.tokenizer = load_tokenizer(model_dir)
-        check_tokenizer(self.model, self.tokenizer, model_dir)
 
         self.loss_weights = LossWeights(config.global_weight, config.region_weight, config.hard_weight)
 
@@ -516,6 +515,7 @@ class Trainer:
             "nonfinite": not outcome.finite,
             "eta_s": step_time_s * (self.total_steps - self.step),
             "temperatures": {name: float(value.detach()) for name, value in self.model.temperatures().items()},
+            "logit_biases": {name: float(value.detach()) for name, value in self.model.logit_biases().items()},
         }
         record.update(gpu_stats(self.device))
         self.log.step(record)

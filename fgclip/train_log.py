@@ -166,6 +166,8 @@ class TrainLog:
                     self._writer.add_scalar(f"train/{field.key}", value, step)
             for key, value in record["temperatures"].items():
                 self._writer.add_scalar(f"temperature/{key}", value, step)
+            for key, value in record.get("logit_biases", {}).items():
+                self._writer.add_scalar(f"logit_bias/{key}", value, step)
         return line
 
     @staticmethod

@@ -42,7 +42,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.captions import foreign_scripts, translate
+from pipeline.captions import NATIVE_SCRIPTS, foreign_scripts, translate
 from pipeline.datasets import REGISTRY, Dataset, UnknownDatasetError, dataset_of_path, get_dataset, label_from_path
 from pipeline.ucf_split import (  # noqa: F401  (find_test_split, label_from_video_path: public API here)
     SplitEntry,
@@ -209,10 +209,11 @@ class _RecordChecker:
     """Checks one raw record, collecting problems; `build()` returns it cleaned or None."""
 
     def __init__(self, index: int, raw: dict, *, translations: dict[str, str] | None,
-                 fps_hint: float | None, invalid_severity: str) -> None:
+                 fps_hint: float | None, invalid_severity: str, native_scripts: tuple[str, ...] = ()) -> None:
         self.index = index
         self.raw = raw
         self.translations = translations
+        self.native_scripts = native_scripts
         self.fps_hint = fps_hint
         self.invalid_severity = invalid_severity
         self.video = _printable(raw["video"]) if isinstance(raw.get("video"), str) else ""  # for messages
@@ -244,7 +245,7 @@ class _RecordChecker:
         if defect:
             self._invalid(field_name, "bad-text", f"{field_name} contains {defect}: {_show(value)}")
             return None
-        scripts = foreign_scripts(value)
+        scripts = [script for script in foreign_scripts(value) if script not in self.native_scripts]
         if not scripts:
             return value
         english = translate(value, self.translations)
@@ -628,14 +629,19 @@ def _check_duplicate_windows(records: list[AnnotationRecord]) -> list[Problem]:
 
 def validate_annotations(path, *, test_split=None, allow_test_overlap: bool = False,
                          translations: dict[str, str] | None = None, drop_test_overlap: bool = False,
-                         drop_invalid: bool = False, fps_hint: float | None = None) -> ValidationReport:
+                         drop_invalid: bool = False, fps_hint: float | None = None,
+                         model_family: str = "clip") -> ValidationReport:
     """Read `path`, check every record (see the module docstring), return the report.
 
     Never raises for bad input: file-level failures come back as error problems with no
     records. `translations` maps original caption -> English (see `pipeline.captions`).
     `test_split`: a split list (UCF-Crime's, or the only dataset's) or {dataset: split list};
     datasets not given are looked for next to `path` (`pipeline.ucf_split.find_test_split`).
+    `model_family` decides which non-Latin scripts are native (not flagged): none for CLIP,
+    Chinese for the bilingual siglip2 family (`pipeline.captions.NATIVE_SCRIPTS`).
     """
+    if model_family not in NATIVE_SCRIPTS:
+        raise ValueError(f"unknown model family {model_family!r}; one of {', '.join(NATIVE_SCRIPTS)}")
     path = Path(path)
     if allow_test_overlap and drop_test_overlap:
         raise ValueError("allow_test_overlap and drop_test_overlap exclude each other")
@@ -669,7 +675,7 @@ def validate_annotations(path, *, test_split=None, allow_test_overlap: bool = Fa
         if isinstance(raw.get("video"), str) and raw["video"].strip():
             named_videos.append((index, raw["video"], _record_dataset(raw)))
         checker = _RecordChecker(index, raw, translations=translations, fps_hint=fps_hint,
-                                 invalid_severity=invalid_severity)
+                                 invalid_severity=invalid_severity, native_scripts=NATIVE_SCRIPTS[model_family])
         record = checker.build()
         report.problems.extend(checker.problems)
         report.translated_captions += checker.translated

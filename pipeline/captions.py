@@ -26,6 +26,11 @@ class TranslationFileError(ValueError):
 
 _SCRIPT_NAMES = {"CJK": "Chinese (Han)", "HIRAGANA": "Japanese", "KATAKANA": "Japanese", "HANGUL": "Korean"}
 
+# Scripts each model family reads natively besides Latin: FG-CLIP 2 (the siglip2 family) is
+# trained on English and Chinese, so Chinese captions need no translation there; CLIP's BPE is
+# English only. `validate --model-family` chooses the row.
+NATIVE_SCRIPTS = {"clip": (), "siglip2": ("Chinese (Han)",)}
+
 
 def foreign_scripts(text: str) -> list[str]:
     """Names of the non-Latin scripts whose letters appear in `text` ("Chinese (Han)", "Cyrillic"...),

@@ -925,7 +925,8 @@ def build_from_annotations(annotations: Path, *, video_root: Path | None = None,
                            records_per_shard: int | None = None, workers: int | None = None, strict: bool = False,
                            test_split=None, allow_test_overlap: bool = False, drop_test_overlap: bool = False,
                            translations: dict[str, str] | None = None, path_map: PathMap = PathMap(),
-                           report_problems: Callable[[str], None] = print, progress: bool = True) -> dict:
+                           report_problems: Callable[[str], None] = print, progress: bool = True,
+                           model_family: str = "clip") -> dict:
     """Stage 1 from an annotation JSON: validate it, then build training shards for every T.
 
     Writes OUT_ROOT/train_t{T}/ per T in `num_frames` (default 256) into `out_root` (default
@@ -934,7 +935,8 @@ def build_from_annotations(annotations: Path, *, video_root: Path | None = None,
     unless not `strict`) stop it before anything is built: `report_problems` gets the full
     report, the FramesError says how many. Warnings go to `report_problems` as one line.
     `test_split` is what `validate_annotations` takes (None, a path, or {dataset: path});
-    `path_map` rewrites the records' video paths as `build` does.
+    `path_map` rewrites the records' video paths as `build` does; `model_family` is the family to
+    be trained (which non-Latin captions are native, see `validate_annotations`).
     Records validation dropped are listed as skipped in every manifest. Returns the summary.
     """
     from pipeline.annotations import FATAL_FILE_KINDS, format_report
@@ -942,7 +944,7 @@ def build_from_annotations(annotations: Path, *, video_root: Path | None = None,
     annotations = Path(annotations)
     report = validate_annotations(annotations, test_split=test_split,
                                   allow_test_overlap=allow_test_overlap, drop_test_overlap=drop_test_overlap,
-                                  translations=translations, drop_invalid=not strict)
+                                  translations=translations, drop_invalid=not strict, model_family=model_family)
     fatal = [p for p in report.problems if p.kind in FATAL_FILE_KINDS]
     if fatal:
         raise FramesError(fatal[0].message)

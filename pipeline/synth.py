@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -84,6 +85,11 @@ NORMAL = "Normal"
 # model trained from scratch on these captions has seen the prompts' words.
 CLASS_WORDS = {NORMAL: "normal activity", "Fighting": "fighting", "Explosion": "explosion",
                "RoadAccidents": "road accidents", "Stealing": "stealing"}
+# Classes whose training captions are written in Chinese, as the group's real file has for
+# Burglary: CLIP reads them as byte fragments, the bilingual FG-CLIP 2 family natively, and the
+# evaluation report names the class beside its AUC. Prompts stay English, so this class is
+# learnt from Chinese captions and scored with English prompts.
+CHINESE_CAPTIONED_CLASSES = ("Explosion",)
 TRAIN_NORMAL_DIR = "Training_Normal_Videos_Anomaly"
 TEST_NORMAL_DIR = "Testing_Normal_Videos_Anomaly"
 FIRST_TRAIN_NUMBER, FIRST_TEST_NUMBER = 901, 950  # above UCF-Crime's numbers: names never collide
@@ -859,6 +865,29 @@ def _check_in_frame(plan: ClipPlan, region: RegionPlan, first: int, last: int) -
                                  f"(centre {cx:.1f},{cy:.1f} half size {half_w:.1f},{half_h:.1f}): a generator bug")
 
 
+_CHINESE_COLOURS = {"red": "红色", "green": "绿色", "blue": "蓝色", "magenta": "洋红色", "cyan": "青色", "orange": "橙色"}
+_CHINESE_SIDES = {"left": "左", "right": "右"}
+_CHINESE_PATTERNS = (
+    (re.compile(r"A surveillance video of explosion: a bright flash bursts and a person runs away( while another person walks by)?\."),
+     lambda m: "一段爆炸的监控视频：一道强光炸开，一个人跑开" + ("，另一个人从旁边走过" if m.group(1) else "") + "。"),
+    (re.compile(r"a (big|small) (\w+) explosion flash"),
+     lambda m: f"一团{'巨大' if m.group(1) == 'big' else '小小'}的{_CHINESE_COLOURS[m.group(2)]}爆炸火光"),
+    (re.compile(r"a (\w+) person running away"), lambda m: f"一个{_CHINESE_COLOURS[m.group(1)]}的人在跑开"),
+    (re.compile(r"a (\w+) person standing still"), lambda m: f"一个{_CHINESE_COLOURS[m.group(1)]}的人站着不动"),
+    (re.compile(r"a (\w+) person walking (left|right)"),
+     lambda m: f"一个{_CHINESE_COLOURS[m.group(1)]}的人向{_CHINESE_SIDES[m.group(2)]}走"),
+)
+
+
+def chinese_caption(english: str) -> str:
+    """The Chinese version of one of the generator's captions of a Chinese-captioned class."""
+    for pattern, chinese in _CHINESE_PATTERNS:
+        match = pattern.fullmatch(english)
+        if match:
+            return chinese(match)
+    raise AssertionError(f"no Chinese version of the caption {english!r}: add its pattern to _CHINESE_PATTERNS")
+
+
 def train_records(plans: list[ClipPlan]) -> tuple[list[dict], list[dict]]:
     """The records of train.json and, in step, the actors.json entries (colour per region)."""
     records, actor_entries = [], []
@@ -873,19 +902,20 @@ def train_records(plans: list[ClipPlan]) -> tuple[list[dict], list[dict]]:
                 _check_in_frame(plan, region, lo, hi)
                 box_infos.append([{"frame": f, "bbox": _box(region, f)}
                                   for f in region.actor.track.breakpoints_within(lo, hi)])
+            language = chinese_caption if plan.label in CHINESE_CAPTIONED_CLASSES else str
             entry = {
                 "video": plan.video,
-                "global_caption": record.global_caption,
-                "region_captions": [r.caption for r in record.regions],
+                "global_caption": language(record.global_caption),
+                "region_captions": [language(r.caption) for r in record.regions],
                 "box_infos": box_infos,
                 "timestamps": ([round(first / FPS, 4), round((last + 1) / FPS, 4)] if record.window else None),
             }
             if record.with_negatives:
-                entry["hard_negatives"] = [list(r.negatives) for r in record.regions]
+                entry["hard_negatives"] = [[language(n) for n in r.negatives] for r in record.regions]
             actor_entries.append({
                 "record_index": len(records),
                 "video": plan.video,
-                "regions": [{"caption": r.caption, "kind": r.kind, "rgb": list(r.rgb)} for r in record.regions],
+                "regions": [{"caption": language(r.caption), "kind": r.kind, "rgb": list(r.rgb)} for r in record.regions],
             })
             records.append(entry)
     return records, actor_entries

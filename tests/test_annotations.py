@@ -123,6 +123,18 @@ def test_caption2_file_figures(caption2_report, shared_data):
     assert lenient.errors() == [] and len(lenient.records) == 1952
 
 
+def test_chinese_captions_are_native_for_the_bilingual_family(shared_data, en_report):
+    """The real file's Chinese captions: flagged for CLIP, not for FG-CLIP 2 (siglip2); the records
+    and every other finding stay the same."""
+    bilingual = validate_annotations(shared_data / CAPTION2_JSON, allow_test_overlap=True, model_family="siglip2")
+    clip = validate_annotations(shared_data / CAPTION2_JSON, allow_test_overlap=True)
+    assert clip.counts()["non-english-caption"] == 360 and "non-english-caption" not in bilingual.counts()
+    assert {k: v for k, v in clip.counts().items() if k != "non-english-caption"} == bilingual.counts()
+    assert [r.global_caption for r in bilingual.records] == [r.global_caption for r in clip.records]
+    with pytest.raises(ValueError, match="model family"):
+        validate_annotations(shared_data / CAPTION2_JSON, model_family="gpt")
+
+
 def test_caption2_translations_round_trip(shared_data, tmp_path):
     todo = tmp_path / "todo.json"
     result = CliRunner().invoke(main, ["export-captions", str(shared_data / CAPTION2_JSON), "--out", str(todo)])
@@ -292,6 +304,9 @@ def test_warnings_fix_and_keep(tmp_path):
     unknown = next(p for p in report.problems if p.kind == "unknown-field")
     assert unknown.record_index == 0 and unknown.field == "extra_note" and "by annotator 3" in unknown.message
     assert "Cyrillic" in next(p for p in report.problems if p.kind == "non-english-caption").message
+    # the bilingual family reads Chinese, not Russian: still flagged there
+    bilingual = validate_annotations(_write(tmp_path, records), model_family="siglip2")
+    assert "Cyrillic" in next(p for p in bilingual.problems if p.kind == "non-english-caption").message
     first = report.records[0].regions[0].keyframes
     assert [kf.frame for kf in first] == [10, 40]
     assert first[0].box == (0.1, 0.2, 0.5, 0.9)  # the first of the two frame-10 boxes

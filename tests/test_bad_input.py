@@ -297,7 +297,7 @@ def _wider_extras(folder: Path) -> None:
 BAD_MODELS = [
     ("missing weights", _no_weights, "no file named model.safetensors"),
     ("truncated weights", _truncated_weights, "could not read the weights"),
-    ("not a CLIP model", _not_clip, "'bert', not 'clip'"),
+    ("not a CLIP model", _not_clip, "model_type 'bert' is not a family this tool trains"),
     ("no tokenizer", _no_tokenizer, "no tokenizer files"),
     ("tokenizer of another model", _larger_vocabulary, "token table only"),
     ("tokenizer with another end token", _other_end_token, "the tokenizer's end token has id 0"),

@@ -32,3 +32,17 @@ def test_bench_smoke_writes_every_measurement(tmp_path):
     for row in ("bare vision tower (train)", "ceiling", "real (HDF5 loader)", "decode in the loop",
                 "bare vision tower (inference)", "evaluation inference"):
         assert row in result.stdout
+
+
+def test_bench_smoke_of_the_siglip2_family(tmp_path):
+    """The same four measurements with the FG-CLIP 2 family's tiny preset (the H200 figure uses
+    `--family siglip2`, a ViT-B/16-shaped SigLIP 2)."""
+    out = tmp_path / "bench"
+    result = subprocess.run([sys.executable, "-m", "fgclip.cli", "bench", "--smoke", "--family", "siglip2", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    results = json.loads((out / "bench-smoke-siglip2.json").read_text())
+    assert json.loads((out / "model-tiny-siglip2" / "config.json").read_text())["model_type"] == "fgclip2"
+    for path in ("ceiling", "real", "baseline", "eval"):
+        assert results[path]["frames_per_s"] > 0, path
+    assert results["ceiling"]["flops_per_step"] > 0

@@ -12,8 +12,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from fgclip import distributed
-from fgclip.grad_cache import embed_micro_batch, grad_cached_window
-from fgclip.losses import LossWeights, fgclip_losses
+from fgclip.grad_cache import embed_micro_batch, grad_cached_window, window_losses
+from fgclip.losses import LossWeights
 from tiny_fgclip import concatenate_micro_batches, random_micro_batch, tiny_model
 
 WORLD_SIZE = 2
@@ -31,12 +31,12 @@ def _all_micro_batches() -> list[dict[str, torch.Tensor]]:
     ]
 
 
-def _worker(rank: int, out_dir: str) -> None:
+def _worker(rank: int, out_dir: str, family: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=WORLD_SIZE)
     try:
         # The FG-CLIP window: this rank's two micro-batches, negatives from both ranks.
-        model = tiny_model(perturb_temporal=True)
+        model = tiny_model(perturb_temporal=True, family=family)
         mine = _all_micro_batches()[2 * rank: 2 * rank + 2]
         losses = grad_cached_window(model, mine, WEIGHTS)
         distributed.all_reduce_gradients(model)
@@ -62,16 +62,17 @@ def _worker(rank: int, out_dir: str) -> None:
 
 
 @pytest.mark.timeout(180)
-def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
+@pytest.mark.parametrize("family", ["clip", "siglip2"])
+def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path, family):
     os.environ.pop("WORLD_SIZE", None)
     # spawn, not fork: autograd refuses to run in a child forked after the parent used it.
-    mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_worker, args=(str(tmp_path), family), nprocs=WORLD_SIZE, join=True)
     results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
 
     # Reference: one process, all samples in one plain batch, no caching, no gathering.
-    reference = tiny_model(perturb_temporal=True)
+    reference = tiny_model(perturb_temporal=True, family=family)
     emb = embed_micro_batch(reference, concatenate_micro_batches(_all_micro_batches()))
-    expected_losses = fgclip_losses(emb, reference.temperatures(), WEIGHTS)
+    expected_losses = window_losses(reference, emb, WEIGHTS)
     expected_losses["total"].backward()
     expected_grads = {name: p.grad for name, p in reference.named_parameters() if p.grad is not None}
     assert float(expected_losses["hard"].detach()) > 0

@@ -172,6 +172,24 @@ def test_scores_match_one_video_at_a_time(tiny_model, shards):
             assert ((got.snippet_scores >= 0) & (got.snippet_scores <= 1)).all()
 
 
+def test_sigmoid_anomaly_score_is_normals_share_of_the_prompt_probabilities():
+    """The siglip2 family's score: 1 - p[normal] / sum(p), p = sigmoid(scale * cosine + bias), stable
+    at SigLIP's bias of -10 (where every p is tiny) and close to the softmax score there."""
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.nn.functional.normalize(torch.randn(6, 8, generator=generator), dim=-1)
+    prompts = torch.nn.functional.normalize(torch.randn(4, 8, generator=generator), dim=-1)
+    scale, bias = torch.tensor(10.0), torch.tensor(-2.0)
+    p = torch.sigmoid(scale * frames @ prompts.t() + bias)
+    expected = 1 - p[:, 0] / p.sum(dim=-1)
+    got = anomaly_scores(frames, prompts, scale, objective="sigmoid", bias=bias)
+    torch.testing.assert_close(got, expected)
+    deep = anomaly_scores(frames, prompts, scale, objective="sigmoid", bias=torch.tensor(-60.0))
+    assert torch.isfinite(deep).all()
+    torch.testing.assert_close(deep, anomaly_scores(frames, prompts, scale), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError):
+        anomaly_scores(frames, prompts, scale, objective="sigmoid")
+
+
 def _training_run(tmp_path, tiny_model):
     """A training output dir as the trainer writes it (its own checkpoint writer): run_config.json
     naming the start model, checkpoint-5 and checkpoint-10, no final model yet."""

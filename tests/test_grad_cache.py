@@ -1,12 +1,14 @@
-"""Gradient caching is exact: one window of k micro-batches = one big batch, gradient for gradient."""
+"""Gradient caching is exact: one window of k micro-batches = one big batch, gradient for gradient,
+for both families' losses (InfoNCE for CLIP, sigmoid with learned biases for SigLIP 2)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fgclip.batch import check_micro_batch
-from fgclip.grad_cache import embed_micro_batch, grad_cached_window
-from fgclip.losses import LossWeights, fgclip_losses
+from fgclip.grad_cache import embed_micro_batch, grad_cached_window, window_losses
+from fgclip.losses import LossWeights
 from tiny_fgclip import concatenate_micro_batches, random_micro_batch, tiny_model
 
 WEIGHTS = LossWeights(global_weight=1.0, region_weight=0.7, hard_weight=0.5)
@@ -16,12 +18,26 @@ def _gradients(model) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def _big_batch_reference(micro_batches):
+# Parameters that must receive gradient, per family: both towers, the temporal module, the long
+# positions, the scales (and biases).
+MUST_TRAIN = {
+    "clip": ("clip.vision_model.encoder.layers.1.mlp.fc2.weight", "clip.text_model.encoder.layers.0.self_attn.q_proj.weight",
+             "long_positions.ori", "long_text_projection.weight", "temporal.query", "temporal.blocks.0.qkv.weight",
+             "logit_scales.global", "logit_scales.region", "logit_scales.hard"),
+    "siglip2": ("vision_model.encoder.layers.1.mlp.fc2.weight", "text_model.encoder.layers.0.self_attn.q_proj.weight",
+                "text_model.embeddings.position_embedding_ori.weight", "text_model.embeddings.position_embedding_res.weight",
+                "vision_model.head.probe", "dense_feature_head.attention.in_proj_weight", "dense_feature_head.mlp.fc1.weight",
+                "longtext_head.weight", "boxtext_head.weight", "temporal.query", "temporal.blocks.0.qkv.weight",
+                "logit_scale", "logit_bias", "term_scales.region", "term_biases.hard"),
+}
+
+
+def _big_batch_reference(micro_batches, family):
     """The plain computation: one forward of all samples with graph, loss, backward. Also the
     global loss of each micro-batch alone (what plain gradient accumulation would see)."""
-    model = tiny_model(perturb_temporal=True)
+    model = tiny_model(perturb_temporal=True, family=family)
     emb = embed_micro_batch(model, concatenate_micro_batches(micro_batches))
-    losses = fgclip_losses(emb, model.temperatures(), WEIGHTS)
+    losses = window_losses(model, emb, WEIGHTS)
     losses["total"].backward()
     start, alone = 0, []
     with torch.no_grad():
@@ -29,12 +45,13 @@ def _big_batch_reference(micro_batches):
             size = batch["global_key"].shape[0]
             part = emb.replace(video=emb.video[start:start + size], global_text=emb.global_text[start:start + size],
                                global_key=emb.global_key[start:start + size])
-            alone.append(float(fgclip_losses(part, model.temperatures(), WEIGHTS)["global"]))
+            alone.append(float(window_losses(model, part, WEIGHTS)["global"]))
             start += size
     return {name: float(value.detach()) for name, value in losses.items()}, _gradients(model), alone
 
 
-def test_window_of_micro_batches_equals_one_big_batch():
+@pytest.mark.parametrize("family", ["clip", "siglip2"])
+def test_window_of_micro_batches_equals_one_big_batch(family):
     # Different region counts per micro-batch and some shared caption keys across micro-batches.
     micro_batches = [
         random_micro_batch(1, regions=2, negatives=2, key_pool=6),
@@ -43,9 +60,9 @@ def test_window_of_micro_batches_equals_one_big_batch():
     ]
     for batch in micro_batches:
         check_micro_batch(batch)  # the test's batches are in the loader's format
-    expected_losses, expected_grads, global_loss_alone = _big_batch_reference(micro_batches)
+    expected_losses, expected_grads, global_loss_alone = _big_batch_reference(micro_batches, family)
 
-    model = tiny_model(perturb_temporal=True)
+    model = tiny_model(perturb_temporal=True, family=family)
     losses = grad_cached_window(model, micro_batches, WEIGHTS)
     grads = _gradients(model)
 
@@ -55,12 +72,8 @@ def test_window_of_micro_batches_equals_one_big_batch():
     for name in ("total", "global", "region", "hard"):
         assert abs(losses[name] - expected_losses[name]) < 1e-12, name
     assert grads.keys() == expected_grads.keys()
-    # Every part of the model is trained: both towers, the temporal module, the long positions (`ori`:
-    # these captions end before row 20) and projection, temperatures.
-    for must_have in ("clip.vision_model.encoder.layers.1.mlp.fc2.weight", "clip.text_model.encoder.layers.0.self_attn.q_proj.weight",
-                      "long_positions.ori", "long_text_projection.weight",
-                      "temporal.query", "temporal.blocks.0.qkv.weight",
-                      "logit_scales.global", "logit_scales.region", "logit_scales.hard"):
+    # Every part of the model is trained.
+    for must_have in MUST_TRAIN[family]:
         assert must_have in grads and grads[must_have].abs().max() > 0, must_have
     for name, expected in expected_grads.items():
         torch.testing.assert_close(grads[name], expected, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")

@@ -82,7 +82,7 @@ def test_fgclip_v1_captions_equal_fgclip_v1_computed_with_transformers(v1_dir, c
                                     positions=weights["text_model.embeddings.position_embedding.weight"],
                                     projection=weights["text_projection.weight"], eos_token_id=FGCLIP_V1_EOS)
     with torch.no_grad():
-        long, short = model.encode_text(long_ids, long=True), model.encode_text(short_ids, long=False)
+        long, short = model.encode_text(long_ids, "long"), model.encode_text(short_ids, "short")
     torch.testing.assert_close(long, long_expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(short, short_expected, rtol=0, atol=1e-5)
     assert (long[0] @ short[0]).abs() < 0.9  # separate tables and projections: not the same embedding
@@ -145,8 +145,8 @@ def test_export_round_trips_exactly(v1_dir, tmp_path):
     pixels = torch.randn(1, 3, 3, back.image_size, back.image_size)
     boxes, mask = torch.tensor([0.1, 0.2, 0.6, 0.9]).expand(1, 1, 3, 4), torch.ones(1, 1, 3, dtype=torch.bool)
     with torch.no_grad():
-        assert torch.equal(back.encode_text(ids, long=True), model.encode_text(ids, long=True))
-        assert torch.equal(back.encode_text(ids[:, :77], long=False), model.encode_text(ids[:, :77], long=False))
+        assert torch.equal(back.encode_text(ids, "long"), model.encode_text(ids, "long"))
+        assert torch.equal(back.encode_text(ids[:, :77], "short"), model.encode_text(ids[:, :77], "short"))
         first, second = model.encode_video(pixels, boxes, mask), back.encode_video(pixels, boxes, mask)
     for name in ("video_embeds", "frame_embeds", "region_embeds"):
         assert torch.equal(getattr(first, name), getattr(second, name)), name
@@ -218,7 +218,7 @@ def test_checkpoint_of_format_1_still_loads(model_dir, tmp_path):
                               projection=weights["text_projection.weight"],
                               eos_token_id=config["text_config"]["eos_token_id"])
     with torch.no_grad():
-        torch.testing.assert_close(model.encode_text(ids, long=True), expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(model.encode_text(ids, "long"), expected, rtol=0, atol=1e-5)
 
     model.save_pretrained(tmp_path / "new")  # written again in the current format
     assert json.loads((tmp_path / "new" / "fgclip_video.json").read_text())["format_version"] == 2

@@ -115,9 +115,9 @@ def test_batches_carry_the_right_records_frames_boxes_and_captions(shard_dir, mo
         assert batch["region_ids"].shape[-1] < SHORT_TEXT_LENGTH
         # the cut changes no text embedding: the text encoder is causal and pools at the end token
         with torch.no_grad():
-            cut = model.encode_text(batch["global_ids"], long=True)
+            cut = model.encode_text(batch["global_ids"], "long")
             full = model.encode_text(tokenize(tokenizer, [records[i].global_caption for i in batch["record_index"].tolist()],
-                                              LONG_TEXT_LENGTH), long=True)
+                                              LONG_TEXT_LENGTH), "long")
         torch.testing.assert_close(cut, full, atol=1e-5, rtol=1e-5)
     assert len(set(seen)) == 9  # 9 distinct records: one epoch without repeats, one left over
 

@@ -57,7 +57,7 @@ def test_short_text_equals_transformers_get_text_features():
     model = tiny_model(dtype=torch.float32).eval()
     ids = random_ids(torch.Generator().manual_seed(0), (5,), SHORT_TEXT_LENGTH)
     with torch.no_grad():
-        ours = model.encode_text(ids, long=False)
+        ours = model.encode_text(ids, "short")
         theirs = F.normalize(model.clip.get_text_features(input_ids=ids).pooler_output, dim=-1)
     assert torch.equal(ours, theirs)
 
@@ -69,14 +69,14 @@ def test_long_text_uses_the_long_table():
     ids[:, 60:200] = 7
     ids[:, 200] = model.clip.config.text_config.eos_token_id
     with torch.no_grad():
-        long = model.encode_text(ids, long=True)
+        long = model.encode_text(ids, "long")
         assert long.shape == (3, model.embed_dim)
         assert torch.allclose(long.norm(dim=-1), torch.ones(3, dtype=long.dtype))
         with pytest.raises(ValueError, match="exceed the short position table"):
-            model.encode_text(ids, long=False)
+            model.encode_text(ids, "short")
         # The first 20 positions are shared: a short caption gives the same embedding either way.
         short_ids = random_ids(torch.Generator().manual_seed(2), (2,), 20)
-        torch.testing.assert_close(model.encode_text(short_ids, long=True), model.encode_text(short_ids, long=False))
+        torch.testing.assert_close(model.encode_text(short_ids, "long"), model.encode_text(short_ids, "short"))
 
 
 def test_frame_embeddings_equal_clip_image_features():
@@ -157,7 +157,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model.clip.text_model.encoder.layers[0].register_forward_pre_hook(lambda *args: runs.append(1))
         layer_runs.append(runs)
         out = model.encode_video(pixels, boxes, torch.ones(1, 1, 2, dtype=torch.bool))
-        text = model.encode_text(ids, long=True)
+        text = model.encode_text(ids, "long")
         (out.video_embeds @ text.t()).sum().add(out.region_embeds.sum()).backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
     assert len(layer_runs[1]) == 2 * len(layer_runs[0])  # checkpointed blocks ran again in backward
@@ -184,7 +184,7 @@ def test_loads_a_directory_written_by_transformers(hf_clip_dir):
     plain = CLIPModel.from_pretrained(str(hf_clip_dir)).eval()
     with torch.no_grad():
         expected = F.normalize(plain.get_text_features(input_ids=ids).pooler_output, dim=-1)
-        torch.testing.assert_close(model.encode_text(ids, long=False), expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(model.encode_text(ids, "short"), expected, rtol=1e-6, atol=1e-6)
     assert model.image_size == IMAGE_SIZE
 
 
@@ -209,7 +209,7 @@ def test_save_and_load_round_trip(hf_clip_dir, tmp_path):
     mask = torch.ones(1, 2, 3, dtype=torch.bool)
     model.eval(), loaded.eval()
     with torch.no_grad():
-        assert torch.equal(model.encode_text(ids, long=True), loaded.encode_text(ids, long=True))
+        assert torch.equal(model.encode_text(ids, "long"), loaded.encode_text(ids, "long"))
         first, second = model.encode_video(pixels, boxes, mask), loaded.encode_video(pixels, boxes, mask)
     for name in ("video_embeds", "frame_embeds", "region_embeds"):
         assert torch.equal(getattr(first, name), getattr(second, name)), name
@@ -245,7 +245,7 @@ def test_tiny_preset_and_its_tokenizer(tmp_path):
     with torch.no_grad():
         out = model.encode_video(model.preprocess(frames), torch.tensor([0.0, 0.0, 1.0, 1.0]).expand(1, 1, 2, 4),
                                  torch.ones(1, 1, 2, dtype=torch.bool))
-        text = model.encode_text(tokenize(tokenizer, captions, LONG_TEXT_LENGTH), long=True)
+        text = model.encode_text(tokenize(tokenizer, captions, LONG_TEXT_LENGTH), "long")
     assert out.video_embeds.shape == (1, model.embed_dim) and text.shape == (4, model.embed_dim)
 
 

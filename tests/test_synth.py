@@ -170,9 +170,17 @@ def test_default_size_plan_matches_the_demo_budget():
     for record, entry in zip(records, actor_entries):
         for track, region in zip(record["box_infos"], entry["regions"]):
             assert region["kind"] == "flash" or all(k["bbox"][3] - k["bbox"][1] >= 0.15 for k in track)
-    # captions: small vocabulary, the class word in every anomalous caption
+    # captions: small vocabulary, the class word in every anomalous caption; the Chinese-captioned
+    # classes wholly in Chinese (as the real file's Burglary), every other caption English
+    from pipeline.captions import foreign_scripts, record_texts
+
     for record, plan_label in zip(records, [p.label for p in train for _ in p.records]):
-        assert synth.CLASS_WORDS[plan_label] in record["global_caption"]
+        if plan_label in synth.CHINESE_CAPTIONED_CLASSES:
+            assert all(foreign_scripts(text) == ["Chinese (Han)"] for text in record_texts(record)), record
+        else:
+            assert synth.CLASS_WORDS[plan_label] in record["global_caption"]
+            assert not any(foreign_scripts(text) for text in record_texts(record)), record
+    assert synth.CHINESE_CAPTIONED_CLASSES and set(synth.CHINESE_CAPTIONED_CLASSES) <= set(synth.CLASSES)
 
 
 def test_cli_generates_skips_when_complete_and_redoes_a_partial_output(tmp_path):

@@ -1,4 +1,4 @@
-"""A tiny real FG-CLIP model and synthetic training micro-batches, shared by the model tests.
+"""Tiny real models of both families and synthetic training micro-batches, shared by the model tests.
 
 Importable by spawned worker processes too (tests/ is on their sys.path), so the
 distributed test builds exactly the same model and batches in every process.
@@ -33,20 +33,68 @@ def tiny_clip(seed: int = 0) -> CLIPModel:
     return CLIPModel(tiny_clip_config())
 
 
-def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float64, perturb_temporal: bool = False) -> FGCLIPVideo:
-    """The FG-CLIP model on a tiny random CLIP, in float64 for exact gradient comparisons.
+def tiny_siglip2_config(text_positions: int = 32):
+    """A tiny SigLIP 2 config whose FG-CLIP 2 additions fit (text width = projection = vision width);
+    the position grid is the test images' patch grid (32 px / 8 px = 4 x 4)."""
+    from transformers import Siglip2Config
 
-    `perturb_temporal` moves the temporal module away from its mean-pooling start, so that
-    gradients through all of its parameters are exercised."""
-    model = FGCLIPVideo(tiny_clip(seed)).to(dtype)
+    text = dict(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=text_positions, projection_size=32)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  patch_size=PATCH_SIZE, num_patches=(IMAGE_SIZE // PATCH_SIZE) ** 2)
+    return Siglip2Config(text_config=text, vision_config=vision)
+
+
+def tiny_siglip2_model(seed: int = 0, dtype: torch.dtype = torch.float64, text_positions: int = 32):
+    """The FG-CLIP 2 model on a tiny random SigLIP 2 (SigLIP's start: scale log 10, bias -10),
+    its additions perturbed so that they differ from the SigLIP weights they start from."""
+    import math
+
+    from transformers import Siglip2Model
+
+    from fgclip.siglip2_model import FGCLIP2Video
+
+    torch.manual_seed(seed)
+    siglip = Siglip2Model(tiny_siglip2_config(text_positions))
+    with torch.no_grad():
+        siglip.logit_scale.fill_(math.log(10.0))
+        siglip.logit_bias.fill_(-10.0)
+    model = FGCLIP2Video(siglip, longtext_len=4 * text_positions - 60)
+    generator = torch.Generator().manual_seed(seed + 7)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.startswith(("longtext_head", "boxtext_head", "dense_feature_head", "text_model.embeddings.position_embedding_")):
+                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return model.to(dtype)
+
+
+def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float64, perturb_temporal: bool = False,
+               family: str = "clip"):
+    """The FG-CLIP model of `family` ("clip": on a tiny random CLIP; "siglip2": FG-CLIP 2 on a tiny
+    SigLIP 2), in float64 for exact gradient comparisons.
+
+    `perturb_temporal` moves the temporal module away from its mean-pooling start, and the scales
+    (and biases) apart, so that gradients through all of their parameters are exercised."""
+    model = FGCLIPVideo(tiny_clip(seed)).to(dtype) if family == "clip" else tiny_siglip2_model(seed, dtype)
     if perturb_temporal:
         generator = torch.Generator().manual_seed(seed + 1)
         with torch.no_grad():
             for name, parameter in model.temporal.named_parameters():
                 parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
-            for index, scale in enumerate(model.logit_scales.values()):
-                scale.add_(0.1 * (index + 1))
+            for index, name in enumerate(("global", "region", "hard")):
+                scale_and_bias = _scale_parameters(model, name)
+                for parameter in scale_and_bias:
+                    parameter.add_(0.1 * (index + 1))
     return model
+
+
+def _scale_parameters(model, term: str) -> list[torch.nn.Parameter]:
+    """The log-scale (and, for the sigmoid family, bias) parameters of one loss term."""
+    if isinstance(model, FGCLIPVideo):
+        return [model.logit_scales[term]]
+    if term == "global":
+        return [model.logit_scale, model.logit_bias]
+    return [model.term_scales[term], model.term_biases[term]]
 
 
 def random_ids(generator: torch.Generator, shape: tuple[int, ...], length: int) -> torch.Tensor:
