@@ -93,6 +93,8 @@ STEP_FIELDS: tuple[StepField, ...] = (
     StepField("nonfinite", "this step was skipped", lambda r: "NON-FINITE (step skipped)" if r["nonfinite"] else None),
     StepField("eta_s", "seconds left at this session's mean step time", lambda r: f"eta {format_duration(r['eta_s'])}"),
     StepField("temperatures", "each loss's temperature by name (TensorBoard: temperature/NAME)"),
+    StepField("logit_biases", "each loss's sigmoid bias by name, empty for InfoNCE (TensorBoard: logit_bias/NAME)",
+              optional=True),
 )
 _STEP_KEYS = {field.key: field for field in STEP_FIELDS}
 
