@@ -163,21 +163,29 @@ ANOMALY_SCORE_DEFINITIONS = {
 }
 
 
+def prompt_logits(embeds: torch.Tensor, prompt_embeds: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """(..., D) image embeddings (frames or patches) x (1 + C, D) prompts -> (..., 1 + C) float32
+    scaled similarities; the top class of a frame is the argmax of its class columns (1:)."""
+    return temperature * (embeds.float() @ prompt_embeds.float().t())
+
+
 def anomaly_scores(frame_embeds: torch.Tensor, prompt_embeds: torch.Tensor, temperature: torch.Tensor, *,
                    objective: str = "infonce", bias: torch.Tensor | None = None) -> torch.Tensor:
-    """(N, D) frames x (1 + C, D) prompts -> (N,) anomaly scores in float32 (ANOMALY_SCORE_DEFINITIONS).
+    """(..., D) frames or patches x (1 + C, D) prompts -> (...) anomaly scores in float32
+    (ANOMALY_SCORE_DEFINITIONS). The one place prompt similarities become scores: frame scores,
+    patch maps (`fgclip.patch_map`) and `fgclip-vad score` all go through it.
 
     The sigmoid family's prompts are independent yes/no questions: their probabilities need not
     sum to 1, so the score is normal's share of their sum (computed in log space: with SigLIP's
     bias near -10 each probability is tiny)."""
-    logits = temperature * (frame_embeds.float() @ prompt_embeds.float().t())
+    logits = prompt_logits(frame_embeds, prompt_embeds, temperature)
     if objective == "infonce":
-        return 1.0 - logits.softmax(dim=-1)[:, 0]
+        return 1.0 - logits.softmax(dim=-1)[..., 0]
     if objective != "sigmoid" or bias is None:
         raise ValueError(f"anomaly_scores: objective {objective!r} (bias {'given' if bias is not None else 'missing'}) "
                          f"is not one of {', '.join(ANOMALY_SCORE_DEFINITIONS)} with its parameters")
     log_p = torch.nn.functional.logsigmoid(logits + bias.float())
-    return 1.0 - (log_p[:, 0] - torch.logsumexp(log_p, dim=-1)).exp()
+    return 1.0 - (log_p[..., 0] - torch.logsumexp(log_p, dim=-1)).exp()
 
 
 def smooth_snippets(snippet_scores: np.ndarray, window: int) -> np.ndarray:
@@ -417,6 +425,7 @@ class EvalInputs:
     annotations: Path
     baseline: Path | None
     out_dir: Path
+    boxes: Path | None = None  # event boxes for the spatial metric
 
 
 def default_baseline(checkpoints: Sequence[Path]) -> Path | None:
@@ -433,9 +442,11 @@ def default_baseline(checkpoints: Sequence[Path]) -> Path | None:
 
 
 def eval_inputs(checkpoints: Sequence[Path] = (), *, test_shards: Path | None = None, annotations: Path | None = None,
-                baseline: Path | None = None, no_baseline: bool = False, out_dir: Path | None = None) -> EvalInputs:
+                baseline: Path | None = None, no_baseline: bool = False, out_dir: Path | None = None,
+                boxes: Path | None = None) -> EvalInputs:
     """Fill in the defaults: the debug preset's run, the embedded default's test shards and
-    annotations, the model the run started from as baseline, reports/<run name>/ for the output."""
+    annotations, the model the run started from as baseline, reports/<run name>/ for the output,
+    and for the embedded annotations the generator's event boxes."""
     from pipeline import embedded
 
     given = [Path(c) for c in checkpoints]
@@ -459,7 +470,9 @@ def eval_inputs(checkpoints: Sequence[Path] = (), *, test_shards: Path | None = 
     else:
         baseline = default_baseline(given)
     out_dir = Path(out_dir) if out_dir is not None else REPORTS_ROOT / run_dir.run_name(given[0])
-    return EvalInputs(given, test_shards, annotations, baseline, out_dir)
+    if boxes is None and annotations == embedded.TEMPORAL_ANNOTATIONS and embedded.TEST_EVENT_BOXES.is_file():
+        boxes = embedded.TEST_EVENT_BOXES
+    return EvalInputs(given, test_shards, annotations, baseline, out_dir, Path(boxes) if boxes else None)
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -514,12 +527,15 @@ def score_and_report(checkpoints: list[Path], test_shard_dir: Path, annotations:
              threshold: float = DEFAULT_THRESHOLD, device: str | None = None, batch_frames: int = 512,
              num_readers: int = 2, templates: Sequence[str] = PROMPT_TEMPLATES,
              normal_phrase: str = NORMAL_PHRASE, video_plots: bool = True, progress: bool = True,
-             dataset: str | None = None) -> dict:
+             dataset: str | None = None, heat_maps: bool = True, boxes: Path | None = None) -> dict:
     """Score the test shards with every checkpoint and the baseline; write report.json, report.md,
-    plots/, scores/ and TensorBoard scalars under `out_dir`. Returns the report dict.
+    report.html, plots/, scores/ and TensorBoard scalars under `out_dir`. Returns the report dict.
 
     `dataset` (a `pipeline.datasets` name) says how to read `annotations`; by default its format
-    decides (`fgclip.ground_truth.detect_dataset`)."""
+    decides (`fgclip.ground_truth.detect_dataset`). `heat_maps`: patch maps of anomalous test videos
+    (heat strips in the report); `boxes`: an event boxes file (`pipeline.event_boxes`) for the
+    spatial metric."""
+    from fgclip import eval_maps
     from fgclip import report as report_writer
 
     if smoothing_window < 1 or smoothing_window % 2 == 0:
@@ -544,8 +560,11 @@ def score_and_report(checkpoints: list[Path], test_shard_dir: Path, annotations:
         for v in videos if ranges_past_end(ground_truth[v.key], v.num_source_frames, convention)
     ]
     torch_device = pick_device(device)
+    event_boxes, spatial_note = _event_boxes(boxes, videos, frame_gt) if heat_maps else (None, "heat maps off")
 
     results: list[dict] = []
+    map_plans: list[eval_maps.VideoMapPlan] | None = None
+    map_results: dict[str, eval_maps.ModelMaps] = {}
     frame_results: dict[str, list[VideoFrames]] = {}
     raw_scores: dict[str, dict[str, np.ndarray]] = {}
     for choice in models:
@@ -561,6 +580,16 @@ def score_and_report(checkpoints: list[Path], test_shard_dir: Path, annotations:
         temperature = float(model.temperatures()["global"].detach())
         bias = model.logit_biases().get("global")
         family, objective = model.family, model.objective
+        if heat_maps:
+            if map_plans is None:  # the strips' peak frames are the first model's
+                map_plans = eval_maps.plan_map_frames(videos, frame_gt, {k: a.label for k, a in ground_truth.items()},
+                                                      {k: s.snippet_scores for k, s in scores.items()}, event_boxes)
+                eval_maps.read_strip_frames(map_plans, videos[0].height, videos[0].width)
+            prompts = prompt_embeddings(model, tokenizer, class_names, device=torch_device, templates=templates,
+                                        normal_phrase=normal_phrase)
+            map_results[choice.name] = eval_maps.model_maps(model, prompts, class_names, map_plans,
+                                                            height=videos[0].height, width=videos[0].width,
+                                                            device=torch_device)
         del model
         if torch_device.type == "cuda":
             torch.cuda.empty_cache()
@@ -578,6 +607,7 @@ def score_and_report(checkpoints: list[Path], test_shard_dir: Path, annotations:
             "family": family, "objective": objective, "logit_bias": None if bias is None else float(bias.detach()),
             "score": ANOMALY_SCORE_DEFINITIONS[objective],
             "metrics": compute_metrics(per_video, threshold=threshold),
+            "spatial": map_results[choice.name].spatial if choice.name in map_results else None,
             "timing": {"load_s": round(load_s, 3), "scoring_s": round(score_s, 3), "stored_frames": stored,
                        "stored_frames_per_s": round(stored / score_s, 1) if score_s > 0 else None},
         })
@@ -605,6 +635,8 @@ def score_and_report(checkpoints: list[Path], test_shard_dir: Path, annotations:
             "smoothing": ("none" if smoothing_window == 1 else
                           f"moving average over {smoothing_window} snippets (edges repeated), before expansion"),
             "smoothing_window": smoothing_window,
+            "patch_map": PATCH_MAP_DOC if heat_maps else None,
+            "spatial": spatial_note,
             "expansion": "each stored frame's score covers the `stride` source frames of its snippet; "
                          "cut to the video's true length, last snippet repeated if the shard holds too few",
         },
@@ -614,13 +646,17 @@ def score_and_report(checkpoints: list[Path], test_shard_dir: Path, annotations:
             "intervals_cut_at_video_end": cut_intervals,
             "per_class_auc": "frames of the class's videos plus all frames of normal videos",
             "false_alarm_rate": f"fraction of normal-video frames with score > {threshold}",
+            "false_alarm_rate_at_recall": "fraction of normal-video frames scoring at least the threshold at which "
+                                          "90% of anomalous frames score at least it (the 10th percentile of the "
+                                          "anomalous frames' scores)",
         },
         "coverage": coverage,
         "training_caption_scripts": training_caption_scripts(models),
         "models": results,
         "videos": _per_video_summary(videos, ground_truth, frame_gt, frame_results, convention),
     }
-    report_writer.write_report(out_dir, report, frame_results, raw_scores, video_plots=video_plots)
+    report_writer.write_report(out_dir, report, frame_results, raw_scores, video_plots=video_plots,
+                               heat_strips=(map_plans or [], map_results))
     return report
 
 
@@ -642,6 +678,27 @@ def training_caption_scripts(models: Sequence[ModelChoice]) -> dict[str, list[st
                     for text in (meta.global_caption, *meta.region_captions):
                         scripts.setdefault(meta.label, set()).update(foreign_scripts(text))
     return {label: sorted(found) for label, found in sorted(scripts.items()) if found}
+
+
+PATCH_MAP_DOC = ("per patch, the frame score's definition applied to the dense patch feature (region scale and bias), "
+                 "same prompts and templates, upsampled bilinearly to the frame")
+
+
+def _event_boxes(boxes: Path | None, videos: list[TestVideo], frame_gt: dict) -> tuple[dict | None, str]:
+    """The event boxes by video key, and a sentence on where they came from (or why there are none)."""
+    from pipeline.event_boxes import read_event_boxes
+
+    if boxes is None:
+        return None, "no boxes file: spatial metric not computed"
+    with ShardReader(videos[0].shard) as reader:
+        resize_mode = reader.attrs.resize_mode
+    if resize_mode != "squash":
+        return None, (f"{boxes}: boxes are fractions of the whole frame, but the test shards are center-cropped "
+                      f"(the crop is not stored): spatial metric not computed")
+    by_key = {video_key(name): frames for name, frames in read_event_boxes(Path(boxes)).items()}
+    anomalous = [v.key for v in videos if frame_gt[v.key].any()]
+    matched = sum(1 for key in anomalous if key in by_key)
+    return by_key, f"boxes from {boxes}: {matched} of {len(anomalous)} anomalous test videos have them"
 
 
 def _headline(results: list[dict], coverage: dict, partial: bool, metric: str = "auc") -> str:

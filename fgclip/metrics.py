@@ -13,7 +13,12 @@ Every metric works on frame scores and frame labels of whole videos, concatenate
   optimistic, so the two differ).
 * `per_class_auc`: for each anomaly class, ROC AUC over the frames of that class's videos plus
   all frames of the normal videos.
-* `false_alarm_rate`: the fraction of normal-video frames scored above `threshold` (0.5).
+* `false_alarm_rate`: the fraction of normal-video frames scored above `threshold` (0.5). A
+  softmax over 1 + C prompts is not calibrated, so 0.5 means little (a model can put most normal
+  frames above it and still rank them well); hence also
+* `false_alarm_rate_at_recall`: the fraction of normal-video frames scoring at least
+  `threshold_at_recall`, the score that 90% of anomalous frames reach (a threshold that finds
+  90% of the anomalies: how many false alarms does it cost?).
 
 A metric that is undefined (only one kind of frame present) is None, never a made-up number.
 """
@@ -28,6 +33,7 @@ from sklearn.metrics import auc as curve_area
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 DEFAULT_THRESHOLD = 0.5
+TARGET_RECALL = 0.9
 
 
 @dataclass
@@ -84,6 +90,14 @@ def false_alarm_rate(normal_scores: np.ndarray, threshold: float = DEFAULT_THRES
     return float(np.mean(normal_scores > threshold))
 
 
+def threshold_at_recall(anomalous_scores: np.ndarray, recall: float = TARGET_RECALL) -> float | None:
+    """The highest score t with at least `recall` of the anomalous frames scoring >= t."""
+    if anomalous_scores.size == 0:
+        return None
+    ordered = np.sort(anomalous_scores)[::-1]
+    return float(ordered[max(0, int(np.ceil(recall * ordered.size)) - 1)])
+
+
 def roc_points(videos: Sequence[VideoFrames]) -> tuple[np.ndarray, np.ndarray] | None:
     """(false positive rate, true positive rate) of the all-frames ROC curve, None if undefined."""
     scores, labels = concatenate(videos)
@@ -100,6 +114,7 @@ def compute_metrics(videos: Sequence[VideoFrames], *, threshold: float = DEFAULT
     scores, labels = concatenate(videos)
     anomalous_scores, anomalous_labels = concatenate(anomalous)
     normal_scores, _ = concatenate(normal)
+    recall_threshold = threshold_at_recall(scores[labels])
 
     per_class_auc: dict[str, float | None] = {}
     per_class_videos: dict[str, int] = {}
@@ -116,6 +131,10 @@ def compute_metrics(videos: Sequence[VideoFrames], *, threshold: float = DEFAULT
         "ap_trapezoid": pr_area_trapezoid(scores, labels),
         "false_alarm_rate": false_alarm_rate(normal_scores, threshold),
         "false_alarm_threshold": threshold,
+        "threshold_at_recall": recall_threshold,
+        "target_recall": TARGET_RECALL,
+        "false_alarm_rate_at_recall": (None if recall_threshold is None or normal_scores.size == 0
+                                       else float(np.mean(normal_scores >= recall_threshold))),
         "per_class_auc": per_class_auc,
         "per_class_videos": per_class_videos,
         "num_videos": len(videos),

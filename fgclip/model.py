@@ -12,7 +12,7 @@ What is added on top of CLIP, and why:
   starts from CLIP's zero-shot quality.
 * Region embeddings: dense patch features (the last vision block without query/key, see
   `_dense_patch_features`), RoIAlign'ed with each region's per-frame boxes and averaged over the
-  frames where the region is visible.
+  frames where the region is visible. `dense_features` gives them per patch, normalised (patch maps).
 * Three learnable temperatures (global, region, hard negatives), initialised from CLIP's.
 
 One vision pass per frame batch: the encoder runs up to the input of the last block once; the
@@ -502,6 +502,11 @@ class FGCLIPVideo(nn.Module):
     def encode_frames(self, pixels: Tensor) -> Tensor:
         """(N, 3, S, S) -> (N, D) L2-normalised frame embeddings (the CLS path)."""
         return F.normalize(self._cls_head(self._vision_trunk(pixels)), dim=-1)
+
+    def dense_features(self, pixels: Tensor) -> Tensor:
+        """(N, 3, S, S) -> (N, D, g, g) patch embeddings, each L2-normalised over D: the dense path
+        that region embeddings pool from (g = `patch_grid`; row 0 is the top of the image)."""
+        return F.normalize(self._dense_patch_features(self._vision_trunk(pixels)), dim=1)
 
     def encode_video(self, pixels: Tensor, boxes: Tensor, box_mask: Tensor, index: BoxIndex | None = None) -> VideoOutput:
         """(B, T, 3, S, S), boxes (B, R, T, 4) x1 y1 x2 y2 in 0..1, box_mask (B, R, T) -> VideoOutput.

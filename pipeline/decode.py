@@ -26,7 +26,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import ffmpeg  # ffmpeg-python: builds the filter graph and command line
 import numpy as np
@@ -371,6 +371,61 @@ class DecodedFrames:
     decode_errors: int
 
 
+def _read_frame(stdout, frame_view: memoryview) -> bool:
+    """Fill one frame from ffmpeg's stdout; False at the end of the stream (a partial frame means
+    ffmpeg died mid-write)."""
+    got, size = 0, len(frame_view)
+    while got < size:
+        chunk = stdout.readinto(frame_view[got:])
+        if not chunk:
+            return False
+        got += chunk
+    return True
+
+
+def _decode_result(path: Path, returncode: int, stderr: str, extra: bytes, wanted: int) -> tuple[int, int]:
+    """(frames decoded, decode errors) from a finished run; VideoError when ffmpeg failed."""
+    decoded = _DECODED_RE.search(stderr)
+    if returncode != 0 or decoded is None:
+        raise VideoError(f"{path}: ffmpeg failed to decode it (exit {returncode}): {_last_error_line(stderr)}")
+    if extra:
+        raise VideoError(f"{path}: ffmpeg returned more frames than the {wanted} selected; please report this")
+    errors = re.search(r"frames decoded; (\d+) decode errors", stderr)
+    return int(decoded.group(1)), int(errors.group(1)) if errors else 0
+
+
+class _SelectedFrames:
+    """One ffmpeg run writing the selected frames to a pipe; stderr goes to a file (a pipe could
+    fill up and stall ffmpeg while we read stdout). Use as a context manager."""
+
+    def __init__(self, path: Path, wanted: np.ndarray, size: int, crop: CropRegion | None, threads: int) -> None:
+        self.path, self.wanted, self.frame_bytes = path, wanted, size * size * 3
+        self._command = decode_command(path, wanted, size=size, crop=crop, threads=threads)
+
+    def __enter__(self) -> "_SelectedFrames":
+        self._stderr = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(self._command, stdout=subprocess.PIPE, stderr=self._stderr, bufsize=0)
+        _widen_pipe(self.process.stdout.fileno(), self.frame_bytes)
+        return self
+
+    def read_into(self, frame: np.ndarray) -> bool:
+        return _read_frame(self.process.stdout, memoryview(frame).cast("B"))
+
+    def finish(self, timeout_s: float | None) -> tuple[int, int]:
+        """Wait for ffmpeg: (frames decoded, decode errors), or VideoError."""
+        extra = self.process.stdout.read(self.frame_bytes)  # must be empty: select passes nothing else
+        returncode = self.process.wait(timeout=timeout_s)
+        self._stderr.seek(0)
+        stderr = self._stderr.read().decode("utf-8", errors="replace")
+        return _decode_result(self.path, returncode, stderr, extra, len(self.wanted))
+
+    def __exit__(self, *exc) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._stderr.close()
+
+
 def decode_selected(
     path: os.PathLike | str, frame_numbers: Sequence[int], *, size: int, crop: CropRegion | None = None,
     threads: int = 0, timeout_s: float | None = None,
@@ -383,47 +438,42 @@ def decode_selected(
     """
     path = Path(path)
     wanted = np.asarray(frame_numbers, dtype=np.int64)
-    cmd = decode_command(path, wanted, size=size, crop=crop, threads=threads)
-    frame_bytes = size * size * 3
     frames = np.empty((len(wanted), size, size, 3), dtype=np.uint8)
     received = 0
-    # stderr goes to a file: a pipe could fill up and stall ffmpeg while we read stdout.
-    with tempfile.TemporaryFile() as stderr_file:
-        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr_file, bufsize=0)
-        try:
-            assert process.stdout is not None
-            _widen_pipe(process.stdout.fileno(), frame_bytes)
-            while received < len(wanted):
-                view = memoryview(frames[received]).cast("B")
-                got = 0
-                while got < frame_bytes:
-                    chunk = process.stdout.readinto(view[got:])
-                    if not chunk:
-                        break
-                    got += chunk
-                if got < frame_bytes:
-                    break  # end of stream (a partial frame means ffmpeg died mid-write)
-                received += 1
-            extra = process.stdout.read(frame_bytes)  # must be empty: select passes nothing else
-            returncode = process.wait(timeout=timeout_s)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        stderr_file.seek(0)
-        stderr = stderr_file.read().decode("utf-8", errors="replace")
-    decoded = _DECODED_RE.search(stderr)
-    if returncode != 0 or decoded is None:
-        raise VideoError(f"{path}: ffmpeg failed to decode it (exit {returncode}): {_last_error_line(stderr)}")
-    if extra:
-        raise VideoError(f"{path}: ffmpeg returned more frames than the {len(wanted)} selected; please report this")
-    errors = re.search(r"frames decoded; (\d+) decode errors", stderr)
+    with _SelectedFrames(path, wanted, size, crop, threads) as run:
+        while received < len(wanted) and run.read_into(frames[received]):
+            received += 1
+        decoded_count, decode_errors = run.finish(timeout_s)
     return DecodedFrames(
         frames_uint8=frames[:received],
         frame_numbers=wanted[:received],
-        decoded_count=int(decoded.group(1)),
-        decode_errors=int(errors.group(1)) if errors else 0,
+        decoded_count=decoded_count,
+        decode_errors=decode_errors,
     )
+
+
+def stream_selected(
+    path: os.PathLike | str, frame_numbers: Sequence[int], *, size: int, batch_frames: int,
+    crop: CropRegion | None = None, threads: int = 0, timeout_s: float | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """decode_selected in batches: yields (frame numbers, (n, size, size, 3) uint8 frames) of at most
+    `batch_frames` frames as ffmpeg delivers them, so memory holds one batch however long the video.
+    Ends early (fewer frames) if the video does; VideoError, after the frames that came, if ffmpeg failed."""
+    path = Path(path)
+    wanted = np.asarray(frame_numbers, dtype=np.int64)
+    with _SelectedFrames(path, wanted, size, crop, threads) as run:
+        received = 0
+        while received < len(wanted):
+            batch = np.empty((min(batch_frames, len(wanted) - received), size, size, 3), dtype=np.uint8)
+            filled = 0
+            while filled < len(batch) and run.read_into(batch[filled]):
+                filled += 1
+            if filled:
+                yield wanted[received:received + filled], batch[:filled]
+            received += filled
+            if filled < len(batch):
+                break
+        run.finish(timeout_s)
 
 
 def bare_decode_command(path: os.PathLike | str) -> list[str]:

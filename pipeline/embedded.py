@@ -25,6 +25,8 @@ TEST_LIST = SYNTH_DIR / "Anomaly_Test.txt"  # official split-list format
 TEST_VIDEO_ROOT = SYNTH_DIR / "videos"
 TEMPORAL_ANNOTATIONS = SYNTH_DIR / "Temporal_Anomaly_Annotation.txt"  # official format
 ACTORS_JSON = SYNTH_DIR / "actors.json"  # per record and region: the actor's RGB colour (tests)
+# Per test video and anomalous frame: the boxes of the actors of the event (the spatial metric).
+TEST_EVENT_BOXES = SYNTH_DIR / "test_event_boxes.json"
 
 SHARD_ROOT = DATA_ROOT / "shards"
 TRAIN_FRAME_COUNTS = (64, 256)  # T of the debug and full presets

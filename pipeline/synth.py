@@ -11,6 +11,9 @@
   `Anomaly_Test.txt` (official split-list lines `Class/Name_x264.mp4`, relative to
   `embedded.TEST_VIDEO_ROOT`) and `Temporal_Anomaly_Annotation.txt` (official columns
   `Name_x264.mp4  Class  start1  end1  start2  end2`, -1 = none; frames 0-based, inclusive);
+* `test_event_boxes.json` (`pipeline.event_boxes` format): per test video and anomalous frame, the
+  boxes of the event's actors (fighters and their burst, the flash and the people fleeing it, the
+  crashing cars and their fire, the thief and the owner), for evaluation's spatial metric;
 * `actors.json`: per training record and region, the RGB colour of the drawn actor, and the
   frame count of every video (for tests that look for actors in decoded frames).
 
@@ -48,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import embedded, synth_scenes
+from pipeline.event_boxes import write_event_boxes
 from pipeline.synth_scenes import (
     ACTOR_COLOURS,
     BAG_COLOURS,
@@ -148,6 +152,7 @@ class ClipPlan:
     actors: list[Actor]  # in drawing order
     records: list[RecordPlan] = field(default_factory=list)
     event: tuple[int, int] | None = None  # first, last anomalous frame (test videos)
+    event_actors: list[Actor] = field(default_factory=list)  # who makes the event (test videos)
 
 
 def _video_rng(seed: int, name: str) -> np.random.Generator:
@@ -838,18 +843,28 @@ def plan_dataset(seed: int = embedded.SYNTH_SEED, size: str = "default") -> list
         layout = SCENE_LAYOUTS[scene]
         script = _test_normal if label == NORMAL else TEST_SCRIPTS[label]
         actors, event = script(rng, n_frames, layout)
+        event_actors = [a for a in actors if isinstance(a, EVENT_ACTOR_KINDS)] if event else []
         actors = _passers_by(rng, layout, n_frames) + actors
         plans.append(ClipPlan(f"videos/{folder}/{name}", label, "test", scene, n_frames,
-                              int(rng.integers(1 << 30)), actors, event=event))
+                              int(rng.integers(1 << 30)), actors, event=event, event_actors=event_actors))
     return plans
 
 
 # --- annotations --------------------------------------------------------------------------------
 
+# Actors whose track box encloses what they draw (smoke rises above its track and debris
+# scatters around it, so their boxes would not say where they are).
+EVENT_ACTOR_KINDS = (Person, Car, Flash, Burst, Bag)
+
+
 def _box(region: RegionPlan, frame: int) -> list[float]:
     """The region's box on `frame` in 0..1: the sprite's box grown by its jitter and the margin."""
-    cx, cy, half_w, half_h = region.actor.track.at(frame)
-    grow = region.actor.jitter_px + BOX_MARGIN_PX
+    return _actor_box(region.actor, frame)
+
+
+def _actor_box(actor: Actor, frame: int) -> list[float]:
+    cx, cy, half_w, half_h = actor.track.at(frame)
+    grow = actor.jitter_px + BOX_MARGIN_PX
     x1, x2 = (cx - half_w - grow) / WIDTH, (cx + half_w + grow) / WIDTH
     y1, y2 = (cy - half_h - grow) / HEIGHT, (cy + half_h + grow) / HEIGHT
     return [round(float(np.clip(v, 0.0, 1.0)), 6) for v in (x1, y1, x2, y2)]
@@ -941,6 +956,23 @@ def temporal_annotation_lines(plans: list[ClipPlan]) -> list[str]:
 
 
 # --- rendering ------------------------------------------------------------------------------------
+
+def test_event_boxes(plans: list[ClipPlan]) -> dict[str, dict[int, list[list[float]]]]:
+    """Per anomalous test video (file name), per frame of its event: the boxes of the event's
+    actors visible on that frame, in 0..1 (clipped to the frame; none for an actor wholly outside it)."""
+    min_side = (1.0 / WIDTH, 1.0 / HEIGHT)  # at least a pixel of the actor inside the frame
+    videos = {}
+    for plan in plans:
+        if plan.split != "test" or plan.event is None:
+            continue
+        first, last = plan.event
+        frames = {}
+        for frame in range(first, last + 1):
+            boxes = [_actor_box(actor, frame) for actor in plan.event_actors if actor.visible(frame)]
+            frames[frame] = [b for b in boxes if b[2] - b[0] >= min_side[0] and b[3] - b[1] >= min_side[1]]
+        videos[Path(plan.video).name] = frames
+    return videos
+
 
 def ffmpeg_executable() -> str:
     """The ffmpeg binary, found the way stage 1 finds it (PATH, else the imageio-ffmpeg wheel)."""
@@ -1050,6 +1082,7 @@ def generate_dataset(out_dir: Path = embedded.SYNTH_DIR, seed: int = embedded.SY
         _write_text(partial / embedded.TRAIN_JSON.name, json.dumps(records, indent=2) + "\n")
         _write_text(partial / embedded.TEST_LIST.name, "\n".join(test_split_lines(plans)) + "\n")
         _write_text(partial / embedded.TEMPORAL_ANNOTATIONS.name, "\n".join(temporal_annotation_lines(plans)) + "\n")
+        write_event_boxes(partial / embedded.TEST_EVENT_BOXES.name, test_event_boxes(plans))
         actors = {
             "width": WIDTH, "height": HEIGHT, "fps": FPS, "classes": list(CLASSES),
             "records": actor_entries,

@@ -32,6 +32,18 @@ def test_known_values():
     assert m["false_alarm_rate"] == pytest.approx(0.5)  # 0.85 of the normal frames 0.3, 0.85
     assert (m["num_videos"], m["num_anomalous_videos"], m["num_normal_videos"]) == (3, 2, 1)
     assert (m["num_frames"], m["num_anomalous_frames"]) == (8, 3)
+    # 90% of the 3 anomalous frames (0.9, 0.8, 0.4) means all 3: threshold 0.4; normal frames
+    # 0.3, 0.85 -> one of two at or above it.
+    assert m["threshold_at_recall"] == pytest.approx(0.4) and m["false_alarm_rate_at_recall"] == pytest.approx(0.5)
+
+
+def test_threshold_at_recall_finds_the_share_of_anomalous_frames():
+    from fgclip.metrics import threshold_at_recall
+
+    scores = np.arange(1, 21) / 20.0  # 0.05 .. 1.0
+    threshold = threshold_at_recall(scores, 0.9)
+    assert np.mean(scores >= threshold) >= 0.9 and np.mean(scores >= threshold + 1e-9) < 0.9
+    assert threshold_at_recall(np.zeros(0)) is None
 
 
 def test_auc_matches_pair_counting_with_ties():
