@@ -167,7 +167,7 @@ class ValidationSet:
             video_embeds.append(out.video_embeds.float())
         captions = [m.global_caption for m in self.metas]
         ids = tokenize(tokenizer, captions, LONG_TEXT_LENGTH).to(device)
-        text_embeds = model.encode_text(ids, long=True).float()
+        text_embeds = model.encode_text(ids, kind="long").float()
         nearest = (torch.cat(video_embeds) @ text_embeds.t()).argmax(dim=1).cpu().numpy()
         keys = [caption_key(c) for c in captions]
         return float(np.mean([keys[j] == keys[i] for i, j in enumerate(nearest)]))
