@@ -31,7 +31,7 @@ from fgclip.ground_truth import frame_labels, load_ground_truth
 from fgclip.ground_truth import video_key as gt_video_key
 from fgclip.loader_worker import subsample_rows
 from fgclip.metrics import roc_auc
-from fgclip.text import LONG_TEXT_LENGTH, caption_key, tokenize
+from fgclip.text import caption_key
 from pipeline.datasets import REGISTRY, dataset_of_path
 from pipeline.shards import RecordMeta, ShardReader, read_manifest
 from pipeline.ucf_split import find_test_split, read_split_list, video_key
@@ -166,7 +166,7 @@ class ValidationSet:
             out = model.encode_video(pixels[None], boxes[None].to(device), box_mask[None].to(device))
             video_embeds.append(out.video_embeds.float())
         captions = [m.global_caption for m in self.metas]
-        ids = tokenize(tokenizer, captions, LONG_TEXT_LENGTH).to(device)
+        ids = model.text_rules.ids(tokenizer, captions, "long").to(device)  # the family's long length and rules
         text_embeds = model.encode_text(ids, kind="long").float()
         nearest = (torch.cat(video_embeds) @ text_embeds.t()).argmax(dim=1).cpu().numpy()
         keys = [caption_key(c) for c in captions]
@@ -177,6 +177,7 @@ class ValidationSet:
 
         prompts = prompt_embeddings(model, tokenizer, self.class_names, device=torch.device(device))
         temperature = model.temperatures()["global"].float()
+        bias = model.logit_biases().get("global")  # the sigmoid family's; None for InfoNCE
         scores, labels = [], []
         for meta in self.metas:
             annotation = self.temporal_labels.get(gt_video_key(meta.video))
@@ -184,6 +185,7 @@ class ValidationSet:
                 continue
             frames, _, _, frame_index = self._read(meta, None)
             frame_embeds = model.encode_frames(model.preprocess(frames.to(device)))
-            scores.append(anomaly_scores(frame_embeds, prompts, temperature).cpu().numpy())
+            scores.append(anomaly_scores(frame_embeds, prompts, temperature, objective=model.objective,
+                                         bias=bias).cpu().numpy())
             labels.append(frame_labels(annotation, meta.num_source_frames)[frame_index])
         return roc_auc(np.concatenate(scores), np.concatenate(labels))
