@@ -360,8 +360,9 @@ def init_model_command(preset: str, out_dir: str | None, captions_json: str | No
 
 @main.command("export-model")
 @click.argument("source", type=click.Path(file_okay=False))
-@click.option("--format", "layout", type=click.Choice(["fgclip", "clip"]), required=True,
-              help="fgclip: FG-CLIP v1's layout (FGCLIPModel, fg-clip-base's key names); clip: a plain HF CLIP.")
+@click.option("--format", "layout", type=click.Choice(["fgclip", "clip", "fgclip2"]), required=True,
+              help="fgclip: FG-CLIP v1's layout (FGCLIPModel, fg-clip-base's key names); clip: a plain HF CLIP; "
+                   "fgclip2: FG-CLIP 2's layout (models of the SigLIP 2 family).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory to write.")
 @click.option("--force", is_flag=True, help="Overwrite a directory that already holds a model.")
 def export_model_command(source: str, layout: str, out_dir: str, force: bool) -> None:
@@ -371,6 +372,7 @@ def export_model_command(source: str, layout: str, out_dir: str, force: bool) ->
     \b
     fgclip-vad export-model checkpoints/fgclip_ucf_full/final --format fgclip --out exports/fgclip-vad-ucf
     fgclip-vad export-model checkpoints/fgclip_ucf_full/final --format clip --out exports/clip-ucf
+    fgclip-vad export-model checkpoints/fgclip_demo_siglip2 --format fgclip2 --out exports/fgclip2-demo
 
     fgclip: loadable by FG-CLIP's own scripts (FGCLIPModel.from_pretrained); the temporal module
     travels beside it in fgclip_video.*, so fgclip-vad loads the export back exactly. clip: a

@@ -9,6 +9,11 @@
 * `clip`: a plain Hugging Face CLIP (`logit_scale` = the trained global temperature). It has no
   place for the long-caption positions and projection, the region and hard temperatures and the
   temporal module: the summary names them.
+* `fgclip2`: FG-CLIP 2's layout (`fgclip.fgclip2_layout`; model_type fgclip2, its key names), for a
+  model of the SigLIP 2 family; the temporal module and the region/hard scales and biases go to
+  `fgclip_video.*` beside it, as for `fgclip`.
+
+A format belongs to a family: `fgclip` and `clip` export the CLIP family, `fgclip2` the SigLIP 2 one.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fgclip import run_dir
+from fgclip.families import family_of
 from fgclip.layouts import (
     EXTRAS_CONFIG_NAME,
     EXTRAS_FORMAT_VERSION,
@@ -29,7 +35,8 @@ from fgclip.layouts import (
     model_to_fgclip_v1,
 )
 
-FORMATS = ("fgclip", "clip")
+FORMATS = ("fgclip", "clip", "fgclip2")
+FORMAT_FAMILIES = {"fgclip": "clip", "clip": "clip", "fgclip2": "siglip2"}
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json")  # one of them makes a tokenizer
 
 # What each of our parts is, for the summary of what a plain CLIP leaves out.
@@ -55,7 +62,8 @@ class ExportSummary:
         lines = [f"wrote {self.out_dir} from {self.source}: {self.format} layout, {self.tensors} tensors in "
                  f"model.safetensors"]
         if self.beside:
-            lines.append(f"  + {self.beside} tensors of the temporal module in {EXTRAS_WEIGHTS_NAME} "
+            lines.append(f"  + {self.beside} tensors of fgclip-vad's own parts (the temporal module"
+                         f"{', region/hard scales and biases' if self.format == 'fgclip2' else ''}) in {EXTRAS_WEIGHTS_NAME} "
                          f"(FG-CLIP's scripts ignore it; fgclip-vad reads it back)")
         if self.left_out:
             lines.append("  left out (a plain CLIP has no place for them): " + "; ".join(self.left_out))
@@ -78,6 +86,12 @@ def export_model(source: Path, out_dir: Path, fmt: str, *, force: bool = False) 
         raise ModelDirError(f"{out_dir}: the output directory is the source model; give another --out")
     if (out_dir / "config.json").exists() and not force:
         raise ModelDirError(f"{out_dir}: already holds a model (config.json); pass --force to overwrite it")
+    family = family_of(source)
+    if FORMAT_FAMILIES[fmt] != family:
+        fitting = ", ".join(name for name, owner in FORMAT_FAMILIES.items() if owner == family)
+        raise ModelDirError(f"{source}: a {family}-family model cannot be written as {fmt!r}; its formats: {fitting}")
+    if fmt == "fgclip2":
+        return _export_fgclip2(source, out_dir)
     model = FGCLIPVideo.from_pretrained(source)
     aux_files = model.aux_files()
     if not any(name in aux_files for name in TOKENIZER_FILES):
@@ -114,6 +128,19 @@ def export_model(source: Path, out_dir: Path, fmt: str, *, force: bool = False) 
                   "temporal_heads": model.temporal.num_heads}
         (out_dir / EXTRAS_CONFIG_NAME).write_text(json.dumps(extras, indent=2) + "\n")
     return ExportSummary(source=source, out_dir=out_dir, format=fmt, tensors=len(weights), beside=len(beside), left_out=left_out)
+
+
+def _export_fgclip2(source: Path, out_dir: Path) -> ExportSummary:
+    """FG-CLIP 2's layout is the family's own checkpoint layout (`FGCLIP2Video.save_pretrained`)."""
+    from fgclip.siglip2_model import FGCLIP2Video
+
+    model = FGCLIP2Video.from_pretrained(source)
+    if not any(name in model.aux_files() for name in ("tokenizer.json", "tokenizer.model")):
+        raise ModelDirError(f"{source}: no tokenizer files (tokenizer.json) to export with the model; "
+                            f"copy them from the model it was trained from")
+    model.save_pretrained(out_dir)
+    return ExportSummary(source=source, out_dir=out_dir, format="fgclip2", tensors=len(model.fgclip2_state_dict()),
+                         beside=len(model.extra_state_dict()), left_out=[])
 
 
 def _describe_parts(names: list[str]) -> list[str]:

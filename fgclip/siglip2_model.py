@@ -224,6 +224,10 @@ class FGCLIP2Video(nn.Module):
                     self.term_scales[name].copy_(self.logit_scale.reshape(()))
                     self.term_biases[name].copy_(self.logit_bias.reshape(()))
 
+    def aux_files(self) -> dict[str, bytes]:
+        """The tokenizer and image-processor files of the directory this model came from (name -> content)."""
+        return dict(self._aux_files)
+
     def extra_state_dict(self) -> dict[str, Tensor]:
         """Our parameters beyond FG-CLIP 2's (what `fgclip_video.safetensors` holds)."""
         return {name: value for name, value in self.state_dict().items() if name.startswith(_EXTRA_PREFIXES)}

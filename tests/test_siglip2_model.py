@@ -163,6 +163,27 @@ def test_export_writes_fgclip2_layout_back(checkpoint, tmp_path):
         assert torch.equal(again.state_dict()[name], value), name
 
 
+def test_export_model_command_writes_fgclip2_layout_and_round_trips(checkpoint, tmp_path):
+    from fgclip.export import export_model
+    from fgclip.model_factory import train_gemma_tokenizer
+
+    path, tensors = checkpoint
+    model = FGCLIP2Video.from_pretrained(path)
+    ours = tmp_path / "ours"
+    model.save_pretrained(ours)  # a checkpoint of ours, then the tokenizer a real one carries
+    train_gemma_tokenizer(["a man runs", "two men fight"], 300, TEXT_POSITIONS).save_pretrained(str(ours))
+    summary = export_model(ours, tmp_path / "export", "fgclip2")
+    exported = load_file(str(tmp_path / "export" / "model.safetensors"))
+    assert set(exported) == set(tensors) and summary.tensors == len(tensors) and summary.beside > 0
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["model_type"] == "fgclip2"
+    assert (tmp_path / "export" / "tokenizer.json").is_file()
+    again = FGCLIP2Video.from_pretrained(tmp_path / "export")
+    for name, value in model.state_dict().items():
+        assert torch.equal(again.state_dict()[name], value), name
+    with pytest.raises(ModelDirError, match="siglip2-family model cannot be written as 'fgclip'.*fgclip2"):
+        export_model(ours, tmp_path / "v1", "fgclip")
+
+
 def test_plain_siglip2_directory_starts_the_additions_as_fgclip2_does(tmp_path):
     torch.manual_seed(1)
     Siglip2Model(tiny_siglip2_config(TEXT_POSITIONS)).save_pretrained(tmp_path)
