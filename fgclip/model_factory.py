@@ -75,6 +75,10 @@ class Preset:
     vocab_size: int  # target of BPE training; the trained vocabulary may be smaller
     family: str = "clip"  # "clip" or "siglip2"
     text_positions: int = SHORT_TEXT_LENGTH  # short-text positions (long = CLIP 248 / FG-CLIP 2 4 x this - 60)
+    # SigLIP family only: the sigmoid loss's starting bias. SigLIP's -10 suits batches of thousands
+    # (almost every pair a negative); a window of 16 wants about -4, and the bias moves only
+    # ~1e-3 per step, so a from-scratch run never gets there by itself.
+    logit_bias_init: float = -10.0
 
 
 PRESETS: dict[str, Preset] = {
@@ -96,7 +100,7 @@ PRESETS: dict[str, Preset] = {
     # captions are at most 21 tokens (global) and 10 (regions, prompts), so shorter rows lose nothing.
     "tiny-siglip2": Preset(vision_width=192, vision_layers=4, vision_heads=3, patch_size=16, image_size=112,
                            text_width=192, text_layers=4, text_heads=3, projection_dim=192, vocab_size=4096,
-                           family="siglip2", text_positions=22),
+                           family="siglip2", text_positions=22, logit_bias_init=-4.0),
     "vit-b16-siglip2": Preset(vision_width=768, vision_layers=12, vision_heads=12, patch_size=16, image_size=224,
                               text_width=768, text_layers=12, text_heads=12, projection_dim=768, vocab_size=49408,
                               family="siglip2", text_positions=64),
@@ -250,7 +254,7 @@ def start_local_dense_head(head, sharpness: float = 2.0) -> None:
 
 def _init_siglip2(spec: Preset, out_dir: Path, captions: list[str], seed: int) -> Path:
     """A new FG-CLIP 2-layout directory: random SigLIP 2 towers (SigLIP's start: logit scale log 10,
-    bias -10), FG-CLIP 2's additions started from them, a Gemma-style tokenizer."""
+    the preset's bias), FG-CLIP 2's additions started from them, a Gemma-style tokenizer."""
     import math
 
     import torch
@@ -265,7 +269,7 @@ def _init_siglip2(spec: Preset, out_dir: Path, captions: list[str], seed: int) -
     siglip = Siglip2Model(config)
     with torch.no_grad():
         siglip.logit_scale.fill_(math.log(10.0))
-        siglip.logit_bias.fill_(-10.0)
+        siglip.logit_bias.fill_(spec.logit_bias_init)
     model = FGCLIP2Video(siglip, longtext_len=4 * spec.text_positions - 3 * 20)
     start_local_dense_head(model.dense_feature_head)
     out_dir.mkdir(parents=True, exist_ok=True)
