@@ -37,7 +37,7 @@ from fgclip.layouts import (
 
 FORMATS = ("fgclip", "clip", "fgclip2")
 FORMAT_FAMILIES = {"fgclip": "clip", "clip": "clip", "fgclip2": "siglip2"}
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json")  # one of them makes a tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")  # one of them makes a tokenizer
 
 # What each of our parts is, for the summary of what a plain CLIP leaves out.
 PART_NAMES = {
@@ -57,13 +57,13 @@ class ExportSummary:
     tensors: int  # in model.safetensors
     beside: int  # in fgclip_video.safetensors (fgclip format)
     left_out: list[str]  # descriptions of our parts not written (clip format)
+    beside_parts: str = "the temporal module"  # what the `beside` tensors are
 
     def lines(self) -> list[str]:
         lines = [f"wrote {self.out_dir} from {self.source}: {self.format} layout, {self.tensors} tensors in "
                  f"model.safetensors"]
         if self.beside:
-            lines.append(f"  + {self.beside} tensors of fgclip-vad's own parts (the temporal module"
-                         f"{', region/hard scales and biases' if self.format == 'fgclip2' else ''}) in {EXTRAS_WEIGHTS_NAME} "
+            lines.append(f"  + {self.beside} tensors of fgclip-vad's own parts ({self.beside_parts}) in {EXTRAS_WEIGHTS_NAME} "
                          f"(FG-CLIP's scripts ignore it; fgclip-vad reads it back)")
         if self.left_out:
             lines.append("  left out (a plain CLIP has no place for them): " + "; ".join(self.left_out))
@@ -94,9 +94,7 @@ def export_model(source: Path, out_dir: Path, fmt: str, *, force: bool = False) 
         return _export_fgclip2(source, out_dir)
     model = FGCLIPVideo.from_pretrained(source)
     aux_files = model.aux_files()
-    if not any(name in aux_files for name in TOKENIZER_FILES):
-        raise ModelDirError(f"{source}: no tokenizer files (tokenizer.json or vocab.json + merges.txt) to export "
-                            f"with the model; copy them from the model it was trained from")
+    _require_tokenizer(source, aux_files)
     state = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
     config = copy.deepcopy(model.clip.config)
     if fmt == "fgclip":
@@ -135,12 +133,18 @@ def _export_fgclip2(source: Path, out_dir: Path) -> ExportSummary:
     from fgclip.siglip2_model import FGCLIP2Video
 
     model = FGCLIP2Video.from_pretrained(source)
-    if not any(name in model.aux_files() for name in ("tokenizer.json", "tokenizer.model")):
-        raise ModelDirError(f"{source}: no tokenizer files (tokenizer.json) to export with the model; "
-                            f"copy them from the model it was trained from")
+    _require_tokenizer(source, model.aux_files())
     model.save_pretrained(out_dir)
     return ExportSummary(source=source, out_dir=out_dir, format="fgclip2", tensors=len(model.fgclip2_state_dict()),
-                         beside=len(model.extra_state_dict()), left_out=[])
+                         beside=len(model.extra_state_dict()), left_out=[],
+                         beside_parts="the temporal module, region/hard scales and biases")
+
+
+def _require_tokenizer(source: Path, aux_files: dict[str, bytes]) -> None:
+    """An export is only usable with its tokenizer: refuse a source directory without one."""
+    if not any(name in aux_files for name in TOKENIZER_FILES):
+        raise ModelDirError(f"{source}: no tokenizer files (tokenizer.json, vocab.json + merges.txt, or "
+                            f"tokenizer.model) to export with the model; copy them from the model it was trained from")
 
 
 def _describe_parts(names: list[str]) -> list[str]:
