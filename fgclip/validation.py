@@ -13,7 +13,11 @@ best model in `best/` (`fgclip.run_dir`; `run_dir.read_selection` says when and 
   source frame number;
 * otherwise **video -> caption retrieval accuracy**: the share of held-out records whose video
   embedding is nearest to their own global caption among all held-out captions (an identical
-  caption of another record counts as correct: it is the same text).
+  caption of another record counts as correct: it is the same text);
+* or, with `--val-metric video_label_auc`, **frame AUC against the videos' own labels**: scored
+  as above, every frame of an anomalous training video counting as anomalous. That is all the
+  labels UCF-Crime's training videos have; it asks of the model what the test AUC asks, where
+  retrieval over a handful of held-out captions can fall while the test AUC rises.
 """
 
 from __future__ import annotations
@@ -40,10 +44,15 @@ log = logging.getLogger(__name__)
 
 RETRIEVAL = "retrieval_top1"
 FRAME_AUC = "frame_auc"
+VIDEO_LABEL_AUC = "video_label_auc"
 METRIC_DOC = {
     RETRIEVAL: "video -> caption retrieval top-1 accuracy over the held-out records",
     FRAME_AUC: "frame ROC AUC of the held-out records' stored frames against their temporal labels",
+    VIDEO_LABEL_AUC: "frame ROC AUC of the held-out records' stored frames against their videos' labels "
+                     "(every frame of an anomalous video anomalous)",
 }
+# --val-metric's names -> the metric scored ("auto": frame AUC with temporal labels, else retrieval)
+METRIC_CHOICES = {"retrieval": RETRIEVAL, "frame_auc": FRAME_AUC, "video_label_auc": VIDEO_LABEL_AUC}
 
 
 class ValidationError(ValueError):
@@ -106,10 +115,11 @@ class ValidationSet:
     test_split_files: list[str] = field(default_factory=list)
     temporal_labels: dict = field(default_factory=dict)  # video key -> VideoAnnotation, for frame AUC
     class_names: list[str] = field(default_factory=list)
+    metric: str = RETRIEVAL
 
     @classmethod
     def hold_out(cls, metas: list[RecordMeta], shard_dir: Path, *, fraction: float, seed: int, num_frames: int,
-                 annotations: Path | None = None) -> "ValidationSet":
+                 annotations: Path | None = None, metric: str = "auto") -> "ValidationSet":
         excluded, files = test_split_videos(shard_dir, metas)
         if not files:
             log.warning("%s: no official test split found for the shards' annotation file (see `fgclip-vad validate`); "
@@ -124,11 +134,17 @@ class ValidationSet:
             labels = {gt_video_key(m.video): ground_truth[gt_video_key(m.video)] for m in held
                       if gt_video_key(m.video) in ground_truth}
             class_names = sorted({a.label for a in ground_truth.values() if a.is_anomaly})
-        return cls(held, num_frames, videos, files, labels, class_names)
-
-    @property
-    def metric(self) -> str:
-        return FRAME_AUC if self.temporal_labels else RETRIEVAL
+        chosen = METRIC_CHOICES.get(metric) or (FRAME_AUC if labels else RETRIEVAL)
+        if chosen == FRAME_AUC and not labels:
+            raise ValidationError(f"--val-metric frame_auc: {annotations} labels none of the {len(videos)} held-out "
+                                  f"videos; give the temporal labels of the training videos, or another --val-metric")
+        if chosen == VIDEO_LABEL_AUC:
+            class_names = sorted({m.label for m in metas if m.is_anomaly})
+            if len({m.is_anomaly for m in held}) < 2:
+                raise ValidationError(f"--val-metric video_label_auc: the {len(videos)} held-out videos are all "
+                                      f"{'anomalous' if held[0].is_anomaly else 'normal'}, so no AUC can be taken; "
+                                      f"raise --val-fraction or use --val-metric retrieval")
+        return cls(held, num_frames, videos, files, labels, class_names, chosen)
 
     def describe(self) -> str:
         splits = ", ".join(self.test_split_files) or "none found"
@@ -143,8 +159,8 @@ class ValidationSet:
         context = autocast if autocast is not None else contextlib.nullcontext()
         try:
             with context:
-                return self._frame_auc(model, tokenizer, device) if self.metric == FRAME_AUC else \
-                    self._retrieval(model, tokenizer, device)
+                return self._retrieval(model, tokenizer, device) if self.metric == RETRIEVAL else \
+                    self._frame_auc(model, tokenizer, device)
         finally:
             model.train(was_training)
 
@@ -181,11 +197,14 @@ class ValidationSet:
         scores, labels = [], []
         for meta in self.metas:
             annotation = self.temporal_labels.get(gt_video_key(meta.video))
-            if annotation is None:
+            if self.metric == FRAME_AUC and annotation is None:
                 continue
             frames, _, _, frame_index = self._read(meta, None)
             frame_embeds = model.encode_frames(model.preprocess(frames.to(device)))
             scores.append(anomaly_scores(frame_embeds, prompts, temperature, objective=model.objective,
                                          bias=bias).cpu().numpy())
-            labels.append(frame_labels(annotation, meta.num_source_frames)[frame_index])
+            if self.metric == FRAME_AUC:
+                labels.append(frame_labels(annotation, meta.num_source_frames)[frame_index])
+            else:  # the video's own label, on every frame
+                labels.append(np.full(len(frame_index), meta.is_anomaly))
         return roc_auc(np.concatenate(scores), np.concatenate(labels))

@@ -14,7 +14,7 @@ from fgclip.evaluate import choose_models, selection_summary
 from fgclip.presets import resolve_config
 from fgclip.run_dir import read_selection
 from fgclip.train import Trainer
-from fgclip.validation import RETRIEVAL
+from fgclip.validation import RETRIEVAL, VIDEO_LABEL_AUC, ValidationError, ValidationSet
 from pipeline.shards import SCHEMA_VERSION, ShardAttrs, shard_name, write_manifest, write_shard
 from pipeline.ucf_split import video_key
 from train_data import square_record
@@ -80,6 +80,31 @@ def test_validation_split_is_by_video_and_never_a_test_video(shard_dir, model_di
     finally:
         trainer.loader.close()
         trainer.release()
+
+
+def test_video_label_auc_scores_frames_against_the_videos_own_labels(shard_dir, model_dir, tmp_path):
+    trainer = Trainer(config(shard_dir, model_dir, tmp_path / "run", val_metric="video_label_auc"), show_progress=False)
+    try:
+        validation = trainer.validation
+        assert validation.metric == VIDEO_LABEL_AUC and "videos' labels" in validation.describe()
+        assert {m.is_anomaly for m in validation.metas} == {True, False}
+        assert validation.class_names == ["Abuse", "Arson"]  # the training records' anomaly classes
+        auc = validation.score(trainer.model, trainer.tokenizer, trainer.device)
+        assert 0 <= auc <= 1
+        # the labels are the videos' own: swapping normal and anomalous turns the AUC around
+        swapped = dataclasses.replace(validation, metas=[dataclasses.replace(m, is_anomaly=not m.is_anomaly)
+                                                         for m in validation.metas])
+        assert swapped.score(trainer.model, trainer.tokenizer, trainer.device) == pytest.approx(1 - auc, abs=1e-6)
+    finally:
+        trainer.loader.close()
+        trainer.release()
+
+    # held-out videos of one kind only: no AUC, said before training starts
+    anomalous = [m for m in trainer.loader.metas + validation.metas if m.is_anomaly]
+    with pytest.raises(ValidationError, match="all anomalous"):
+        ValidationSet.hold_out(anomalous, shard_dir, fraction=0.4, seed=0, num_frames=4, metric="video_label_auc")
+    with pytest.raises(ValueError, match="frame_auc needs val_annotations"):
+        Trainer(config(shard_dir, model_dir, tmp_path / "run2", val_metric="frame_auc"), show_progress=False)
 
 
 def test_best_is_the_checkpoint_validation_scored_highest(shard_dir, model_dir, tmp_path):
