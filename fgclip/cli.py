@@ -348,7 +348,7 @@ def init_model_command(preset: str, out_dir: str | None, captions_json: str | No
     from fgclip.model_factory import captions_from_annotations, init_model
     from pipeline import embedded
 
-    out = Path(out_dir) if out_dir else (embedded.MODEL_DIR if preset == "tiny" else embedded.MODEL_DIR.parent / preset)
+    out = Path(out_dir) if out_dir else embedded.model_dir(preset)
     if (out / "config.json").exists() and not force:
         raise click.ClickException(f"{out}: already holds a model (config.json); pass --force to overwrite it")
     try:
@@ -413,6 +413,8 @@ def _batch_size_overrides(overrides: dict) -> dict:
     return overrides
 
 
+from fgclip.presets import PRESETS, VAL_METRICS, preset_summary  # noqa: E402 - dataclasses and paths only, light
+
 # Command-line option -> TrainConfig field, for the settings every preset carries. Each is
 # optional: given, it overrides the preset (the Makefile passes its variables through these).
 # The help ends with the presets' values (`presets.preset_defaults`); the last column says what
@@ -429,6 +431,7 @@ _TRAIN_OVERRIDES = [
     ("--epochs", "epochs", click.IntRange(min=1), "Passes over the data.", None),
     ("--lr", "lr", click.FloatRange(min=0, min_open=True), "Learning rate of the vision tower, temporal module, temperatures.", None),
     ("--text-lr", "text_lr", click.FloatRange(min=0), "Learning rate of the text tower.", None),
+    ("--scale-lr", "scale_lr", click.FloatRange(min=0), "Learning rate of the loss temperatures and sigmoid biases.", "--lr"),
     ("--weight-decay", "weight_decay", click.FloatRange(min=0), "AdamW weight decay (not on biases, norms, tables, temperatures).", None),
     ("--warmup-ratio", "warmup_ratio", click.FloatRange(min=0, max=1, max_open=True), "Share of steps of linear warmup before the cosine decay.", None),
     ("--max-grad-norm", "max_grad_norm", click.FloatRange(min=0, min_open=True), "Gradient clipping norm.", None),
@@ -449,6 +452,9 @@ _TRAIN_OVERRIDES = [
     ("--val-annotations", "val_annotations", click.Path(dir_okay=True),
      "Temporal labels of training videos (any ground-truth format): validation scores frame AUC, not retrieval.",
      "none"),
+    ("--val-metric", "val_metric", click.Choice(list(VAL_METRICS)),
+     "What validation scores: video -> caption retrieval, frame AUC against the videos' own normal/anomalous "
+     "labels, or frame AUC against --val-annotations (auto: frame_auc with them, else retrieval).", None),
 ]
 _TRAIN_SWITCHES = [
     ("--bf16/--no-bf16", "bf16", "bf16 autocast.", "on with a GPU, off on CPU"),
@@ -471,9 +477,6 @@ def _train_options(command):
         help_text = f"{help_text} {preset_defaults(name, none_means or 'auto')}"
         command = click.option(flags, name, default=None, help=help_text)(command)
     return command
-
-
-from fgclip.presets import PRESETS, preset_summary  # noqa: E402 - dataclasses and paths only, light
 
 
 @main.command("train")
@@ -565,7 +568,7 @@ def _configure_training_logs(rank: int) -> None:
 
 
 @main.command("doctor")
-@click.option("--preset", type=click.Choice(["debug", "full", "demo"]), default="debug", show_default=True,
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="debug", show_default=True,
               help="Which training preset's shards, model and output dir to check.")
 @click.option("--shards", type=click.Path(), default=None, help="Training shard directory [preset's].")
 @click.option("--model", type=click.Path(), default=None, help="Model directory [preset's].")

@@ -80,6 +80,9 @@ _TEXT_PREFIXES = ("clip.text_model.", "clip.text_projection.", "long_positions."
 # temporal pooling query, SigLIP's pooling probes, and the temperatures and biases.
 _NO_DECAY_NAMES = ("position_embedding", "long_positions.", "token_embedding", "class_embedding", "position_table",
                    "temporal.query", "probe", "logit_scale", "logit_bias", "term_scales.", "term_biases.")
+# The loss terms' temperatures and sigmoid biases: scalars that may need a learning rate of their
+# own (TrainConfig.scale_lr); at a tower's rate a scalar moves ~lr per step, too slow for a short run.
+_SCALE_NAMES = ("logit_scale", "logit_bias", "term_scales.", "term_biases.")
 
 
 class TrainingError(RuntimeError):
@@ -123,19 +126,27 @@ class StepOutcome:
 
 
 def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
-    """AdamW groups: vision/text learning rate x with/without weight decay."""
+    """AdamW groups: vision/text learning rate x with/without weight decay, and the loss scales.
+
+    The scales and biases form a group of their own only when `config.scale_lr` is set, so
+    optimizer states of runs without it keep their groups.
+    """
     groups: dict[tuple[str, bool], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        tower = "text" if name.startswith(_TEXT_PREFIXES) else "vision"
+        if config.scale_lr is not None and any(token in name for token in _SCALE_NAMES):
+            tower = "scale"
+        else:
+            tower = "text" if name.startswith(_TEXT_PREFIXES) else "vision"
         decay = param.ndim >= 2 and not any(token in name for token in _NO_DECAY_NAMES)
         groups.setdefault((tower, decay), []).append(param)
+    lr_of = {"vision": config.lr, "text": config.text_lr, "scale": config.scale_lr}
     out = []
     for (tower, decay), params in sorted(groups.items()):
         out.append({
             "params": params,
-            "lr": config.text_lr if tower == "text" else config.lr,
+            "lr": lr_of[tower],
             "weight_decay": config.weight_decay if decay else 0.0,
             "name": f"{tower}{'' if decay else '_no_decay'}",
         })
@@ -243,7 +254,8 @@ class Trainer:
                 self.validation = ValidationSet.hold_out(
                     metas, Path(config.shards), fraction=config.val_fraction, seed=config.seed,
                     num_frames=config.num_frames,
-                    annotations=Path(config.val_annotations) if config.val_annotations else None)
+                    annotations=Path(config.val_annotations) if config.val_annotations else None,
+                    metric=config.val_metric)
             except ValidationError as err:
                 raise TrainingError(str(err)) from None
         self.loader = ShardLoader(
@@ -319,6 +331,8 @@ class Trainer:
                    for key in _RESUME_FIXED if saved.get(key) != getattr(self.config, key)]
         if state["world_size"] != self.dist.world_size:
             changed.append(f"processes: {state['world_size']} -> {self.dist.world_size}")
+        if (saved.get("scale_lr") is None) != (self.config.scale_lr is None):  # the optimizer's groups differ
+            changed.append(f"scale_lr: {saved.get('scale_lr')!r} -> {self.config.scale_lr!r}")
         if changed:
             raise TrainingError(
                 f"{path}: cannot continue this run exactly with other settings ({'; '.join(changed)}). "

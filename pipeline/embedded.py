@@ -46,3 +46,8 @@ def test_shard_dir(stride: int = TEST_STRIDE) -> Path:
 
 
 MODEL_DIR = DATA_ROOT / "models" / "tiny"  # the default model (`init-model --preset tiny`)
+
+
+def model_dir(preset: str) -> Path:
+    """Where `init-model --preset NAME` writes by default: MODEL_DIR for tiny, a sibling otherwise."""
+    return MODEL_DIR if preset == "tiny" else MODEL_DIR.parent / preset

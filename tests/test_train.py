@@ -22,7 +22,7 @@ from fgclip.cli import main
 from fgclip.model import FGCLIPVideo
 from fgclip.presets import resolve_config
 from fgclip.run_dir import RUN_CONFIG_NAME, STATE_FILE, list_checkpoints
-from fgclip.train import Trainer, TrainingError
+from fgclip.train import Trainer, TrainingError, parameter_groups
 from train_data import write_square_shards
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -112,6 +112,27 @@ def test_resume_continues_bit_exactly(reference_run, shard_dir, model_dir, tmp_p
     # other settings cannot continue the same run exactly
     with pytest.raises(TrainingError, match="batch_size"):
         Trainer(make_config(shard_dir, model_dir, output_dir, batch_size=2), resume="auto", show_progress=False)
+
+
+def test_scale_lr_gives_the_temperatures_a_group_of_their_own(shard_dir, model_dir, tmp_path):
+    model = FGCLIPVideo.from_pretrained(model_dir)
+    scale_names = {f"logit_scales.{term}" for term in ("global", "region", "hard")}
+    by_id = {id(param): name for name, param in model.named_parameters()}
+
+    def groups_of(config) -> dict[str, tuple[float, set[str]]]:
+        return {group["name"]: (group["lr"], {by_id[id(p)] for p in group["params"]})
+                for group in parameter_groups(model, config)}
+
+    plain = groups_of(make_config(shard_dir, model_dir, tmp_path, lr=2e-3, text_lr=1e-3))
+    assert not any(name.startswith("scale") for name in plain)  # unset: the groups of earlier runs
+    assert scale_names <= plain["vision_no_decay"][1] and plain["vision_no_decay"][0] == 2e-3
+
+    split = groups_of(make_config(shard_dir, model_dir, tmp_path, lr=2e-3, text_lr=1e-3, scale_lr=5e-2))
+    assert split["scale_no_decay"] == (5e-2, scale_names)  # no decay: a temperature is not a weight
+    assert "scale" not in split
+    assert split["text"][0] == 1e-3 and split["vision"][0] == 2e-3
+    rest = set().union(*(names for group, (_, names) in split.items() if not group.startswith("scale")))
+    assert rest == set().union(*(names for _, names in plain.values())) - scale_names
 
 
 def test_nonfinite_steps_are_skipped_then_stop_the_run(shard_dir, model_dir, tmp_path):
