@@ -78,7 +78,7 @@ class BenchConfig:
     steps: int = 5
     baseline_steps: int = 2
     eval_batch_frames: int = 512
-    eval_readers: int = 8
+    eval_readers: int = 2  # more readers were slower on an H200 (docs/PERFORMANCE.md)
     extra_settings: bool = False  # also time EXTRA_SETTINGS
     label: str = ""
     profile: bool = False  # also write a kernel table of one ceiling step (torch.profiler)

@@ -787,7 +787,7 @@ def score_command(inputs, checkpoint, baseline, out_dir, classes, stride, write_
 @click.option("--warmup-steps", default=2, show_default=True)
 @click.option("--baseline-steps", default=2, show_default=True)
 @click.option("--eval/--no-eval", "time_eval", default=True, show_default=True, help="Time evaluation inference too.")
-@click.option("--eval-readers", default=8, show_default=True, help="Shard reader processes of the evaluation timing.")
+@click.option("--eval-readers", default=2, show_default=True, help="Shard reader processes of the evaluation timing.")
 @click.option("--label", default="", help="Name of this configuration (bench-LABEL.json).")
 @click.option("--profile", "profile_step", is_flag=True, help="Also write profile[-LABEL].txt: the kernels of one step by device time.")
 @click.option("--smoke", is_flag=True,

@@ -6,8 +6,8 @@ Frames are packed into "units": whole test videos, one after another, filling a 
 `slot_rows` frames (so one GPU batch spans several short videos), and videos longer than a slot
 split over several units. Reader processes (`fgclip.reader_pool`, which owns them, the shared
 block and their failure messages) each take a unit and a free slot and read the frames straight
-from the shard chunks into that slot with `ShardReader.read_frames_into`; the main process pins
-the block once for asynchronous GPU copies (`fgclip.evaluate`). This module imports only numpy,
+from the shard chunks into that slot with `ShardReader.read_frames_into`; the main process copies
+each unit out for its GPU upload (`fgclip.evaluate`) and hands the slot back. This module imports only numpy,
 h5py and the shard schema (the readers import it).
 """
 
@@ -113,12 +113,11 @@ class UnitReader:
     Iterate to get (unit_number, slot_index) in completion order; the frames are in
     `self.slots[slot_index, :units[unit_number].num_rows]`. Call `release(slot_index)` once the
     slot's frames are no longer needed (after the GPU copy finished), so it can be refilled.
-    With `pin`, the block is page-locked for asynchronous GPU copies (`pinned` says whether that
-    worked). With `num_readers=0` the units are read in this process (debugging, tiny sets).
+    With `num_readers=0` the units are read in this process (debugging, tiny sets).
     """
 
     def __init__(self, sources: Sequence[RecordSource], units: Sequence[ReadUnit], *, height: int, width: int,
-                 slot_rows: int, num_readers: int, pin: bool = False) -> None:
+                 slot_rows: int, num_readers: int) -> None:
         self.sources = tuple(sources)
         self.units = tuple(units)
         self.num_readers = max(0, min(num_readers, len(self.units)))
@@ -128,12 +127,12 @@ class UnitReader:
         num_slots = max(1, self.num_readers) * self.slots_per_reader
         self.layout = SlotLayout(num_slots, slot_rows, height, width)
         self._pool = ReaderPool(self.layout.arrays(), UnitReadJob(self.sources, self.units), num_readers=self.num_readers,
-                                pin=pin, what="evaluation reader",
+                                what="evaluation reader",
                                 advice="rerun with --readers 0 to read in the main process and see the error")
         self.slots = self._pool.views["frames"]
-        self.pinned = self._pool.pinned is not None
         self._free: list[int] = list(range(num_slots))
         self._next_unit = 0
+        self._submit()  # reading starts now, while the caller still prepares (e.g. embeds its prompts)
 
     def release(self, slot: int) -> None:
         self._free.append(slot)

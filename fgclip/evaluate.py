@@ -19,7 +19,8 @@ The flow of `evaluate` (what `fgclip-vad eval` / `make eval` runs):
    ways (step-wise and trapezoidal) and named.
 
 Scoring speed: readers in other processes (`fgclip.eval_reader`, `fgclip.reader_pool`) put whole
-records into one shared block, pinned for asynchronous copies; frames go to the device as uint8 and are
+records into one shared block; each unit is copied into a small pinned buffer for an asynchronous
+upload, frames go to the device as uint8 and are
 preprocessed there, in batches that span videos, under bf16 autocast on CUDA (float32 on CPU).
 """
 
@@ -251,48 +252,68 @@ def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[st
 
     model.eval()
     on_cuda = device.type == "cuda"
-    prompts = prompt_embeddings(model, tokenizer, class_names, device=device, templates=templates,
-                                normal_phrase=normal_phrase)
-    with torch.inference_mode():
-        temperature = model.temperatures()["global"].float().to(device)
-        bias = model.logit_biases().get("global")
-        bias = None if bias is None else bias.float().to(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext()
     bar = tqdm(total=sum(v.stored_frames for v in chosen), unit="frame", desc=description, disable=not progress,
                dynamic_ncols=True)
 
-    def finish(unit_number: int, slot: int, unit_scores: torch.Tensor) -> None:
-        host_scores = unit_scores.cpu().numpy()  # waits for this unit's compute, hence for its copy too
+    def finish(unit_number: int, slot: int | None, unit_scores: torch.Tensor) -> None:
+        host_scores = unit_scores.cpu().numpy()  # waits for this unit's compute
         for piece in units[unit_number].pieces:
             rows = host_scores[piece.slot_row:piece.slot_row + piece.num_rows]
             snippet_scores[piece.source_number][piece.first_row:piece.first_row + piece.num_rows] = rows
-        reader.release(slot)
+        if slot is not None:
+            reader.release(slot)
         bar.update(len(host_scores))
 
-    def run(slots: torch.Tensor, pinned: bool) -> None:
-        # On CUDA, a unit's upload runs on its own stream while the previous unit computes.
-        copy_stream = torch.cuda.Stream(device) if on_cuda else None
+    def score(frames: torch.Tensor, prompts: torch.Tensor, temperature: torch.Tensor, bias) -> torch.Tensor:
+        rows = frames.shape[0]
+        unit_scores = torch.empty(rows, dtype=torch.float32, device=device)
+        with torch.inference_mode(), autocast:
+            for start in range(0, rows, batch_frames):
+                batch = frames[start:start + batch_frames]
+                count = batch.shape[0]
+                if on_cuda and count < batch_frames:
+                    # One batch shape on the GPU: compiled blocks are not compiled again for a short last batch.
+                    batch = torch.cat([batch, batch.new_zeros((batch_frames - count, *batch.shape[1:]))])
+                unit_scores[start:start + count] = anomaly_scores(
+                    model.encode_frames(model.preprocess(batch)), prompts, temperature, objective=model.objective,
+                    bias=bias)[:count]
+        return unit_scores
+
+    def run(slots: torch.Tensor) -> None:
+        # The prompts are embedded while the readers start and read the first units.
+        prompts = prompt_embeddings(model, tokenizer, class_names, device=device, templates=templates,
+                                    normal_phrase=normal_phrase)
+        with torch.inference_mode():
+            temperature = model.temperatures()["global"].float().to(device)
+            bias = model.logit_biases().get("global")
+            bias = None if bias is None else bias.float().to(device)
+        # On CUDA a unit is copied into one of two small pinned buffers and its slot goes straight
+        # back to the readers; the upload runs on its own stream while the previous unit computes.
+        # (Pinning the readers' whole shared block instead costs more per call than it saves.)
+        if on_cuda:
+            copy_stream = torch.cuda.Stream(device)
+            staging = torch.empty((2, slot_rows, height, width, 3), dtype=torch.uint8, pin_memory=True)
+            uploaded: list[torch.cuda.Event | None] = [None, None]
         pending = None
-        for unit_number, slot in reader:
+        for count, (unit_number, slot) in enumerate(reader):
             rows = units[unit_number].num_rows
             if on_cuda:
+                buffer = count % 2
+                if uploaded[buffer] is not None:
+                    uploaded[buffer].synchronize()  # the copy out of this buffer two units ago is done
+                staging[buffer, :rows].copy_(slots[slot, :rows])
+                reader.release(slot)
+                slot = None
                 with torch.cuda.stream(copy_stream):
-                    frames = slots[slot, :rows].to(device, non_blocking=pinned)
+                    frames = staging[buffer, :rows].to(device, non_blocking=True)
+                    uploaded[buffer] = torch.cuda.Event()
+                    uploaded[buffer].record(copy_stream)
                 torch.cuda.current_stream(device).wait_stream(copy_stream)
                 frames.record_stream(torch.cuda.current_stream(device))
             else:
                 frames = slots[slot, :rows]
-            unit_scores = torch.empty(rows, dtype=torch.float32, device=device)
-            with torch.inference_mode(), autocast:
-                for start in range(0, rows, batch_frames):
-                    batch = frames[start:start + batch_frames]
-                    count = batch.shape[0]
-                    if on_cuda and count < batch_frames:
-                        # One batch shape on the GPU: compiled blocks are not compiled again for a short last batch.
-                        batch = torch.cat([batch, batch.new_zeros((batch_frames - count, *batch.shape[1:]))])
-                    pixels = model.preprocess(batch)
-                    unit_scores[start:start + count] = anomaly_scores(
-                        model.encode_frames(pixels), prompts, temperature, objective=model.objective, bias=bias)[:count]
+            unit_scores = score(frames, prompts, temperature, bias)
             # Collect the previous unit only now: the device already has this unit's work queued.
             if pending is not None:
                 finish(*pending)
@@ -301,11 +322,9 @@ def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[st
             finish(*pending)
 
     try:
-        # Pinned before the readers start: page-locking touches every page once, in this process,
-        # so the readers find the block already mapped in.
         with UnitReader(sources, units, height=height, width=width, slot_rows=slot_rows,
-                        num_readers=num_readers, pin=on_cuda) as reader:
-            run(torch.from_numpy(reader.slots), reader.pinned)
+                        num_readers=num_readers) as reader:
+            run(torch.from_numpy(reader.slots))
     finally:
         bar.close()
     return {

@@ -281,9 +281,9 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * config.epochs
         warmup_steps = max(1, round(config.warmup_ratio * self.total_steps))
 
-        self.optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, config), betas=(0.9, 0.98), eps=1e-6, fused=self.device.type == "cuda"
-        )
+        # Fused on every device: it takes the skip of a non-finite step as a device flag
+        # (`found_inf`, see optimizer_step), so the host need not wait for the gradients first.
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, config), betas=(0.9, 0.98), eps=1e-6, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(self.total_steps, warmup_steps))
         self.parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
 
@@ -343,6 +343,8 @@ class Trainer:
         except ValueError as err:  # other parameters, e.g. a run of a version before FG-CLIP's long projection
             raise TrainingError(f"{path}: its optimizer state does not fit this model's parameters ({err}); it was "
                                 f"written by another version: start a new run with --model {path}") from err
+        for group in self.optimizer.param_groups:  # states saved by CPU runs before fused AdamW everywhere
+            group.update(fused=True, foreach=None)
         self.scheduler.load_state_dict(state["scheduler"])
         self.state.load_state_dict(state)
         self.loader.load_state_dict(state)
@@ -444,15 +446,18 @@ class Trainer:
     def optimizer_step(self, window: list[MicroBatch]) -> StepOutcome:
         losses = grad_cached_window(self.model, window, self.loss_weights, autocast=self.autocast)
         distributed.all_reduce_gradients(self.model)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm, foreach=True))
-        finite = math.isfinite(grad_norm) and all(math.isfinite(v) for v in losses.values())
-        if finite:
-            self.optimizer.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm, foreach=True)
+        # A non-finite loss or gradient skips the update: fused AdamW reads the flag on the device
+        # (and leaves parameters, moments and step counts as they were), so the whole step is
+        # queued before the host reads any number of it.
+        finite = torch.isfinite(torch.stack([grad_norm.float(), *(v.float() for v in losses.values())])).all()
+        self.optimizer.found_inf = (~finite).float()
+        self.optimizer.step()
         # The schedule follows the data (one entry per window), skipped or not.
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return StepOutcome(losses=losses, grad_norm=grad_norm, finite=finite,
-                           frames=window_frames(window, self.dist.world_size))
+        return StepOutcome(losses={name: float(value) for name, value in losses.items()}, grad_norm=float(grad_norm),
+                           finite=bool(finite), frames=window_frames(window, self.dist.world_size))
 
     def _warn_nonfinite(self) -> None:
         state = self.state

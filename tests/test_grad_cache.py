@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from fgclip.batch import check_micro_batch
-from fgclip.grad_cache import embed_micro_batch, grad_cached_window, window_losses
-from fgclip.losses import LossWeights
+from fgclip.grad_cache import embed_micro_batch, grad_cached_window, join_text_ids, window_losses
+from fgclip.losses import LossWeights, concat_embeddings
 from tiny_fgclip import concatenate_micro_batches, random_micro_batch, tiny_model
 
 WEIGHTS = LossWeights(global_weight=1.0, region_weight=0.7, hard_weight=0.5)
@@ -77,6 +77,40 @@ def test_window_of_micro_batches_equals_one_big_batch(family):
         assert must_have in grads and grads[must_have].abs().max() > 0, must_have
     for name, expected in expected_grads.items():
         torch.testing.assert_close(grads[name], expected, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
+
+
+def test_texts_of_micro_batches_of_different_widths_are_embedded_together_exactly():
+    """The window's texts go through the text tower in one pass per kind, although the loader cuts
+    each micro-batch's ids at its own longest caption: widening the narrower ids must not change an
+    embedding. Reference: every micro-batch embedded on its own, with graph, then one loss."""
+    micro_batches = [
+        random_micro_batch(11, regions=2, negatives=2, long_length=24, short_length=12, key_pool=6),
+        random_micro_batch(12, regions=3, negatives=1, long_length=14, short_length=7, key_pool=6),
+        random_micro_batch(13, regions=1, negatives=3, long_length=19, short_length=10, key_pool=6),
+    ]
+    reference = tiny_model(perturb_temporal=True)
+    window = concat_embeddings([embed_micro_batch(reference, batch) for batch in micro_batches])
+    expected = window_losses(reference, window, WEIGHTS)
+    expected["total"].backward()
+
+    model = tiny_model(perturb_temporal=True)
+    losses = grad_cached_window(model, micro_batches, WEIGHTS)
+    for name in ("total", "global", "region", "hard"):
+        assert abs(losses[name] - float(expected[name].detach())) < 1e-12, name
+    grads, expected_grads = _gradients(model), _gradients(reference)
+    assert grads.keys() == expected_grads.keys()
+    for name, value in expected_grads.items():
+        torch.testing.assert_close(grads[name], value, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
+
+
+def test_join_text_ids_widens_by_the_last_id_and_refuses_full_length_mixtures():
+    narrow = torch.tensor([[5, 7, 9], [5, 9, 9]])
+    wide = torch.tensor([[5, 6, 7, 8, 9]])
+    joined = join_text_ids([narrow, wide], full_length=False)
+    assert joined.tolist() == [[5, 7, 9, 9, 9], [5, 9, 9, 9, 9], [5, 6, 7, 8, 9]]
+    assert torch.equal(join_text_ids([wide, wide], full_length=True), torch.cat([wide, wide]))
+    with pytest.raises(ValueError, match="full length"):
+        join_text_ids([narrow, wide], full_length=True)
 
 
 def test_gradient_accumulates_over_windows():
