@@ -47,7 +47,7 @@ def test_micro_batch_1_2_4_give_the_same_loss_and_gradients(tmp_path, model_dir)
         window = _first_window(shard_dir, model, tokenizer, batch_size)
         assert sorted(int(i) for b in window for i in b["record_index"]) == sorted(
             int(i) for b in _first_window(shard_dir, model, tokenizer, 4) for i in b["record_index"])
-        losses = grad_cached_window(model, window, weights)
+        losses = {name: float(value) for name, value in grad_cached_window(model, window, weights).items()}
         grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
         results[batch_size] = losses, grads
     reference_losses, reference_grads = results[4]
