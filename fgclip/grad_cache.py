@@ -4,17 +4,21 @@ With 2 videos per micro-batch the global loss has a single negative; accumulatin
 over micro-batches does not add negatives. Here the loss sees every sample of the optimizer
 step's window (micro-batch x accumulation steps x ranks), exactly:
 
-1. embed every micro-batch's video without a graph (activation memory of one micro-batch);
+1. embed every micro-batch's video without a graph (activation memory of one micro-batch),
+   except the last one, whose graph is kept for step 3 (so it is not computed twice);
 2. embed the whole window's texts with a graph, in one text-tower pass per kind (captions are
    a few hundred short sequences: their activations are small, so keeping them is cheaper than
    computing them twice, and one pass launches far fewer kernels than one per micro-batch and
    pass); gather the window's embeddings from all ranks, compute the loss once and back-propagate
    it: into the text tower directly, and into the cached video embeddings (every rank computes
    the same full loss);
-3. re-run each micro-batch's video with a graph and back-propagate the cached embedding
-   gradients, which accumulates exactly d(window loss)/d(parameters) into `.grad`.
+3. back-propagate the cached embedding gradients: through the kept graph of the last
+   micro-batch, then through each other micro-batch's video re-run with a graph. This
+   accumulates exactly d(window loss)/d(parameters) into `.grad`.
 
-Cost: one extra forward pass of the vision tower. It relies on a deterministic forward (the
+Cost: one extra forward pass of the vision tower for all micro-batches but one (none for a
+window of one micro-batch); the peak memory stays that of one micro-batch's graph, plus the
+texts' small one. It relies on a deterministic forward (the
 model has no dropout). The temperatures (and the sigmoid family's biases) receive their gradient
 directly from step 2 (on rank 0 only, so that the gradient sum of
 `distributed.all_reduce_gradients` counts it once). Nothing here depends on the loss's form: any
@@ -179,12 +183,15 @@ def grad_cached_window(model: VideoModel, micro_batches: list[MicroBatch], weigh
     # Which rows are real, for every micro-batch and both passes: the host's one wait of the window.
     indices = window_indices(micro_batches)
 
-    # 1. Video embeddings of the whole window, without graph.
+    # 1. Video embeddings of the whole window: without graph, but the last micro-batch's graph is
+    #    kept (step 3 would only recompute it; the graph of one micro-batch is what step 3 needs anyway).
     cached: list[VideoPart] = []
-    with torch.no_grad():
-        for batch, index in zip(micro_batches, indices):
-            with amp:
-                cached.append(_detached_leaves(embed_video(model, batch, index)))
+    for number, (batch, index) in enumerate(zip(micro_batches, indices)):
+        keep = number == len(micro_batches) - 1
+        with (contextlib.nullcontext() if keep else torch.no_grad()), amp:
+            video = embed_video(model, batch, index)
+        cached.append(_detached_leaves(video))
+    kept_video = video
 
     # 2. The window's texts with graph; the loss over all ranks' samples, back-propagated into the
     #    text tower and into this rank's cached video embeddings.
@@ -195,12 +202,19 @@ def grad_cached_window(model: VideoModel, micro_batches: list[MicroBatch], weigh
     losses = window_losses(model, window, weights, trainable=distributed.rank() == 0)
     losses["total"].backward()
 
-    # 3. Each micro-batch's video again, with graph, back-propagating its cached embedding gradients.
-    for batch, index, leaves in zip(micro_batches, indices, cached):
+    # 3. The cached embedding gradients, back-propagated through the vision tower: the kept graph
+    #    first (freeing it), then each other micro-batch's video again, with graph.
+    _backward_cached(kept_video, cached[-1])
+    for batch, index, leaves in zip(micro_batches[:-1], indices[:-1], cached[:-1]):
         with amp:
             video = embed_video(model, batch, index)
-        pairs = [(getattr(video, name), getattr(leaves, name).grad) for name in ("video", "region")]
-        surrogate = sum((full_precision(value) * grad).sum() for value, grad in pairs if grad is not None and value.numel())
-        if isinstance(surrogate, Tensor) and surrogate.requires_grad:
-            surrogate.backward()
+        _backward_cached(video, leaves)
     return {name: value.detach() for name, value in losses.items()}
+
+
+def _backward_cached(video: VideoPart, leaves: VideoPart) -> None:
+    """Back-propagate the loss gradients that `leaves` collected through `video`'s graph."""
+    pairs = [(getattr(video, name), getattr(leaves, name).grad) for name in ("video", "region")]
+    surrogate = sum((full_precision(value) * grad).sum() for value, grad in pairs if grad is not None and value.numel())
+    if isinstance(surrogate, Tensor) and surrogate.requires_grad:
+        surrogate.backward()

@@ -79,6 +79,24 @@ def test_window_of_micro_batches_equals_one_big_batch(family):
         torch.testing.assert_close(grads[name], expected, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("count", [1, 3])
+def test_the_last_micro_batch_is_not_embedded_twice(count):
+    """The vision tower runs 2k - 1 times for k micro-batches: the last one's graph from the first
+    pass is used for its backward (the equality tests above show that this stays exact)."""
+    micro_batches = [random_micro_batch(20 + number, key_pool=6) for number in range(count)]
+    model = tiny_model(perturb_temporal=True)
+    calls = []
+    encode_video = model.encode_video
+
+    def counted(*args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return encode_video(*args, **kwargs)
+
+    model.encode_video = counted
+    grad_cached_window(model, micro_batches, WEIGHTS)
+    assert calls == [False] * (count - 1) + [True] * count
+
+
 def test_texts_of_micro_batches_of_different_widths_are_embedded_together_exactly():
     """The window's texts go through the text tower in one pass per kind, although the loader cuts
     each micro-batch's ids at its own longest caption: widening the narrower ids must not change an
