@@ -370,7 +370,8 @@ def time_vision_tower(model_dir: str, *, frames_per_micro_batch: int, grad_accum
     does. A training step is, per micro-batch of the step's frames, one forward without graph
     (gradient caching's embedding pass), then per micro-batch forward and backward, then fused
     AdamW. (The step itself skips the graph-free pass of its last micro-batch, whose graph it
-    keeps, so with k micro-batches it can run up to 4k / (4k - 1) times path 0's speed.) Inference is forward passes of `inference_frames` frames (evaluation's batch)."""
+    keeps, so with k micro-batches it can run up to 4k / (4k - 1) times path 0's speed.)
+    Inference is forward passes of `inference_frames` frames (evaluation's batch)."""
     amp = autocast if autocast is not None else contextlib.nullcontext()
     tower = _bare_vision_tower(model_dir, device, compiled)
     size = tower.config.image_size
