@@ -43,21 +43,29 @@ class ReadUnit:
         return sum(p.num_rows for p in self.pieces)
 
 
-def plan_units(sources: Sequence[RecordSource], slot_rows: int) -> list[ReadUnit]:
-    """Pack the sources, in order, into units of at most `slot_rows` frames (long ones split)."""
+def plan_units(sources: Sequence[RecordSource], slot_rows: int, *, lead_units: int = 0,
+               lead_rows: int | None = None) -> list[ReadUnit]:
+    """Pack the sources, in order, into units of at most `slot_rows` frames (long ones split).
+
+    The first `lead_units` units hold at most `lead_rows` frames: with one short unit per reader
+    the GPU starts after a short read instead of a whole slot's."""
     if slot_rows <= 0:
         raise ValueError(f"slot_rows must be positive, got {slot_rows}")
+    lead_rows = slot_rows if lead_rows is None else lead_rows
+    if not 0 < lead_rows <= slot_rows:
+        raise ValueError(f"lead_rows must be in 1..slot_rows ({slot_rows}), got {lead_rows}")
     units: list[ReadUnit] = []
     pieces: list[ReadPiece] = []
     filled = 0
     for number, source in enumerate(sources):
         first = 0
         while first < source.stored_frames:
-            take = min(source.stored_frames - first, slot_rows - filled)
+            capacity = lead_rows if len(units) < lead_units else slot_rows
+            take = min(source.stored_frames - first, capacity - filled)
             pieces.append(ReadPiece(number, first, take, filled))
             first += take
             filled += take
-            if filled == slot_rows:
+            if filled == capacity:
                 units.append(ReadUnit(tuple(pieces)))
                 pieces, filled = [], 0
     if pieces:

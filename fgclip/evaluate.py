@@ -247,7 +247,8 @@ def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[st
 
     sources = [RecordSource(v.shard, v.local_index, v.stored_frames, video=v.video) for v in chosen]
     slot_rows = batch_frames * max(1, slot_batches)
-    units = plan_units(sources, slot_rows=slot_rows)
+    # Each reader's first unit is one batch, so that scoring starts after a short read.
+    units = plan_units(sources, slot_rows=slot_rows, lead_units=num_readers, lead_rows=min(batch_frames, slot_rows))
     snippet_scores = [np.empty(v.stored_frames, dtype=np.float32) for v in chosen]
 
     model.eval()
@@ -256,8 +257,10 @@ def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[st
     bar = tqdm(total=sum(v.stored_frames for v in chosen), unit="frame", desc=description, disable=not progress,
                dynamic_ncols=True)
 
-    def finish(unit_number: int, slot: int | None, unit_scores: torch.Tensor) -> None:
-        host_scores = unit_scores.cpu().numpy()  # waits for this unit's compute
+    def finish(unit_number: int, slot: int | None, unit_scores: torch.Tensor, done: torch.cuda.Event | None) -> None:
+        if done is not None:
+            done.synchronize()  # this unit's scores are on the host; later units keep the GPU busy
+        host_scores = unit_scores.numpy()
         for piece in units[unit_number].pieces:
             rows = host_scores[piece.slot_row:piece.slot_row + piece.num_rows]
             snippet_scores[piece.source_number][piece.first_row:piece.first_row + piece.num_rows] = rows
@@ -295,6 +298,10 @@ def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[st
             copy_stream = torch.cuda.Stream(device)
             staging = torch.empty((2, slot_rows, height, width, 3), dtype=torch.uint8, pin_memory=True)
             uploaded: list[torch.cuda.Event | None] = [None, None]
+            # Scores come back through pinned buffers, each copy queued right after its unit: a
+            # `.cpu()` issued later would sit behind the next unit's kernels on the stream and
+            # wait for them too, so the GPU would run dry once per unit.
+            scores_host = torch.empty((2, slot_rows), dtype=torch.float32, pin_memory=True)
         pending = None
         for count, (unit_number, slot) in enumerate(reader):
             rows = units[unit_number].num_rows
@@ -314,10 +321,15 @@ def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[st
             else:
                 frames = slots[slot, :rows]
             unit_scores = score(frames, prompts, temperature, bias)
+            done = None
+            if on_cuda:
+                unit_scores = scores_host[count % 2, :rows].copy_(unit_scores, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(torch.cuda.current_stream(device))
             # Collect the previous unit only now: the device already has this unit's work queued.
             if pending is not None:
                 finish(*pending)
-            pending = (unit_number, slot, unit_scores)
+            pending = (unit_number, slot, unit_scores, done)
         if pending is not None:
             finish(*pending)
 

@@ -128,6 +128,17 @@ def test_plan_units_packs_and_splits():
     assert {k: sorted(v) for k, v in covered.items()} == {0: list(range(5)), 1: list(range(20)), 2: list(range(3))}
 
 
+def test_plan_units_starts_with_short_lead_units():
+    sources = [RecordSource("a.h5", 0, 5), RecordSource("a.h5", 1, 20), RecordSource("b.h5", 0, 3)]
+    units = plan_units(sources, slot_rows=8, lead_units=2, lead_rows=3)
+    assert [u.num_rows for u in units] == [3, 3, 8, 8, 6]
+    assert [(p.source_number, p.first_row, p.num_rows, p.slot_row) for p in units[1].pieces] == [(0, 3, 2, 0), (1, 0, 1, 2)]
+    rows = [(p.source_number, r) for u in units for p in u.pieces for r in range(p.first_row, p.first_row + p.num_rows)]
+    assert rows == [(n, r) for n, s in enumerate(sources) for r in range(s.stored_frames)]
+    with pytest.raises(ValueError, match="lead_rows"):
+        plan_units(sources, slot_rows=8, lead_units=1, lead_rows=9)
+
+
 @pytest.mark.parametrize("num_readers", [0, 1])
 def test_unit_reader_returns_the_shard_frames(shards, num_readers):
     shard_dir, records = shards
