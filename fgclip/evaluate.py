@@ -19,9 +19,11 @@ The flow of `evaluate` (what `fgclip-vad eval` / `make eval` runs):
    ways (step-wise and trapezoidal) and named.
 
 Scoring speed: readers in other processes (`fgclip.eval_reader`, `fgclip.reader_pool`) put whole
-records into one shared block; each unit is copied into a small pinned buffer for an asynchronous
-upload, frames go to the device as uint8 and are
-preprocessed there, in batches that span videos, under bf16 autocast on CUDA (float32 on CPU).
+records into one shared block (the readers and the block are kept for the next model scored);
+each unit is copied into a small pinned buffer for an asynchronous upload, frames go to the
+device as uint8 and are preprocessed there, in batches that span videos, under bf16 autocast on
+CUDA (float32 on CPU); each unit's scores come back through a pinned buffer as soon as its
+kernels are queued, so the GPU always has the next unit's work.
 """
 
 from __future__ import annotations

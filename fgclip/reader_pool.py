@@ -167,6 +167,12 @@ class ReaderPool:
     def num_readers(self) -> int:
         return len(self.workers)
 
+    def idle(self) -> bool:
+        """Every reader alive and no task unanswered: the pool can take a new set of tasks."""
+        if self._job is not None:
+            return not self._local_replies
+        return bool(self.workers) and all(w.alive() and not w.outstanding for w in self.workers)
+
     def submit(self, task_id: Hashable, task, reader: int | None = None) -> None:
         if self._job is not None:
             self._local_replies.append(_run_job(self._job, self._local_shards, self.views, task_id, task))

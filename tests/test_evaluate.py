@@ -139,14 +139,18 @@ def test_plan_units_starts_with_short_lead_units():
         plan_units(sources, slot_rows=8, lead_units=1, lead_rows=9)
 
 
+def _sources(shard_dir) -> list[RecordSource]:
+    sources = []
+    for path in sorted(shard_dir.glob("shard-*.h5")):
+        with ShardReader(path) as reader:
+            sources += [RecordSource(str(path), i, m.num_frames) for i, m in enumerate(reader.metas())]
+    return sources
+
+
 @pytest.mark.parametrize("num_readers", [0, 1])
 def test_unit_reader_returns_the_shard_frames(shards, num_readers):
     shard_dir, records = shards
-    paths = sorted(shard_dir.glob("shard-*.h5"))
-    sources = []
-    for path in paths:
-        with ShardReader(path) as reader:
-            sources += [RecordSource(str(path), i, m.num_frames) for i, m in enumerate(reader.metas())]
+    sources = _sources(shard_dir)
     units = plan_units(sources, slot_rows=16)
     rebuilt = [np.zeros_like(r.frames_uint8) for r in records]
     with UnitReader(sources, units, height=SIZE, width=SIZE, slot_rows=16, num_readers=num_readers) as reader:
@@ -157,6 +161,52 @@ def test_unit_reader_returns_the_shard_frames(shards, num_readers):
             reader.release(slot)
     for record, frames in zip(records, rebuilt):
         np.testing.assert_array_equal(frames, record.frames_uint8)
+
+
+def _read_all(shard_dir, num_readers=2, slot_rows=16):
+    """Every record's frames through a UnitReader, and the pids of its reader processes."""
+    sources = _sources(shard_dir)
+    units = plan_units(sources, slot_rows=slot_rows)
+    frames = [np.zeros((s.stored_frames, SIZE, SIZE, 3), np.uint8) for s in sources]
+    with UnitReader(sources, units, height=SIZE, width=SIZE, slot_rows=slot_rows, num_readers=num_readers) as reader:
+        pids = [worker.proc.pid for worker in reader._pool.workers]
+        for unit_number, slot in reader:
+            for p in units[unit_number].pieces:
+                frames[p.source_number][p.first_row:p.first_row + p.num_rows] = reader.slots[slot, p.slot_row:p.slot_row + p.num_rows]
+            reader.release(slot)
+    return frames, pids
+
+
+def test_unit_readers_of_one_layout_share_their_reader_processes(tmp_path):
+    """Scoring a second model reuses the readers of the first; shards rewritten at the same paths
+    in between are read anew (the readers close the files they kept open)."""
+    first_records = write_test_shards(tmp_path, seed=1)
+    first_frames, first_pids = _read_all(tmp_path)
+    for path in tmp_path.glob("shard-*.h5"):
+        path.unlink()
+    second_records = write_test_shards(tmp_path, seed=2)
+    second_frames, second_pids = _read_all(tmp_path)
+    assert second_pids == first_pids and len(first_pids) == 2
+    for records, frames in ((first_records, first_frames), (second_records, second_frames)):
+        for record, got in zip(records, frames):
+            np.testing.assert_array_equal(got, record.frames_uint8)
+    assert not np.array_equal(first_records[0].frames_uint8, second_records[0].frames_uint8)
+    # Another layout gets readers of its own; the spare ones are stopped.
+    _, other_pids = _read_all(tmp_path, slot_rows=8)
+    assert set(other_pids).isdisjoint(first_pids)
+
+
+def test_a_unit_reader_left_with_reads_pending_is_not_reused(shards):
+    shard_dir, _ = shards
+    sources = _sources(shard_dir)
+    units = plan_units(sources, slot_rows=4)
+    with UnitReader(sources, units, height=SIZE, width=SIZE, slot_rows=4, num_readers=2) as reader:
+        pids = [worker.proc.pid for worker in reader._pool.workers]
+        pool = reader._pool
+        next(iter(reader))  # the other reads are still owed
+    assert not pool.workers  # closed, not kept
+    _, later_pids = _read_all(shard_dir)
+    assert set(later_pids).isdisjoint(pids)
 
 
 def test_scores_match_one_video_at_a_time(tiny_model, shards):
