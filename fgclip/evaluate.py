@@ -325,7 +325,7 @@ def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[st
             unit_scores = score(frames, prompts, temperature, bias)
             done = None
             if on_cuda:
-                unit_scores = scores_host[count % 2, :rows].copy_(unit_scores, non_blocking=True)
+                unit_scores = scores_host[buffer, :rows].copy_(unit_scores, non_blocking=True)
                 done = torch.cuda.Event()
                 done.record(torch.cuda.current_stream(device))
             # Collect the previous unit only now: the device already has this unit's work queued.

@@ -186,12 +186,13 @@ def grad_cached_window(model: VideoModel, micro_batches: list[MicroBatch], weigh
     # 1. Video embeddings of the whole window: without graph, but the last micro-batch's graph is
     #    kept (step 3 would only recompute it; the graph of one micro-batch is what step 3 needs anyway).
     cached: list[VideoPart] = []
-    for number, (batch, index) in enumerate(zip(micro_batches, indices)):
-        keep = number == len(micro_batches) - 1
-        with (contextlib.nullcontext() if keep else torch.no_grad()), amp:
-            video = embed_video(model, batch, index)
-        cached.append(_detached_leaves(video))
-    kept_video = video
+    with torch.no_grad():
+        for batch, index in zip(micro_batches[:-1], indices[:-1]):
+            with amp:
+                cached.append(_detached_leaves(embed_video(model, batch, index)))
+    with amp:
+        kept_video = embed_video(model, micro_batches[-1], indices[-1])
+    cached.append(_detached_leaves(kept_video))
 
     # 2. The window's texts with graph; the loss over all ranks' samples, back-propagated into the
     #    text tower and into this rank's cached video embeddings.
