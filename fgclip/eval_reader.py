@@ -7,8 +7,8 @@ Frames are packed into "units": whole test videos, one after another, filling a 
 split over several units. Reader processes (`fgclip.reader_pool`, which owns them, the shared
 block and their failure messages) each take a unit and a free slot and read the frames straight
 from the shard chunks into that slot with `ShardReader.read_frames_into`; the main process copies
-each unit out for its GPU upload (`fgclip.evaluate`) and hands the slot back. This module imports only numpy,
-h5py and the shard schema (the readers import it).
+each unit out for its GPU upload (`fgclip.evaluate`) and hands the slot back. This module imports
+only numpy, h5py and the shard schema (the readers import it).
 """
 
 from __future__ import annotations
@@ -87,6 +87,14 @@ class SlotLayout:
         return [("frames", (self.num_slots, self.slot_rows, self.height, self.width, 3), np.dtype(np.uint8))]
 
 
+@dataclass(frozen=True)
+class PieceRead:
+    """A piece with its record: what a reader needs to read it."""
+
+    source: RecordSource
+    piece: ReadPiece
+
+
 def read_unit_into(shards: OpenShards, reads: Sequence[PieceRead], slot: np.ndarray) -> None:
     """Read every piece of a unit into `slot` (slot_rows, H, W, 3), straight from the chunks."""
     for read in reads:
@@ -98,14 +106,6 @@ def read_unit_into(shards: OpenShards, reads: Sequence[PieceRead], slot: np.ndar
             shards.get(source.shard).read_frames_into(source.local_index, out, rows)
         except Exception as err:  # noqa: BLE001 - reported to the main process with the record at fault
             raise ReadFailed(read_failure_message(source, err), isinstance(err, ShardFormatError)) from err
-
-
-@dataclass(frozen=True)
-class PieceRead:
-    """A piece with its record: what a reader needs to read it."""
-
-    source: RecordSource
-    piece: ReadPiece
 
 
 @dataclass(frozen=True)

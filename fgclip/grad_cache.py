@@ -29,7 +29,7 @@ gradient.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 import torch
@@ -151,8 +151,8 @@ def gather_window(local: WindowEmbeddings) -> WindowEmbeddings:
 
 def _detached_leaves(part: VideoPart) -> VideoPart:
     """A copy (at least float32) whose tensors are leaves that collect the loss gradient."""
-    return VideoPart(**{name: full_precision(getattr(part, name).detach()).requires_grad_(True)
-                        for name in ("video", "region")})
+    return VideoPart(**{f.name: full_precision(getattr(part, f.name).detach()).requires_grad_(True)
+                        for f in fields(VideoPart)})
 
 
 def window_losses(model: VideoModel, window: WindowEmbeddings, weights: LossWeights, *,
@@ -215,7 +215,7 @@ def grad_cached_window(model: VideoModel, micro_batches: list[MicroBatch], weigh
 
 def _backward_cached(video: VideoPart, leaves: VideoPart) -> None:
     """Back-propagate the loss gradients that `leaves` collected through `video`'s graph."""
-    pairs = [(getattr(video, name), getattr(leaves, name).grad) for name in ("video", "region")]
+    pairs = [(getattr(video, f.name), getattr(leaves, f.name).grad) for f in fields(VideoPart)]
     surrogate = sum((full_precision(value) * grad).sum() for value, grad in pairs if grad is not None and value.numel())
     if isinstance(surrogate, Tensor) and surrogate.requires_grad:
         surrogate.backward()
