@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from fgclip import distributed
-from fgclip.batch import MicroBatch, first_frames, window_frames
+from fgclip.train.batch import MicroBatch, first_frames, window_frames
 
 log = logging.getLogger(__name__)
 
@@ -432,8 +432,8 @@ def _peak_tflops(device: torch.device) -> tuple[float | None, str]:
 
 def _trainer(config: BenchConfig, output_dir: Path, *, auto_batch: bool, batch_size: int, grad_accum: int,
              gradient_checkpointing: bool | None):
-    from fgclip.presets import resolve_config
-    from fgclip.train import Trainer
+    from fgclip.train.presets import resolve_config
+    from fgclip.train.loop import Trainer
 
     train_config = resolve_config("full", {
         "shards": config.shards, "model": config.model, "output_dir": str(output_dir),
@@ -646,7 +646,7 @@ def _has_cv2() -> bool:
 
 
 def _time_eval(config: BenchConfig, device: torch.device) -> dict:
-    from fgclip.evaluate import list_test_videos, load_scoring_model, score_videos
+    from fgclip.eval.evaluate import list_test_videos, load_scoring_model, score_videos
 
     model, tokenizer = load_scoring_model(Path(config.model), device)
     test_set = list_test_videos(Path(config.test_shards))

@@ -1,7 +1,7 @@
 """torch.distributed for the trainer: process group from torchrun's environment, gathering
 embeddings across ranks, and one bucketed gradient all-reduce per optimizer step.
 
-Why no DDP: gradient caching (`fgclip.grad_cache`) runs every micro-batch twice (once without
+Why no DDP: gradient caching (`fgclip.train.grad_cache`) runs every micro-batch twice (once without
 graph, once with) and back-propagates cached embedding gradients; DDP's hooks, `no_sync` and
 unused-parameter rules do not fit that pattern. We reduce gradients ourselves, once per step.
 

@@ -1,6 +1,6 @@
 """Reader processes that copy shard data into one shared-memory block: the machinery that the
-training loader (`fgclip.loader`, reads in `fgclip.loader_worker`) and evaluation
-(`fgclip.eval_reader`) share. They bring only their block layout and their read function.
+training loader (`fgclip.train.loader`, reads in `fgclip.train.loader_worker`) and evaluation
+(`fgclip.eval.reader`) share. They bring only their block layout and their read function.
 
     main process: ReaderPool ──(task id, task)──> reader process ──job(shards, views, task)──┐
                   next_result() <──("ok", task id, result) or ("error", task id, message)──┘

@@ -3,7 +3,7 @@
     OUTPUT_DIR/
         run_config.json      the resolved settings of the run, including `model`, the model it
                              started from (evaluation's baseline); older runs wrote `config.json`
-        trainer_log.txt      one line per log step (`fgclip.train_log`)
+        trainer_log.txt      one line per log step (`fgclip.train.log`)
         metrics.jsonl        the same values at full precision, one JSON object per line
         tensorboard/         TensorBoard scalars
         checkpoint-STEP/     a model directory (`FGCLIPVideo.save_pretrained`: config.json,
@@ -12,11 +12,11 @@
         final/               the model at the end of the run (a model directory + run_config.json)
         best/                with a validation split: the model that scored best on it (a model
                              directory; its run_config.json's "selection" says when and how)
-        .tmp-*               a checkpoint being written (`fgclip.checkpoint`); never read
+        .tmp-*               a checkpoint being written (`fgclip.train.checkpoint`); never read
 
 A model directory's own `config.json` is the Hugging Face model config; the run's settings are
 `run_config.json`, so the two are never confused. Only the trainer writes here (through
-`fgclip.checkpoint`); evaluation and `--resume` read through this module, which imports
+`fgclip.train.checkpoint`); evaluation and `--resume` read through this module, which imports
 neither torch nor the trainer.
 """
 
@@ -41,6 +41,8 @@ MODEL_WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pyto
 TEXT_LOG_NAME = "trainer_log.txt"
 METRICS_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+# Where the debug preset writes (`make train-debug`), and so what `make eval` evaluates by default.
+DEBUG_RUN_DIR = "checkpoints/fgclip_ucf_debug"
 
 _CHECKPOINT_NAME = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
 
@@ -178,10 +180,8 @@ def training_step(model_dir: os.PathLike | str) -> int | None:
 
 def default_eval_run() -> Path:
     """The run `fgclip-vad eval` (and `make eval`) evaluates when given no --checkpoint: the debug
-    preset's output directory."""
-    from fgclip.presets import preset_config
-
-    return Path(preset_config("debug").output_dir)
+    preset's output directory (`fgclip.train.presets` writes its debug runs to DEBUG_RUN_DIR)."""
+    return Path(DEBUG_RUN_DIR)
 
 
 def run_name(path: os.PathLike | str) -> str:

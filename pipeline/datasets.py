@@ -23,7 +23,7 @@ XD_VIOLENCE = "xd-violence"
 MSAD = "msad"
 SHANGHAITECH = "shanghaitech"
 
-# Ground-truth formats (fgclip.ground_truth reads each):
+# Ground-truth formats (fgclip.eval.ground_truth reads each):
 GT_UCF_TEMPORAL = "ucf-temporal"  # `video class s1 e1 s2 e2` per test video, -1 = none
 GT_XD_ANNOTATIONS = "xd-annotations"  # `video s1 e1 [s2 e2 ...]`, violent test videos only
 GT_MSAD_CSV = "msad-csv"  # CSV: name, scenario, total frames, starting/ending frame of anomaly

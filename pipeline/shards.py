@@ -1,7 +1,7 @@
 """The HDF5 shard format: the one contract between stage 1 (writes) and stage 2 (reads).
 
 Everything that knows what a shard looks like imports it from here: the writer in
-`pipeline.frames`, the loader in `fgclip.loader`, evaluation and the tests.
+`pipeline.frames`, the loader in `fgclip.train.loader`, evaluation and the tests.
 
 Layout of one shard file (N records, F stored frames in all, R region slots, K negative slots)::
 

@@ -91,7 +91,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def write_format1_checkpoint(out_dir: Path, clip_dir: Path, *, seed: int = 0) -> dict[str, torch.Tensor]:
     """A copy of the plain CLIP directory `clip_dir` plus the extras of format 1 with random values
     (long table, temporal module, three temperatures). Returns the extras written."""
-    from fgclip.model import TemporalPooling
+    from fgclip.models.clip_video import TemporalPooling
 
     shutil.copytree(clip_dir, out_dir)
     clip_config = json.loads((clip_dir / "config.json").read_text())

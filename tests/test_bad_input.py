@@ -249,7 +249,7 @@ def test_odd_videos_are_processed_or_skipped_with_the_reason(odd_videos, tmp_pat
 
 @pytest.fixture(scope="module")
 def checkpoint_dir(model_dir, tmp_path_factory) -> Path:
-    from fgclip.model import FGCLIPVideo
+    from fgclip.models.clip_video import FGCLIPVideo
 
     path = tmp_path_factory.mktemp("checkpoint") / "model"
     FGCLIPVideo.from_pretrained(model_dir).save_pretrained(path)

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from fgclip.checkpoint import capture_rng_state, load_trainer_state, restore_rng_state, save_checkpoint
+from fgclip.train.checkpoint import capture_rng_state, load_trainer_state, restore_rng_state, save_checkpoint
 from fgclip.run_dir import STATE_FILE, CheckpointError, latest_checkpoint, list_checkpoints, resolve_resume
-from fgclip.model import FGCLIPVideo
+from fgclip.models.clip_video import FGCLIPVideo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,8 +38,8 @@ def test_kill_during_checkpoint_writing_keeps_the_previous_one(tmp_path, model_d
     out = tmp_path / "run"
     script = textwrap.dedent(f"""
         import io, os, signal, torch
-        from fgclip.checkpoint import save_checkpoint
-        from fgclip.model import FGCLIPVideo
+        from fgclip.train.checkpoint import save_checkpoint
+        from fgclip.models.clip_video import FGCLIPVideo
 
         model = FGCLIPVideo.from_pretrained({str(model_dir)!r})
         save_checkpoint({str(out)!r}, 1, model=model, state={{"step": 1, "w": torch.ones(3)}}, config={{"step": 1}}, keep_last=3)

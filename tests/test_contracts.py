@@ -14,8 +14,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Training's side: the loop, the checkpoint writer, the loader and what only they use.
-TRAINING_MODULES = ("fgclip.train", "fgclip.checkpoint", "fgclip.loader", "fgclip.grad_cache", "fgclip.train_log",
-                    "fgclip.losses", "fgclip.augment")
+TRAINING_MODULES = ("fgclip.train.loop", "fgclip.train.checkpoint", "fgclip.train.loader", "fgclip.train.grad_cache", "fgclip.train.log",
+                    "fgclip.train.losses", "fgclip.train.augment")
 
 
 def test_evaluation_imports_nothing_of_training():
@@ -23,14 +23,14 @@ def test_evaluation_imports_nothing_of_training():
     is imported in a fresh interpreter; none of training's modules may come with it."""
     code = (
         "import json, sys\n"
-        "import fgclip.evaluate, fgclip.report, fgclip.model, fgclip.run_dir\n"
+        "import fgclip.eval.evaluate, fgclip.eval.report, fgclip.models.clip_video, fgclip.run_dir\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('fgclip', 'pipeline')))))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     loaded = set(json.loads(result.stdout.strip().splitlines()[-1]))
-    assert "fgclip.evaluate" in loaded and "fgclip.run_dir" in loaded
+    assert "fgclip.eval.evaluate" in loaded and "fgclip.run_dir" in loaded
     assert loaded.isdisjoint(TRAINING_MODULES), sorted(loaded & set(TRAINING_MODULES))
 
 
@@ -50,7 +50,7 @@ def test_docstrings_point_only_to_files_in_the_repository():
 def test_one_step_record_feeds_the_text_log_metrics_and_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from fgclip.train_log import STEP_FIELDS, TrainLog
+    from fgclip.train.log import STEP_FIELDS, TrainLog
 
     record = {"step": 3, "total_steps": 10, "epoch": 0.5, "loss": 2.5, "loss_global": 2.0, "loss_region": 1.0,
               "loss_hard": 0.5, "lr": 1e-5, "text_lr": 5e-6, "grad_norm": 0.75, "frames_per_s": 120.0,

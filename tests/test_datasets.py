@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from fgclip.cli import main as cli
-from fgclip.ground_truth import complete_with_normals, frame_labels, load_ground_truth
-from fgclip.metrics import average_precision, compute_metrics, pr_area_trapezoid, VideoFrames
+from fgclip.eval.ground_truth import complete_with_normals, frame_labels, load_ground_truth
+from fgclip.eval.metrics import average_precision, compute_metrics, pr_area_trapezoid, VideoFrames
 from pipeline.annotations import AnnotationRecord, Keyframe, Region, validate_annotations
 from pipeline.datasets import dataset_of_path, get_dataset, label_from_path
 from pipeline.frames import FramesError, build_shards
@@ -205,7 +205,7 @@ def test_msad_csv_and_shanghaitech_masks(tmp_path):
 def test_xd_violence_test_shards_and_evaluation_headline_ap(link_real_clips, tmp_path):
     """Test shards from XD-Violence's own names (list without extensions), evaluated with
     annotations.txt: the normal video comes from its name, the headline is AP, both ways."""
-    from fgclip.model_factory import BUILTIN_CAPTIONS, init_model
+    from fgclip.models.factory import BUILTIN_CAPTIONS, init_model
     from pipeline.frames import build_test_shards
 
     root = link_real_clips(tmp_path / "videos", {f"{XD_VIOLENT}.mp4": SHORT_CLIP, f"{XD_NORMAL}.mp4": SHORT_CLIP})

@@ -12,8 +12,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from fgclip import distributed
-from fgclip.grad_cache import embed_micro_batch, grad_cached_window, window_losses
-from fgclip.losses import LossWeights
+from fgclip.train.grad_cache import embed_micro_batch, grad_cached_window, window_losses
+from fgclip.train.losses import LossWeights
 from tiny_fgclip import concatenate_micro_batches, random_micro_batch, tiny_model
 
 WORLD_SIZE = 2

@@ -11,8 +11,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fgclip.eval_reader import RecordSource, UnitReader, plan_units
-from fgclip.evaluate import (
+from fgclip.eval.reader import RecordSource, UnitReader, plan_units
+from fgclip.eval.evaluate import (
     anomaly_scores,
     class_prompts,
     evaluate,
@@ -22,7 +22,7 @@ from fgclip.evaluate import (
     smooth_snippets,
 )
 from fgclip.run_dir import latest_model_dir, starting_model
-from fgclip.text import load_tokenizer
+from fgclip.models.text import load_tokenizer
 from pipeline.shards import SCHEMA_VERSION, ShardAttrs, ShardReader, ShardRecord, shard_name, write_manifest, write_shard
 
 STRIDE = 16
@@ -75,7 +75,7 @@ def write_test_shards(shard_dir, videos=VIDEOS, records_per_shard=2, seed=0):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from fgclip.model_factory import BUILTIN_CAPTIONS, init_model
+    from fgclip.models.factory import BUILTIN_CAPTIONS, init_model
 
     return init_model("tiny", tmp_path_factory.mktemp("model") / "tiny", captions=BUILTIN_CAPTIONS)
 
@@ -211,7 +211,7 @@ def test_a_unit_reader_left_with_reads_pending_is_not_reused(shards):
 
 def test_scores_match_one_video_at_a_time(tiny_model, shards):
     """Batches spanning videos and videos split over slots give each frame its own score."""
-    from fgclip.model import FGCLIPVideo
+    from fgclip.models.clip_video import FGCLIPVideo
 
     shard_dir, records = shards
     model = FGCLIPVideo.from_pretrained(tiny_model)
@@ -254,8 +254,8 @@ def test_sigmoid_anomaly_score_is_normals_share_of_the_prompt_probabilities():
 def _training_run(tmp_path, tiny_model):
     """A training output dir as the trainer writes it (its own checkpoint writer): run_config.json
     naming the start model, checkpoint-5 and checkpoint-10, no final model yet."""
-    from fgclip.checkpoint import write_model_dir
-    from fgclip.model import FGCLIPVideo
+    from fgclip.train.checkpoint import write_model_dir
+    from fgclip.models.clip_video import FGCLIPVideo
     from fgclip.run_dir import checkpoint_dir, write_run_config
 
     run = tmp_path / "run"
@@ -272,7 +272,7 @@ def _training_run(tmp_path, tiny_model):
 
 
 def test_latest_checkpoint_and_starting_model(tmp_path, tiny_model):
-    from fgclip.evaluate import choose_models
+    from fgclip.eval.evaluate import choose_models
 
     run = _training_run(tmp_path, tiny_model)
     assert latest_model_dir(run) == run / "checkpoint-10"
@@ -377,7 +377,7 @@ def test_real_stage1_output_of_the_tiny_synthetic_dataset(tmp_path, tiny_model):
     report = evaluate([tiny_model], shard_dir, annotations, tmp_path / "eval", smoothing_window=3,
                       device="cpu", num_readers=0, batch_frames=8, video_plots=False, progress=False)
 
-    from fgclip.ground_truth import frame_labels, parse_temporal_annotations
+    from fgclip.eval.ground_truth import frame_labels, parse_temporal_annotations
     from pipeline.shards import iter_record_metas
 
     truth = parse_temporal_annotations(annotations)

@@ -35,11 +35,11 @@ from safetensors.torch import load_file
 
 from fgclip.run_dir import CHECKPOINT_PREFIX, TMP_PREFIX, list_checkpoints, resolve_resume
 from fgclip.cli import main as cli
-from fgclip.loader import LoaderError, ShardLoader
-from fgclip.model import FGCLIPVideo
-from fgclip.presets import resolve_config
-from fgclip.text import load_tokenizer
-from fgclip.train import Trainer, TrainingError
+from fgclip.train.loader import LoaderError, ShardLoader
+from fgclip.models.clip_video import FGCLIPVideo
+from fgclip.train.presets import resolve_config
+from fgclip.models.text import load_tokenizer
+from fgclip.train.loop import Trainer, TrainingError
 from pipeline.run_lock import LOCK_FILE_NAME, LockHolder
 from pipeline.shards import ShardFormatError, ShardReader, list_shards, read_manifest
 from shard_checks import assert_same_shard_dirs
@@ -451,7 +451,7 @@ def test_damaged_shard_is_named_and_stops_or_is_skipped(how, model_dir, tmp_path
     # ... or with --skip-damaged trains on without it, saying so (worker processes or none)
     for workers in (1, 0):
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="fgclip.loader"):
+        with caplog.at_level(logging.WARNING, logger="fgclip.train.loader"):
             with ShardLoader(shards, num_workers=workers, skip_damaged=True, **options) as loader:
                 seen = {i for batch in loader for i in batch["record_index"].tolist()}
         assert seen == set(range(6)) - lost, workers

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fgclip.batch import check_micro_batch
-from fgclip.grad_cache import embed_micro_batch, grad_cached_window, join_text_ids, window_losses
-from fgclip.losses import LossWeights, concat_embeddings
+from fgclip.train.batch import check_micro_batch
+from fgclip.train.grad_cache import embed_micro_batch, grad_cached_window, join_text_ids, window_losses
+from fgclip.train.losses import LossWeights, concat_embeddings
 from tiny_fgclip import concatenate_micro_batches, random_micro_batch, tiny_model
 
 WEIGHTS = LossWeights(global_weight=1.0, region_weight=0.7, hard_weight=0.5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fgclip.ground_truth import (
+from fgclip.eval.ground_truth import (
     CONVENTIONS,
     AnnotationFormatError,
     anomaly_class_names,

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from fgclip.patch_map import frame_maps, patch_anomaly_maps, upsample_maps
-from fgclip.spatial import box_mask, spatial_metrics
+from fgclip.eval.patch_map import frame_maps, patch_anomaly_maps, upsample_maps
+from fgclip.eval.spatial import box_mask, spatial_metrics
 from pipeline.event_boxes import EventBoxesError, boxes_near, read_event_boxes, write_event_boxes
 from tiny_fgclip import tiny_model
 

@@ -18,9 +18,9 @@ from click.testing import CliRunner
 from transformers import CLIPModel, CLIPTextConfig, CLIPTextModel
 
 from fgclip.cli import main as cli
-from fgclip.doctor import check_model
-from fgclip.model import FGCLIPVideo, ModelDirError
-from fgclip.text import LONG_TEXT_LENGTH, SHORT_TEXT_LENGTH, load_tokenizer, tokenize
+from fgclip.train.doctor import check_model
+from fgclip.models.clip_video import FGCLIPVideo, ModelDirError
+from fgclip.models.text import LONG_TEXT_LENGTH, SHORT_TEXT_LENGTH, load_tokenizer, tokenize
 from layout_dirs import V1_SCALES, changed_copy, read_safetensors, write_fgclip_v1_dir, write_format1_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -167,8 +167,8 @@ def test_export_round_trips_exactly(v1_dir, tmp_path):
 
 
 def test_fine_tuned_fgclip_v1_goes_back_with_the_rows_fgclip_does_not_read_unchanged(v1_dir, tmp_path):
-    from fgclip.presets import resolve_config
-    from fgclip.train import Trainer, TrainingError
+    from fgclip.train.presets import resolve_config
+    from fgclip.train.loop import Trainer, TrainingError
     from train_data import write_square_shards
 
     shards = write_square_shards(tmp_path / "shards", num_records=4, num_frames=2)
@@ -233,8 +233,8 @@ def test_checkpoint_of_format_1_still_loads(model_dir, tmp_path):
 def test_vit_l14_336_preset_is_fg_clip_large_shaped():
     from transformers.initialization import no_init_weights
 
-    from fgclip.cli import MODEL_PRESETS
-    from fgclip.model_factory import PRESETS, clip_config
+    from fgclip.models.commands import MODEL_PRESETS
+    from fgclip.models.factory import PRESETS, clip_config
 
     assert MODEL_PRESETS == list(PRESETS)
     config = clip_config(PRESETS["vit-l14-336"], vocab_size=49408, bos_token_id=49406, eos_token_id=49407,
@@ -269,9 +269,9 @@ def test_regions_of_a_336px_patch14_model_pool_its_24x24_grid(model_336):
 
 def test_a_336px_patch14_model_trains_a_step_and_evaluates_on_336px_stage1_shards(model_336, link_real_clips,
                                                                                    tmp_path):
-    from fgclip.evaluate import evaluate
-    from fgclip.presets import resolve_config
-    from fgclip.train import Trainer
+    from fgclip.eval.evaluate import evaluate
+    from fgclip.train.presets import resolve_config
+    from fgclip.train.loop import Trainer
     from pipeline.shards import ShardReader, list_shards
     from train_data import write_square_shards
 

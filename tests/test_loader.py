@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from fgclip.augment import CropFlip, crop_flip_boxes, crop_flip_frames, sample_crop_flip
-from fgclip.batch import check_micro_batch
-from fgclip.loader import LoaderError, ShardLoader, epoch_positions
-from fgclip.loader_worker import subsample_rows
-from fgclip.model import FGCLIPVideo
-from fgclip.text import LONG_TEXT_LENGTH, SHORT_TEXT_LENGTH, caption_key, load_tokenizer, tokenize
+from fgclip.train.augment import CropFlip, crop_flip_boxes, crop_flip_frames, sample_crop_flip
+from fgclip.train.batch import check_micro_batch
+from fgclip.train.loader import LoaderError, ShardLoader, epoch_positions
+from fgclip.train.loader_worker import subsample_rows
+from fgclip.models.clip_video import FGCLIPVideo
+from fgclip.models.text import LONG_TEXT_LENGTH, SHORT_TEXT_LENGTH, caption_key, load_tokenizer, tokenize
 from pipeline.shards import ShardReader, list_shards
 from train_data import BACKGROUND, write_square_shards
 
@@ -273,7 +273,7 @@ def test_damaged_record_stops_with_its_name_or_is_skipped(tmp_path, model, token
                 list(loader)
     message = str(info.value)
     assert str(damaged) in message and "record 1" in message and "fgclip-vad frames" in message
-    with caplog.at_level(logging.WARNING, logger="fgclip.loader"):
+    with caplog.at_level(logging.WARNING, logger="fgclip.train.loader"):
         with make_loader(shards, model, tokenizer, batch_size=2, num_frames=4, skip_damaged=True) as loader:
             indices = []
             for epoch in range(3):
@@ -309,9 +309,9 @@ def test_plain_script_without_main_guard_and_no_orphans(shard_dir, model_dir, tm
     script = tmp_path / "plain_script.py"
     script.write_text(textwrap.dedent(f"""
         import os
-        from fgclip.loader import ShardLoader
-        from fgclip.model import FGCLIPVideo
-        from fgclip.text import load_tokenizer
+        from fgclip.train.loader import ShardLoader
+        from fgclip.models.clip_video import FGCLIPVideo
+        from fgclip.models.text import load_tokenizer
 
         model = FGCLIPVideo.from_pretrained({str(model_dir)!r})
         loader = ShardLoader({str(shard_dir)!r}, model=model, tokenizer=load_tokenizer({str(model_dir)!r}),

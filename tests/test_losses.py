@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
-from fgclip.losses import (LossWeights, WindowEmbeddings, concat_embeddings, contrastive_loss, fgclip_losses,
+from fgclip.train.losses import (LossWeights, WindowEmbeddings, concat_embeddings, contrastive_loss, fgclip_losses,
                            hard_negative_loss)
 
 

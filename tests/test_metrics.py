@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fgclip.metrics import VideoFrames, compute_metrics, roc_auc
+from fgclip.eval.metrics import VideoFrames, compute_metrics, roc_auc
 
 
 def _video(name, label, scores, gt):
@@ -38,7 +38,7 @@ def test_known_values():
 
 
 def test_threshold_at_recall_finds_the_share_of_anomalous_frames():
-    from fgclip.metrics import threshold_at_recall
+    from fgclip.eval.metrics import threshold_at_recall
 
     scores = np.arange(1, 21) / 20.0  # 0.05 .. 1.0
     threshold = threshold_at_recall(scores, 0.9)

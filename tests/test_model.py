@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from transformers import AutoTokenizer, CLIPModel
 
 from fgclip.cli import main as cli
-from fgclip.model import FGCLIPVideo, ModelDirError, long_position_table
-from fgclip.model_factory import init_model, train_tokenizer
-from fgclip.text import LONG_TEXT_LENGTH, SHORT_TEXT_LENGTH, load_tokenizer, tokenize
+from fgclip.models.clip_video import FGCLIPVideo, ModelDirError, long_position_table
+from fgclip.models.factory import init_model, train_tokenizer
+from fgclip.models.text import LONG_TEXT_LENGTH, SHORT_TEXT_LENGTH, load_tokenizer, tokenize
 from tiny_fgclip import IMAGE_SIZE, random_ids, tiny_clip_config, tiny_model
 
 CAPTIONS = [

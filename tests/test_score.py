@@ -38,9 +38,9 @@ def synthetic(tmp_path_factory):
 
 
 def test_evaluation_heat_maps_spatial_metric_html_and_score_agree(tmp_path, model_dir, synthetic):
-    from fgclip.evaluate import evaluate
-    from fgclip.ground_truth import anomaly_class_names, parse_temporal_annotations
-    from fgclip.score import score_files
+    from fgclip.eval.evaluate import evaluate
+    from fgclip.eval.ground_truth import anomaly_class_names, parse_temporal_annotations
+    from fgclip.eval.score import score_files
     from pipeline import embedded
 
     synth, shard_dir = synthetic

@@ -14,10 +14,10 @@ from transformers import Siglip2Model, Siglip2TextConfig, Siglip2TextModel
 from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
 from transformers.models.siglip2.modeling_siglip2 import Siglip2MultiheadAttentionPoolingHead
 
-from fgclip import fgclip2_layout
-from fgclip.families import family_of, load_video_model
-from fgclip.model import ModelDirError
-from fgclip.siglip2_model import FGCLIP2Video
+from fgclip.models import fgclip2_layout
+from fgclip.models.families import family_of, load_video_model
+from fgclip.models.clip_video import ModelDirError
+from fgclip.models.siglip2_video import FGCLIP2Video
 from tiny_fgclip import IMAGE_SIZE, PATCH_SIZE, random_ids, tiny_siglip2_config
 
 TEXT_POSITIONS = 32
@@ -164,8 +164,8 @@ def test_export_writes_fgclip2_layout_back(checkpoint, tmp_path):
 
 
 def test_export_model_command_writes_fgclip2_layout_and_round_trips(checkpoint, tmp_path):
-    from fgclip.export import export_model
-    from fgclip.model_factory import train_gemma_tokenizer
+    from fgclip.models.export import export_model
+    from fgclip.models.factory import train_gemma_tokenizer
 
     path, tensors = checkpoint
     model = FGCLIP2Video.from_pretrained(path)
@@ -201,8 +201,8 @@ def test_tiny_siglip2_preset_has_a_gemma_tokenizer_trained_on_the_captions(tmp_p
     """`init-model --preset tiny-siglip2`: FG-CLIP 2's layout, a tokenizer that loads as
     transformers' GemmaTokenizer offline, captions lower-cased and padded to the full length, and
     Chinese words of the captions as tokens of their own (no byte fallback)."""
-    from fgclip.families import load_model_and_tokenizer
-    from fgclip.model_factory import init_model
+    from fgclip.models.families import load_model_and_tokenizer
+    from fgclip.models.factory import init_model
 
     captions = ["A surveillance video of explosion: a bright flash bursts.", "a red person walking left",
                 "一段爆炸的监控视频：一道强光炸开，一个人跑开。", "一个红色的人向左走"] * 4

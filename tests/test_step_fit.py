@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fgclip.grad_cache import grad_cached_window
-from fgclip.loader import ShardLoader
-from fgclip.losses import LossWeights
-from fgclip.model import FGCLIPVideo
-from fgclip.step_fit import micro_batch_choices, pick_fit
-from fgclip.text import load_tokenizer
+from fgclip.train.grad_cache import grad_cached_window
+from fgclip.train.loader import ShardLoader
+from fgclip.train.losses import LossWeights
+from fgclip.models.clip_video import FGCLIPVideo
+from fgclip.train.step_fit import micro_batch_choices, pick_fit
+from fgclip.models.text import load_tokenizer
 from train_data import write_square_shards
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

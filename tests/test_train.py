@@ -17,12 +17,12 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from fgclip.checkpoint import load_trainer_state
+from fgclip.train.checkpoint import load_trainer_state
 from fgclip.cli import main
-from fgclip.model import FGCLIPVideo
-from fgclip.presets import resolve_config
+from fgclip.models.clip_video import FGCLIPVideo
+from fgclip.train.presets import resolve_config
 from fgclip.run_dir import RUN_CONFIG_NAME, STATE_FILE, list_checkpoints
-from fgclip.train import Trainer, TrainingError, parameter_groups
+from fgclip.train.loop import Trainer, TrainingError, parameter_groups
 from train_data import write_square_shards
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -219,7 +219,7 @@ def test_cli_train_and_doctor(shard_dir, model_dir, tmp_path):
 
 
 def test_doctor_checks_the_annotation_file_and_its_videos(shared_data, tmp_path):
-    from fgclip.doctor import check_annotations, check_videos
+    from fgclip.train.doctor import check_annotations, check_videos
 
     # the group's real training file: usable, but 140 of its videos are official test videos
     real = shared_data / "annotations" / "ucf_fgclip_train_with_timestamps_en.json"

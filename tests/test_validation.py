@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from fgclip.evaluate import choose_models, selection_summary
-from fgclip.presets import resolve_config
+from fgclip.eval.evaluate import choose_models, selection_summary
+from fgclip.train.presets import resolve_config
 from fgclip.run_dir import read_selection
-from fgclip.train import Trainer
-from fgclip.validation import RETRIEVAL, VIDEO_LABEL_AUC, ValidationError, ValidationSet
+from fgclip.train.loop import Trainer
+from fgclip.train.validation import RETRIEVAL, VIDEO_LABEL_AUC, ValidationError, ValidationSet
 from pipeline.shards import SCHEMA_VERSION, ShardAttrs, shard_name, write_manifest, write_shard
 from pipeline.ucf_split import video_key
 from train_data import square_record

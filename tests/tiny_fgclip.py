@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from fgclip.batch import AXES
-from fgclip.model import FGCLIPVideo
+from fgclip.train.batch import AXES
+from fgclip.models.clip_video import FGCLIPVideo
 
 VOCAB_SIZE = 64
 EOS_ID = VOCAB_SIZE - 1  # also padding, as in CLIP
@@ -52,7 +52,7 @@ def tiny_siglip2_model(seed: int = 0, dtype: torch.dtype = torch.float64, text_p
 
     from transformers import Siglip2Model
 
-    from fgclip.siglip2_model import FGCLIP2Video
+    from fgclip.models.siglip2_video import FGCLIP2Video
 
     torch.manual_seed(seed)
     siglip = Siglip2Model(tiny_siglip2_config(text_positions))
@@ -110,7 +110,7 @@ def random_ids(generator: torch.Generator, shape: tuple[int, ...], length: int) 
 def random_micro_batch(seed: int, *, batch: int = 2, frames: int = 3, regions: int = 2, negatives: int = 2,
                        long_length: int = 24, short_length: int = 12, key_pool: int = 1000,
                        dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
-    """A micro-batch in the loader's format (`fgclip.batch.MicroBatch`) with random content.
+    """A micro-batch in the loader's format (`fgclip.train.batch.MicroBatch`) with random content.
 
     Some region slots are padding, some region/frame pairs invisible, some negatives missing,
     so every masking path of the model and the losses is exercised. `key_pool` small makes

@@ -4,7 +4,7 @@
   which a coloured square moves over a grey background; the caption names the colour and the
   direction, the region box tracks the square. Pixels also encode (record, stored frame) in
   the top-left corner so a test can tell exactly which stored frame it got.
-* `write_micro_model`: a real HF CLIP directory built with `fgclip.model_factory`'s own pieces
+* `write_micro_model`: a real HF CLIP directory built with `fgclip.models.factory`'s own pieces
   (BPE tokenizer trained on the captions, CLIPConfig, preprocessor config), only smaller than
   the `tiny` preset (32 px frames) so CPU tests run in seconds.
 """
@@ -111,7 +111,7 @@ def write_micro_model(out_dir: Path, *, image_size: int = 32, patch_size: int = 
     import torch
     from transformers import CLIPModel
 
-    from fgclip.model_factory import Preset, clip_config, preprocessor_config, train_tokenizer
+    from fgclip.models.factory import Preset, clip_config, preprocessor_config, train_tokenizer
 
     spec = Preset(vision_width=32, vision_layers=2, vision_heads=2, patch_size=patch_size, image_size=image_size,
                   text_width=32, text_layers=2, text_heads=2, projection_dim=32, vocab_size=300)

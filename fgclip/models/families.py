@@ -1,9 +1,9 @@
 """Model families behind one interface: which model class a directory holds, and what every
 family's model offers the trainer, the loader and evaluation.
 
-* "clip": FG-CLIP on transformers' CLIP (`fgclip.model.FGCLIPVideo`; directories with
+* "clip": FG-CLIP on transformers' CLIP (`fgclip.models.clip_video.FGCLIPVideo`; directories with
   model_type clip: OpenAI CLIP copies, FG-CLIP v1, our checkpoints). InfoNCE losses.
-* "siglip2": FG-CLIP 2 on transformers' SigLIP 2 (`fgclip.siglip2_model.FGCLIP2Video`;
+* "siglip2": FG-CLIP 2 on transformers' SigLIP 2 (`fgclip.models.siglip2_video.FGCLIP2Video`;
   model_type fgclip2 or siglip2). Sigmoid losses with learned biases; bilingual text.
 
 The directory's config.json (its layout) decides the family; nothing else needs to know which
@@ -18,10 +18,10 @@ from typing import Protocol
 
 from torch import Tensor
 
-from fgclip import fgclip2_layout
-from fgclip.layouts import ModelDirError, read_config
-from fgclip.model import VideoOutput
-from fgclip.text import TextRules, load_tokenizer
+from fgclip.models import fgclip2_layout
+from fgclip.models.layouts import ModelDirError, read_config
+from fgclip.models.clip_video import VideoOutput
+from fgclip.models.text import TextRules, load_tokenizer
 
 FAMILY_MODEL_TYPES = {"clip": ("clip",), "siglip2": fgclip2_layout.SIGLIP_FAMILY_MODEL_TYPES}
 
@@ -30,7 +30,7 @@ class VideoModel(Protocol):
     """What the trainer, loader and evaluation use of a model (both families implement it)."""
 
     family: str  # "clip" | "siglip2"
-    objective: str  # "infonce" | "sigmoid": how similarities become losses and scores (fgclip.losses)
+    objective: str  # "infonce" | "sigmoid": how similarities become losses and scores (fgclip.train.losses)
     bilingual: bool  # Chinese captions are native text (no translation needed)
     text_rules: TextRules  # text lengths and caption preparation
     image_size: int  # square input side in pixels
@@ -71,10 +71,10 @@ def family_of(model_dir) -> str:
 
 def model_class(family: str):
     if family == "siglip2":
-        from fgclip.siglip2_model import FGCLIP2Video
+        from fgclip.models.siglip2_video import FGCLIP2Video
 
         return FGCLIP2Video
-    from fgclip.model import FGCLIPVideo
+    from fgclip.models.clip_video import FGCLIPVideo
 
     return FGCLIPVideo
 

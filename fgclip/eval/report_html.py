@@ -1,6 +1,6 @@
 """report.html: the evaluation report as one self-contained page (every image inlined as a data URI).
 
-It shows the same blocks as report.md (`fgclip.report.report_blocks`): the comparison table,
+It shows the same blocks as report.md (`fgclip.eval.report_content.report_blocks`): the comparison table,
 per-class AUC, the spatial metric, setup, coverage, ROC and per-class plots, heat strips, and the
 score curve of every test video (folded, one `<details>` per video). No scripts, no external
 files: it opens from a mail attachment or a copied folder as it does in place.
@@ -13,7 +13,7 @@ import html
 import re
 from pathlib import Path
 
-from fgclip.report import Block, report_blocks, report_title
+from fgclip.eval.report_content import Block, report_blocks, report_title
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 80em; padding: 0 1em; color: #222; }

@@ -1,6 +1,6 @@
 """Drawing patch maps over frames: one overlaid frame, and grids of them (contact sheets, heat strips).
 
-The colour scale is fixed, 0 to 1 (a map value is a probability, `fgclip.patch_map`), so a
+The colour scale is fixed, 0 to 1 (a map value is a probability, `fgclip.eval.patch_map`), so a
 calm frame looks calm instead of being stretched to full contrast. Figures use matplotlib's Agg
 canvas (no display needed); single frames for videos are blended with numpy.
 """
@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from fgclip.patch_map import upsample_maps
+from fgclip.eval.patch_map import upsample_maps
 
 COLOUR_MAP = "turbo"
 OVERLAY_ALPHA = 0.45

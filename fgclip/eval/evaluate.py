@@ -2,7 +2,7 @@
 
 The flow of `evaluate` (what `fgclip-vad eval` / `make eval` runs):
 
-1. Ground truth from the dataset's official annotation file (`fgclip.ground_truth`: UCF-Crime's
+1. Ground truth from the dataset's official annotation file (`fgclip.eval.ground_truth`: UCF-Crime's
    temporal annotations, XD-Violence's annotations.txt, MSAD's CSV, ShanghaiTech's frame masks),
    and the test videos present in the stride-mode test shards (one stored frame per 16 source
    frames); test videos the file leaves out are normal when their name says so.
@@ -11,14 +11,14 @@ The flow of `evaluate` (what `fgclip-vad eval` / `make eval` runs):
 2. Each model (the checkpoints, then the baseline) scores every stored frame: frame embedding
    vs prompt embeddings of {normal, each anomaly class} (several templates averaged in
    embedding space), logits = the model's global scale x cosine (+ its global bias for the
-   SigLIP 2 family), and the anomaly score of `anomaly_scores` (ANOMALY_SCORE_DEFINITIONS).
+   SigLIP 2 family), and the anomaly score of `fgclip.eval.prompts` (its ANOMALY_SCORE_DEFINITIONS).
 3. Optional temporal smoothing over snippets (off by default), then each snippet's score is
    given to the `stride` source frames it covers, cut or padded to the video's true length.
-4. Frame-level metrics (`fgclip.metrics`) and the report (`fgclip.report`). The headline is
+4. Frame-level metrics (`fgclip.eval.metrics`) and the report (`fgclip.eval.report`). The headline is
    the dataset's (`pipeline.datasets`): frame AUC, or for XD-Violence frame AP, given both
    ways (step-wise and trapezoidal) and named.
 
-Scoring speed: readers in other processes (`fgclip.eval_reader`, `fgclip.reader_pool`) put whole
+Scoring speed: readers in other processes (`fgclip.eval.reader`, `fgclip.reader_pool`) put whole
 records into one shared block (the readers and the block are kept for the next model scored);
 each unit is copied into a small pinned buffer for an asynchronous upload, frames go to the
 device as uint8 and are preprocessed there, in batches that span videos, under bf16 autocast on
@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from fgclip import run_dir
-from fgclip.eval_reader import RecordSource, UnitReader, plan_units
-from fgclip.ground_truth import (
+from fgclip.eval.reader import RecordSource, UnitReader, plan_units
+from fgclip.eval.ground_truth import (
     CONVENTION_DOC,
     DEFAULT_CONVENTION,
     anomaly_class_names,
@@ -52,22 +52,14 @@ from fgclip.ground_truth import (
     ranges_past_end,
     video_key,
 )
-from fgclip.metrics import DEFAULT_THRESHOLD, VideoFrames, compute_metrics
+from fgclip.eval.metrics import DEFAULT_THRESHOLD, VideoFrames, compute_metrics
+from fgclip.eval.prompts import (ANOMALY_SCORE_DEFINITIONS, NORMAL_PHRASE, PROMPT_TEMPLATES, anomaly_scores, class_prompts,
+                                 prompt_embeddings)
 from pipeline.datasets import ANOMALY_LABEL, get_dataset
 from pipeline.run_lock import RunLock, RunLockError
 from pipeline.shards import ShardReader, list_shards, read_manifest
 
 log = logging.getLogger(__name__)
-
-# Averaged in embedding space per class; "{}" becomes the class phrase ("road accidents").
-PROMPT_TEMPLATES = (
-    "a video frame of {}.",
-    "a surveillance camera frame of {}.",
-    "a cctv image showing {}.",
-    "a photo of {}.",
-)
-NORMAL_PHRASE = "normal activity"
-
 
 class EvaluationError(RuntimeError):
     """Inputs that cannot be evaluated (no checkpoint, no test videos, ...); the message says what to do."""
@@ -130,65 +122,7 @@ def list_test_videos(test_shard_dir: Path) -> TestSet:
     return TestSet(videos=videos, duplicates=duplicates, skipped=skipped)
 
 
-# --- prompts and scores -------------------------------------------------------------------------
-
-
-def class_prompts(class_names: Sequence[str], templates: Sequence[str] = PROMPT_TEMPLATES,
-                  normal_phrase: str = NORMAL_PHRASE) -> list[list[str]]:
-    """Prompt sentences per row: row 0 is normal, row 1 + i is class_names[i]."""
-    if not templates:
-        raise ValueError("at least one prompt template is needed")
-    bad = [t for t in templates if t.count("{}") != 1]
-    if bad:
-        raise ValueError(f"prompt templates need exactly one '{{}}' for the class phrase: {bad}")
-    phrases = [normal_phrase] + [camel_case_to_words(name) for name in class_names]
-    return [[template.format(phrase) for template in templates] for phrase in phrases]
-
-
-@torch.inference_mode()
-def prompt_embeddings(model, tokenizer, class_names: Sequence[str], *, device: torch.device,
-                      templates: Sequence[str] = PROMPT_TEMPLATES, normal_phrase: str = NORMAL_PHRASE) -> torch.Tensor:
-    """(1 + C, D) float32, L2-normalised: each row the normalised mean of its templates' embeddings."""
-    prompts = class_prompts(class_names, templates, normal_phrase)
-    flat = [sentence for row in prompts for sentence in row]
-    ids = model.text_rules.ids(tokenizer, flat, "short").to(device)
-    embeds = model.encode_text(ids, "short").float().view(len(prompts), len(templates), -1)
-    return torch.nn.functional.normalize(embeds.mean(dim=1), dim=-1)
-
-
-# How each objective's model turns prompt logits into an anomaly score (the report states it).
-ANOMALY_SCORE_DEFINITIONS = {
-    "infonce": "1 - softmax(global scale * cosine(frame, prompts))[normal], prompts = {normal} + classes, "
-               "templates averaged in embedding space",
-    "sigmoid": "p = sigmoid(global scale * cosine(frame, prompt) + global bias) for each prompt of {normal} + classes "
-               "(templates averaged in embedding space), each the model's own probability that the prompt matches; "
-               "score = 1 - p[normal] / sum(p), the share of the matching probability not given to normal",
-}
-
-
-def prompt_logits(embeds: torch.Tensor, prompt_embeds: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """(..., D) image embeddings (frames or patches) x (1 + C, D) prompts -> (..., 1 + C) float32
-    scaled similarities; the top class of a frame is the argmax of its class columns (1:)."""
-    return temperature * (embeds.float() @ prompt_embeds.float().t())
-
-
-def anomaly_scores(frame_embeds: torch.Tensor, prompt_embeds: torch.Tensor, temperature: torch.Tensor, *,
-                   objective: str = "infonce", bias: torch.Tensor | None = None) -> torch.Tensor:
-    """(..., D) frames or patches x (1 + C, D) prompts -> (...) anomaly scores in float32
-    (ANOMALY_SCORE_DEFINITIONS). The one place prompt similarities become scores: frame scores,
-    patch maps (`fgclip.patch_map`) and `fgclip-vad score` all go through it.
-
-    The sigmoid family's prompts are independent yes/no questions: their probabilities need not
-    sum to 1, so the score is normal's share of their sum (computed in log space: with SigLIP's
-    bias near -10 each probability is tiny)."""
-    logits = prompt_logits(frame_embeds, prompt_embeds, temperature)
-    if objective == "infonce":
-        return 1.0 - logits.softmax(dim=-1)[..., 0]
-    if objective != "sigmoid" or bias is None:
-        raise ValueError(f"anomaly_scores: objective {objective!r} (bias {'given' if bias is not None else 'missing'}) "
-                         f"is not one of {', '.join(ANOMALY_SCORE_DEFINITIONS)} with its parameters")
-    log_p = torch.nn.functional.logsigmoid(logits + bias.float())
-    return 1.0 - (log_p[..., 0] - torch.logsumexp(log_p, dim=-1)).exp()
+# --- snippet scores to frame scores ------------------------------------------------------------
 
 
 def smooth_snippets(snippet_scores: np.ndarray, window: int) -> np.ndarray:
@@ -351,7 +285,7 @@ def score_videos(model, tokenizer, test_shard_dir: Path, *, class_names: list[st
 def load_scoring_model(path: Path, device: torch.device):
     """A model and its tokenizer, ready to score on `device`: on a GPU its transformer blocks are
     compiled (bf16 autocast comes from `score_videos`); the first batch compiles them."""
-    from fgclip.families import load_model_and_tokenizer
+    from fgclip.models.families import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(path)
     model.to(device)
@@ -565,12 +499,11 @@ def score_and_report(checkpoints: list[Path], test_shard_dir: Path, annotations:
     report.html, plots/, scores/ and TensorBoard scalars under `out_dir`. Returns the report dict.
 
     `dataset` (a `pipeline.datasets` name) says how to read `annotations`; by default its format
-    decides (`fgclip.ground_truth.detect_dataset`). `heat_maps`: patch maps of anomalous test videos
+    decides (`fgclip.eval.ground_truth.detect_dataset`). `heat_maps`: patch maps of anomalous test videos
     (heat strips in the report); `boxes`: an event boxes file (`pipeline.event_boxes`) for the
     spatial metric."""
-    from fgclip import eval_maps
-    from fgclip import report as report_writer
-
+    from fgclip.eval import heat_strips as eval_maps
+    from fgclip.eval import report as report_writer
     if smoothing_window < 1 or smoothing_window % 2 == 0:
         raise EvaluationError(f"--smooth {smoothing_window}: the smoothing window must be an odd number of snippets "
                               f"(1 = no smoothing)")
@@ -711,10 +644,6 @@ def training_caption_scripts(models: Sequence[ModelChoice]) -> dict[str, list[st
                     for text in (meta.global_caption, *meta.region_captions):
                         scripts.setdefault(meta.label, set()).update(foreign_scripts(text))
     return {label: sorted(found) for label, found in sorted(scripts.items()) if found}
-
-
-PATCH_MAP_DOC = ("per patch, the frame score's definition applied to the dense patch feature (region scale and bias), "
-                 "same prompts and templates, upsampled bilinearly to the frame")
 
 
 def _event_boxes(boxes: Path | None, videos: list[TestVideo], frame_gt: dict) -> tuple[dict | None, str]:

@@ -4,7 +4,7 @@ FG-CLIP 2 (360CVGroup, bilingual English/Chinese) is SigLIP 2 with:
 
 * long texts: a `longtext_len`-row position table (196 = 64 x 4 - 60) in two halves, `ori` for
   the first `keep_len` (20) positions and `res` for the rest, built from SigLIP 2's 64 rows with
-  the same stretch rule as FG-CLIP (`fgclip.model.long_position_table`);
+  the same stretch rule as FG-CLIP (`fgclip.models.clip_video.long_position_table`);
 * three text heads on the last token's hidden state (the text tower has no causal mask and
   pools at the last position, padding included): short texts `text_model.head`, box texts
   `boxtext_head`, long texts `longtext_head`;
@@ -12,7 +12,7 @@ FG-CLIP 2 (360CVGroup, bilingual English/Chinese) is SigLIP 2 with:
   head) with every patch token as a query over the last hidden state, then LN + MLP residual;
 * scores: cosine x exp(logit_scale) + logit_bias, trained with the pairwise sigmoid loss.
 
-What this model adds for video, as in the CLIP family (`fgclip.model`): frame embeddings are
+What this model adds for video, as in the CLIP family (`fgclip.models.clip_video`): frame embeddings are
 the vision tower's pooled output (its attention-pooling head), pooled over time by
 `TemporalPooling` (mean pooling at initialisation); region embeddings are RoIAlign'ed dense
 features averaged over the frames where the region is visible; separate scale and bias for the
@@ -25,7 +25,7 @@ patch grid by transformers' own resize. Variable aspect ratios and patch counts 
 (NaFlex proper) are not supported.
 
 Checkpoint layout: FG-CLIP 2's own (config.json with model_type fgclip2, model.safetensors with
-its names, see `fgclip.fgclip2_layout`), the tokenizer and preprocessor files, and our extras
+its names, see `fgclip.models.fgclip2_layout`), the tokenizer and preprocessor files, and our extras
 `fgclip_video.json` / `fgclip_video.safetensors` (temporal module, region/hard scales and biases).
 A plain SigLIP 2 directory (model_type siglip2) loads too: the additions start as FG-CLIP 2
 starts them (long table stretched, box/long heads copies of `text_model.head`, dense head a copy
@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fgclip import fgclip2_layout as layout
-from fgclip.model import (
+from fgclip.models import fgclip2_layout as layout
+from fgclip.models.clip_video import (
     AUX_FILE_NAMES,
     EXTRAS_CONFIG_NAME,
     EXTRAS_FORMAT_VERSION,
@@ -57,7 +57,7 @@ from fgclip.model import (
     pool_regions,
     squash_and_normalise,
 )
-from fgclip.text import TextRules
+from fgclip.models.text import TextRules
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class FGCLIP2Video(nn.Module):
         self._aux_files = dict(aux_files or {})
         self._source_config = source_config
         self._checkpointing = False
-        self.source_layout: str | None = None  # set by from_pretrained (a key of fgclip.layouts.LAYOUT_DESCRIPTIONS)
+        self.source_layout: str | None = None  # set by from_pretrained (a key of fgclip.models.layouts.LAYOUT_DESCRIPTIONS)
 
         if temporal_heads is None:
             temporal_heads = 8 if width % 8 == 0 else 1
@@ -157,7 +157,7 @@ class FGCLIP2Video(nn.Module):
         from safetensors.torch import load_file
         from transformers import Siglip2Model
 
-        from fgclip.model import _image_normalisation
+        from fgclip.models.clip_video import _image_normalisation
 
         path = Path(path)
         config = json.loads((path / "config.json").read_text())
@@ -344,8 +344,8 @@ class FGCLIP2Video(nn.Module):
 
     def encode_video(self, pixels: Tensor, boxes: Tensor, box_mask: Tensor, index=None) -> VideoOutput:
         """(B, T, 3, S, S), boxes (B, R, T, 4) x1 y1 x2 y2 in 0..1, box_mask (B, R, T) -> VideoOutput.
-        `index`: the visible boxes (`fgclip.region_index.box_index(box_mask)`, computed here if not given)."""
-        from fgclip.region_index import box_index
+        `index`: the visible boxes (`fgclip.models.region_index.box_index(box_mask)`, computed here if not given)."""
+        from fgclip.models.region_index import box_index
 
         if index is None:
             index = box_index(box_mask)

@@ -125,14 +125,14 @@ def check_disk(output_dir: Path, min_free_gb: float) -> Check:
 
 
 def check_model(model_dir: Path) -> Check:
-    from fgclip.families import load_model_and_tokenizer
-    from fgclip.model import ModelDirError
+    from fgclip.models.families import load_model_and_tokenizer
+    from fgclip.models.clip_video import ModelDirError
 
     try:
         model, _ = load_model_and_tokenizer(model_dir)
     except (ModelDirError, FileNotFoundError, OSError) as err:
         return Check("model", "FAIL", str(err))
-    from fgclip.layouts import LAYOUT_DESCRIPTIONS
+    from fgclip.models.layouts import LAYOUT_DESCRIPTIONS
 
     parameters = sum(p.numel() for p in model.parameters()) / 1e6
     patch = model.image_size // model.patch_grid

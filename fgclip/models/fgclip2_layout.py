@@ -12,7 +12,7 @@ config.json with `model_type: fgclip2`, a text and a vision sub-config (SigLIP 2
   attention, layernorm and mlp make the dense patch features.
 
 This module converts between that layout and transformers' `Siglip2Config`; the weight names
-are those of `fgclip.siglip2_model.FGCLIP2Video.state_dict()` (minus our extras), so reading and
+are those of `fgclip.models.siglip2_video.FGCLIP2Video.state_dict()` (minus our extras), so reading and
 writing the weights needs no renaming.
 """
 

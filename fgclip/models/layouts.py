@@ -1,5 +1,5 @@
 """Model directory layouts: how each family names its tensors, and the conversions between
-them and this project's model (the state dict of `fgclip.model.FGCLIPVideo`).
+them and this project's model (the state dict of `fgclip.models.clip_video.FGCLIPVideo`).
 
 Layouts of the main weights file (model.safetensors), recognised by their keys, whatever
 config.json's `architectures` says:
@@ -17,7 +17,7 @@ config.json's `architectures` says:
       logit_scale_hardneg (hard negatives)                            -> logit_scales.hard
 
   and `logit_scale` (global) -> logit_scales.global. A long caption's position p reads `ori[p]`
-  for p < 20 and `res[p]` from 20 on (`fgclip.model.LongTextPositions`).
+  for p < 20 and `res[p]` from 20 on (`fgclip.models.clip_video.LongTextPositions`).
 
 Beside either, our own files (`fgclip_video.json` + `fgclip_video.safetensors`) hold what the
 main file has no place for: in our checkpoints (main file `clip`) the long positions, long
@@ -68,7 +68,7 @@ LAYOUT_DESCRIPTIONS = {
                  "temporal module new)",
     "fgclip-vad": "fgclip-vad checkpoint (plain CLIP files + fgclip_video.*)",
     "fgclip-v1+fgclip-vad": "FG-CLIP v1 with fgclip-vad's temporal module (an `export-model --format fgclip` directory)",
-    # The SigLIP 2 family (`fgclip.fgclip2_layout`, `fgclip.siglip2_model`):
+    # The SigLIP 2 family (`fgclip.models.fgclip2_layout`, `fgclip.models.siglip2_video`):
     "fgclip2": "FG-CLIP 2 (SigLIP 2 towers + long positions ori/res, box/long text heads, dense head; temporal module new)",
     "siglip2": "plain SigLIP 2 (FG-CLIP 2's additions start from it: long positions stretched, box/long heads and "
                "dense head copied; temporal module new)",

@@ -8,8 +8,8 @@ scores the held-out records every `--val-every` steps with evaluation's code and
 best model in `best/` (`fgclip.run_dir`; `run_dir.read_selection` says when and how):
 
 * **frame AUC** when the held-out videos have temporal labels (`--val-annotations FILE`, a
-  ground-truth file in any format of `fgclip.ground_truth` that lists them): each stored frame
-  scored as evaluation scores test frames (`fgclip.evaluate.anomaly_scores`), labelled at its
+  ground-truth file in any format of `fgclip.eval.ground_truth` that lists them): each stored frame
+  scored as evaluation scores test frames (`fgclip.eval.prompts.anomaly_scores`), labelled at its
   source frame number;
 * otherwise **video -> caption retrieval accuracy**: the share of held-out records whose video
   embedding is nearest to their own global caption among all held-out captions (an identical
@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fgclip.ground_truth import frame_labels, load_ground_truth
-from fgclip.ground_truth import video_key as gt_video_key
-from fgclip.loader_worker import subsample_rows
-from fgclip.metrics import roc_auc
-from fgclip.text import caption_key
+from fgclip.eval.ground_truth import frame_labels, load_ground_truth
+from fgclip.eval.ground_truth import video_key as gt_video_key
+from fgclip.train.loader_worker import subsample_rows
+from fgclip.eval.metrics import roc_auc
+from fgclip.eval.prompts import anomaly_scores, prompt_embeddings
+from fgclip.models.text import caption_key
 from pipeline.datasets import REGISTRY, dataset_of_path
 from pipeline.shards import RecordMeta, ShardReader, read_manifest
 from pipeline.ucf_split import find_test_split, read_split_list, video_key
@@ -189,7 +190,6 @@ class ValidationSet:
         return float(np.mean([keys[j] == keys[i] for i, j in enumerate(nearest)]))
 
     def _frame_auc(self, model, tokenizer, device) -> float | None:
-        from fgclip.evaluate import anomaly_scores, prompt_embeddings
 
         prompts = prompt_embeddings(model, tokenizer, self.class_names, device=torch.device(device))
         temperature = model.temperatures()["global"].float()

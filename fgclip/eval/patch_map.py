@@ -5,7 +5,7 @@ class, templates averaged). The patch map asks the same question of every patch:
 
     map[i, j] = 1 - P(normal | patch (i, j)) = 1 - softmax(t * cosine(dense[:, i, j], prompts))[normal]
 
-(for the sigmoid family, its own definition in `fgclip.evaluate.anomaly_scores`, with the region bias)
+(for the sigmoid family, its own definition in `fgclip.eval.prompts.anomaly_scores`, with the region bias)
 
 with `dense` the model's `dense_features` (the dense path region embeddings are pooled from:
 the last vision block with attention reduced to its value path, one embedding per patch,
@@ -24,13 +24,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fgclip.evaluate import anomaly_scores
+from fgclip.eval.prompts import anomaly_scores
+
+# What a patch map is, as the reports state it.
+PATCH_MAP_DOC = ("per patch, the frame score's definition applied to the dense patch feature (region scale and bias), "
+                 "same prompts and templates, upsampled bilinearly to the frame")
 
 
 def patch_anomaly_maps(dense: torch.Tensor, prompt_embeds: torch.Tensor, temperature: torch.Tensor, *,
                        objective: str = "infonce", bias: torch.Tensor | None = None) -> torch.Tensor:
     """(N, D, g, g) normalised patch embeddings x (1 + C, D) prompts -> (N, g, g) float32 maps
-    (the frame score's definition, `fgclip.evaluate.anomaly_scores`, per patch)."""
+    (the frame score's definition, `fgclip.eval.prompts.anomaly_scores`, per patch)."""
     return anomaly_scores(dense.permute(0, 2, 3, 1), prompt_embeds, temperature, objective=objective, bias=bias)
 
 

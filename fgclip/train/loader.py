@@ -2,11 +2,11 @@
 
     worker processes ──read whole records──> shared host slots (pinned once, in this process)
     main process ──uint8 copy on a side stream, a few batches ahead──> GPU
-                 ──model.preprocess + augmentation on the GPU──> a `fgclip.batch.MicroBatch`
+                 ──model.preprocess + augmentation on the GPU──> a `fgclip.train.batch.MicroBatch`
 
 Decoding happened once in stage 1, so a step costs a memory copy per frame. Workers are the
 reader processes of `fgclip.reader_pool` (fresh interpreters: no CUDA context or open HDF5 file
-is ever inherited) running `fgclip.loader_worker`'s read function. Captions are tokenised once
+is ever inherited) running `fgclip.train.loader_worker`'s read function. Captions are tokenised once
 for all records and looked up on the device per batch.
 
 Each epoch shuffles the records from (seed, epoch); each rank takes a disjoint, equally long
@@ -28,11 +28,11 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from fgclip.augment import crop_flip_boxes, crop_flip_frames, sample_crop_flip
-from fgclip.batch import MicroBatch
-from fgclip.loader_worker import SlotLayout, TrainingReadJob
+from fgclip.train.augment import crop_flip_boxes, crop_flip_frames, sample_crop_flip
+from fgclip.train.batch import MicroBatch
+from fgclip.train.loader_worker import SlotLayout, TrainingReadJob
 from fgclip.reader_pool import ReaderPool, ReadFailed, RecordSource
-from fgclip.text import CLIP_TEXT_RULES, TextRules, caption_key
+from fgclip.models.text import CLIP_TEXT_RULES, TextRules, caption_key
 from pipeline.shards import RecordMeta, ShardFormatError, ShardReader, ShardVersionError, list_shards
 from pipeline.ucf_split import video_key
 
@@ -189,7 +189,7 @@ def epoch_positions(num_records: int, *, seed: int, epoch: int, rank: int, world
 
 
 class ShardLoader:
-    """Iterable of training micro-batches (`fgclip.batch.MicroBatch`: dicts of device tensors).
+    """Iterable of training micro-batches (`fgclip.train.batch.MicroBatch`: dicts of device tensors).
 
     Records are read by `num_workers` processes (0 = read in this process, for debugging) into
     `prefetch` + `num_workers` + 1 shared slots; batches are copied to the device `prefetch`

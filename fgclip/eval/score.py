@@ -3,14 +3,14 @@
 Per video, the same path as evaluation without shards: stage 1's decoder (`pipeline.decode`)
 with stride sampling (one frame per `stride` source frames, the centre of its snippet; squashed
 to the model's input size, bicubic, as stage 1 stores test frames), streamed in batches, then
-evaluation's prompt scoring (`fgclip.evaluate.anomaly_scores`: for CLIP 1 - P(normal) over
+evaluation's prompt scoring (`fgclip.eval.prompts.anomaly_scores`: for CLIP 1 - P(normal) over
 {normal, each class}, templates averaged, the model's temperature; the sigmoid family's own rule). Written under OUT/<video>/:
 
     scores.csv          frame, time_s, score, top_class (+ the baseline's) per scored frame; a
                         frame's score holds for its snippet, frames [k*stride, (k+1)*stride)
     curve.png           score over time, the contact sheet's frames marked
     contact_sheet.png   the highest-scoring frames plus evenly spaced ones, each with its patch
-                        map (`fgclip.patch_map`) overlaid and its top class named
+                        map (`fgclip.eval.patch_map`) overlaid and its top class named
     overlay.mp4         (--video) every scored frame with its patch map, at fps / stride
 
 and OUT/summary.json: the settings, each video's peak, and every file skipped with the reason.
@@ -32,20 +32,19 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from fgclip.evaluate import (
-    ANOMALY_SCORE_DEFINITIONS,
-    NORMAL_PHRASE,
-    PATCH_MAP_DOC,
-    PROMPT_TEMPLATES,
-    ModelChoice,
-    choose_models,
-    pick_device,
-    prompt_embeddings,
-    anomaly_scores,
-    prompt_logits,
-)
+from fgclip.eval.evaluate import ModelChoice, choose_models, pick_device
+from fgclip.eval.overlay import Tile, draw_tile_grid, heat_overlay
+from fgclip.eval.patch_map import PATCH_MAP_DOC, frame_maps
+from fgclip.eval.prompts import (ANOMALY_SCORE_DEFINITIONS, NORMAL_PHRASE, PROMPT_TEMPLATES, anomaly_scores,
+                                 prompt_embeddings, prompt_logits)
+from fgclip.eval.report import BASELINE_STYLE
+from fgclip.eval.report_content import safe_name
+from fgclip.models.families import load_model_and_tokenizer
+from fgclip.run_dir import read_run_config
 from pipeline.decode import VideoError, decode_selected, find_ffmpeg, probe_video, stream_selected
 from pipeline.sampling import stride_indices
+from pipeline.shards import ShardFormatError, iter_record_metas
+from pipeline.ucf_split import ANOMALY_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +108,6 @@ def find_videos(inputs: Sequence[Path]) -> tuple[list[Path], list[dict]]:
 
 def training_classes(model_or_run_dir: Path) -> list[str] | None:
     """The anomaly classes of the data a checkpoint was trained on (labels of its training shards)."""
-    from fgclip.run_dir import read_run_config
-    from pipeline.shards import ShardFormatError, iter_record_metas
 
     config = read_run_config(Path(model_or_run_dir))
     shards = Path(config["shards"]) if config and config.get("shards") else None
@@ -125,7 +122,6 @@ def training_classes(model_or_run_dir: Path) -> list[str] | None:
 
 def choose_classes(classes: Sequence[str] | None, checkpoint: Path) -> tuple[list[str], str]:
     """(class names, where they came from)."""
-    from pipeline.ucf_split import ANOMALY_CLASSES
 
     if classes:
         return list(classes), "--classes"
@@ -137,14 +133,11 @@ def choose_classes(classes: Sequence[str] | None, checkpoint: Path) -> tuple[lis
 
 def load_models(choices: Sequence[ModelChoice], class_names: Sequence[str], device: torch.device, *,
                 templates: Sequence[str] = PROMPT_TEMPLATES, normal_phrase: str = NORMAL_PHRASE) -> list[ScoringModel]:
-    from fgclip.model import FGCLIPVideo, check_tokenizer
-    from fgclip.text import load_tokenizer
 
     loaded = []
     for choice in choices:
-        model = FGCLIPVideo.from_pretrained(choice.path).to(device).eval()
-        tokenizer = load_tokenizer(choice.path)
-        check_tokenizer(model, tokenizer, choice.path)
+        model, tokenizer = load_model_and_tokenizer(choice.path)  # either family, its tokenizer checked
+        model = model.to(device).eval()
         prompts = prompt_embeddings(model, tokenizer, class_names, device=device, templates=templates,
                                     normal_phrase=normal_phrase)
         with torch.inference_mode():
@@ -244,7 +237,6 @@ def plot_curve(result: VideoScore, marked: Sequence[int], path: Path, roles: dic
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from fgclip.report import BASELINE_STYLE
 
     fig = Figure(figsize=(11, 2.8))
     ax = fig.add_subplot()
@@ -268,8 +260,6 @@ def plot_curve(result: VideoScore, marked: Sequence[int], path: Path, roles: dic
 
 def write_contact_sheet(result: VideoScore, primary: ScoringModel, path: Path, *, device: torch.device) -> list[int]:
     """The contact sheet of the first model; returns the indices of the frames on it."""
-    from fgclip.overlay import Tile, draw_tile_grid
-    from fgclip.patch_map import frame_maps
 
     name = primary.choice.name
     top, evenly = sheet_frames(result.scores[name])
@@ -297,8 +287,6 @@ def write_overlay_video(result: VideoScore, primary: ScoringModel, path: Path, *
     at fps / stride (real time: each frame stands for its snippet)."""
     from PIL import Image, ImageDraw
 
-    from fgclip.overlay import heat_overlay
-    from fgclip.patch_map import frame_maps
 
     name = primary.choice.name
     height, width = _display_size(result.path)
@@ -336,7 +324,6 @@ def write_overlay_video(result: VideoScore, primary: ScoringModel, path: Path, *
 
 def _output_names(videos: Sequence[Path]) -> list[str]:
     """A folder name per video: its stem, made unique with the parent folder's name, then a number."""
-    from fgclip.report import safe_name
 
     names, seen = [], set()
     for video in videos:

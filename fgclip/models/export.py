@@ -1,6 +1,6 @@
 """`fgclip-vad export-model`: a model directory written back in another family's layout.
 
-* `fgclip`: FG-CLIP v1's layout (`fgclip.layouts`): the same key names and shapes as
+* `fgclip`: FG-CLIP v1's layout (`fgclip.models.layouts`): the same key names and shapes as
   qihoo360/fg-clip-base, a config.json with `architectures: ["FGCLIPModel"]`, the tokenizer and
   preprocessor files, so FG-CLIP's own scripts (`FGCLIPModel.from_pretrained`) load a model we
   fine-tuned. The temporal module, which FG-CLIP has no place for, goes to `fgclip_video.*`
@@ -9,7 +9,7 @@
 * `clip`: a plain Hugging Face CLIP (`logit_scale` = the trained global temperature). It has no
   place for the long-caption positions and projection, the region and hard temperatures and the
   temporal module: the summary names them.
-* `fgclip2`: FG-CLIP 2's layout (`fgclip.fgclip2_layout`; model_type fgclip2, its key names), for a
+* `fgclip2`: FG-CLIP 2's layout (`fgclip.models.fgclip2_layout`; model_type fgclip2, its key names), for a
   model of the SigLIP 2 family; the temporal module and the region/hard scales and biases go to
   `fgclip_video.*` beside it, as for `fgclip`.
 
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fgclip import run_dir
-from fgclip.families import family_of
-from fgclip.layouts import (
+from fgclip.models.families import family_of
+from fgclip.models.layouts import (
     EXTRAS_CONFIG_NAME,
     EXTRAS_FORMAT_VERSION,
     EXTRAS_WEIGHTS_NAME,
@@ -74,8 +74,8 @@ def export_model(source: Path, out_dir: Path, fmt: str, *, force: bool = False) 
     """Load `source` (any layout `FGCLIPVideo.from_pretrained` reads) and write it to `out_dir` as `fmt`."""
     from safetensors.torch import save_file
 
-    from fgclip.model import FGCLIPVideo
-    from fgclip.model_factory import preprocessor_config
+    from fgclip.models.clip_video import FGCLIPVideo
+    from fgclip.models.factory import preprocessor_config
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -130,7 +130,7 @@ def export_model(source: Path, out_dir: Path, fmt: str, *, force: bool = False) 
 
 def _export_fgclip2(source: Path, out_dir: Path) -> ExportSummary:
     """FG-CLIP 2's layout is the family's own checkpoint layout (`FGCLIP2Video.save_pretrained`)."""
-    from fgclip.siglip2_model import FGCLIP2Video
+    from fgclip.models.siglip2_video import FGCLIP2Video
 
     model = FGCLIP2Video.from_pretrained(source)
     _require_tokenizer(source, model.aux_files())

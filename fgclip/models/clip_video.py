@@ -22,11 +22,11 @@ Checkpoint layout (a directory): everything `CLIPModel.save_pretrained` writes (
 model.safetensors; loadable by any tool as a plain CLIP), the tokenizer/processor files of the
 model we started from, and our extras: `fgclip_video.json` (their configuration) and
 `fgclip_video.safetensors` (long positions and projection, temporal module, temperatures).
-`from_pretrained` also reads plain CLIP and FG-CLIP v1 directories; `fgclip.layouts` owns the
+`from_pretrained` also reads plain CLIP and FG-CLIP v1 directories; `fgclip.models.layouts` owns the
 layouts and the conversions between them.
 
 The forward pass is deterministic (no dropout anywhere; CLIP's attention dropout is forced to
-0): gradient caching (`fgclip.grad_cache`) re-runs each micro-batch and relies on getting the
+0): gradient caching (`fgclip.train.grad_cache`) re-runs each micro-batch and relies on getting the
 same embeddings twice.
 """
 
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fgclip.layouts import (
+from fgclip.models.layouts import (
     CLIP_PREFIX,
     EXTRAS_CONFIG_NAME,
     EXTRAS_FORMAT_VERSION,
@@ -51,8 +51,8 @@ from fgclip.layouts import (
     ModelDirError,
     read_model_dir,
 )
-from fgclip.region_index import BoxIndex, box_index
-from fgclip.text import CLIP_TEXT_RULES, TEXT_KINDS
+from fgclip.models.region_index import BoxIndex, box_index
+from fgclip.models.text import CLIP_TEXT_RULES, TEXT_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -511,7 +511,7 @@ class FGCLIPVideo(nn.Module):
     def encode_video(self, pixels: Tensor, boxes: Tensor, box_mask: Tensor, index: BoxIndex | None = None) -> VideoOutput:
         """(B, T, 3, S, S), boxes (B, R, T, 4) x1 y1 x2 y2 in 0..1, box_mask (B, R, T) -> VideoOutput.
 
-        `index`: the visible boxes of `box_mask`, planned on the host (`fgclip.region_index`);
+        `index`: the visible boxes of `box_mask`, planned on the host (`fgclip.models.region_index`);
         without it the model plans them itself, which makes the host wait for the GPU once."""
         batch, frames = pixels.shape[:2]
         regions = boxes.shape[1]

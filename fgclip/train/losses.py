@@ -11,7 +11,7 @@ Two objectives, one per model family (the model's `objective`):
   changed), cross-entropy of its caption against those negatives;
 * total = global_weight * global + region_weight * region + hard_weight * hard.
 
-Identical captions (equal `fgclip.text.caption_key`) are not negatives of each other: for a
+Identical captions (equal `fgclip.models.text.caption_key`) are not negatives of each other: for a
 sample whose caption also belongs to other samples of the window, those other pairs are removed
 from its softmax in both directions (video -> caption and caption -> video); the sample's own
 pair stays the positive. So a window in which every caption is the same has nothing to

@@ -36,10 +36,10 @@ import torch
 from torch import Tensor
 
 from fgclip import distributed
-from fgclip.batch import MicroBatch
-from fgclip.families import VideoModel
-from fgclip.losses import LossWeights, WindowEmbeddings, concat_embeddings, fgclip_losses, full_precision
-from fgclip.region_index import MicroBatchIndex, window_indices
+from fgclip.train.batch import MicroBatch
+from fgclip.models.families import VideoModel
+from fgclip.train.losses import LossWeights, WindowEmbeddings, concat_embeddings, fgclip_losses, full_precision
+from fgclip.models.region_index import MicroBatchIndex, window_indices
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def window_part(batch: MicroBatch, index: MicroBatchIndex, video: VideoPart, tex
 
 
 def embed_micro_batch(model: VideoModel, batch: MicroBatch, index: MicroBatchIndex | None = None) -> WindowEmbeddings:
-    """A loader micro-batch (`fgclip.batch.MicroBatch`) -> all its embeddings, in one pass with graph
+    """A loader micro-batch (`fgclip.train.batch.MicroBatch`) -> all its embeddings, in one pass with graph
     (the plain computation that `grad_cached_window` is exact against).
 
     `index` (from `window_indices`) says which regions and negatives are real; without it they

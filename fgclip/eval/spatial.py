@@ -1,7 +1,7 @@
 """The spatial metric: does the patch map point at the anomalous actors?
 
 On every anomalous test frame that has boxes of the event's actors (`pipeline.event_boxes`),
-with the patch map upsampled to the stored frame (`fgclip.patch_map.upsample_maps`):
+with the patch map upsampled to the stored frame (`fgclip.eval.patch_map.upsample_maps`):
 
 * pointing game: a hit when the map's highest pixel lies inside one of the boxes; accuracy =
   hits / frames. A point drawn uniformly at random hits with probability equal to the boxes'

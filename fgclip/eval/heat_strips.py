@@ -1,11 +1,11 @@
 """Evaluation's patch-map pass: heat strips of anomalous test videos and the spatial metric.
 
 After the frame scores, a few stored frames per anomalous test video get patch maps
-(`fgclip.patch_map`) from every model:
+(`fgclip.eval.patch_map`) from every model:
 
 * heat strips: the frame at the first model's score peak, then up to `strip_gt_frames` frames
   evenly spaced inside the ground-truth intervals; the report draws them per video, one row per model;
-* the spatial metric (`fgclip.spatial`): every stored frame inside the ground truth that has
+* the spatial metric (`fgclip.eval.spatial`): every stored frame inside the ground truth that has
   boxes of the event's actors (`--boxes`, or the embedded generator's side file).
 
 Frames are read from the test shards per video, so memory holds one video's chosen frames at a
@@ -20,9 +20,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from fgclip.evaluate import anomaly_scores, prompt_logits
-from fgclip.patch_map import frame_maps, upsample_maps
-from fgclip.spatial import pointing_hits, summarise_hits
+from fgclip.eval.prompts import anomaly_scores, prompt_logits
+from fgclip.eval.patch_map import frame_maps, upsample_maps
+from fgclip.eval.spatial import pointing_hits, summarise_hits
 from pipeline.event_boxes import boxes_near
 from pipeline.shards import ShardReader
 
@@ -51,7 +51,7 @@ class ModelMaps:
     strip_maps: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (n, g, g)
     strip_scores: dict[str, list[float]] = field(default_factory=dict)  # frame score of each strip frame
     strip_classes: dict[str, list[str]] = field(default_factory=dict)  # top class of each strip frame
-    spatial: dict | None = None  # `fgclip.spatial` summary, None without boxes
+    spatial: dict | None = None  # `fgclip.eval.spatial` summary, None without boxes
 
 
 def _evenly(rows: np.ndarray, count: int) -> list[int]:

@@ -9,7 +9,7 @@ A step whose loss or gradient norm is not finite is skipped (no update) and coun
 `max_nonfinite` of them in a row the run stops with advice. Checkpoints are written every
 `save_every` steps (atomically, last `keep_last` kept) and at the end, with everything needed
 to continue exactly (`--resume auto`). With `val_fraction`, held-out training videos are scored
-every `val_every` steps (`fgclip.validation`) and the best model so far is kept in `best/`.
+every `val_every` steps (`fgclip.train.validation`) and the best model so far is kept in `best/`.
 SIGINT/SIGTERM end the current step, write a checkpoint and stop, so `kill` on a background
 run loses nothing.
 
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from fgclip import distributed
-from fgclip.batch import MicroBatch, window_frames
-from fgclip.checkpoint import (
+from fgclip.train.batch import MicroBatch, window_frames
+from fgclip.train.checkpoint import (
     capture_rng_state,
     load_trainer_state,
     non_finite_tensors,
@@ -45,11 +45,11 @@ from fgclip.checkpoint import (
     save_checkpoint,
     write_model_dir,
 )
-from fgclip.grad_cache import grad_cached_window
-from fgclip.families import load_model_and_tokenizer
-from fgclip.loader import ShardLoader, read_training_metas
-from fgclip.losses import LossWeights
-from fgclip.presets import TrainConfig
+from fgclip.train.grad_cache import grad_cached_window
+from fgclip.models.families import load_model_and_tokenizer
+from fgclip.train.loader import ShardLoader, read_training_metas
+from fgclip.train.losses import LossWeights
+from fgclip.train.presets import TrainConfig
 from fgclip.run_dir import (
     BEST_DIR_NAME,
     FINAL_DIR_NAME,
@@ -59,9 +59,9 @@ from fgclip.run_dir import (
     resolve_resume,
     write_run_config,
 )
-from fgclip.step_fit import choose_step_fit
-from fgclip.train_log import TrainLog, gpu_stats
-from fgclip.validation import ValidationError, ValidationSet
+from fgclip.train.step_fit import choose_step_fit
+from fgclip.train.log import TrainLog, gpu_stats
+from fgclip.train.validation import ValidationError, ValidationSet
 from pipeline.run_lock import RunLock, RunLockError
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fgclip import run_dir
 from pipeline import embedded
 
 
@@ -41,7 +42,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     bf16: bool | None = None  # None: on when training on a GPU
     gradient_checkpointing: bool | None = None  # None: chosen with auto_batch, else on
-    auto_batch: bool | None = None  # pick micro-batch and checkpointing for the GPU's memory (fgclip.step_fit); None: on with a GPU
+    auto_batch: bool | None = None  # pick micro-batch and checkpointing for the GPU's memory (fgclip.train.step_fit); None: on with a GPU
     compile: bool | None = None  # torch.compile the transformer blocks; None: on when training on a GPU (1.3x faster steps on an H100)
     global_weight: float = 1.0
     region_weight: float = 0.1
@@ -58,7 +59,7 @@ class TrainConfig:
     keep_last: int = 3
     log_every: int = 1  # optimizer steps between trainer_log.txt lines
     max_nonfinite: int = 5  # consecutive skipped (non-finite) steps before the run stops
-    # checkpoint selection without the test set (`fgclip.validation`)
+    # checkpoint selection without the test set (`fgclip.train.validation`)
     val_fraction: float = 0.0  # share of the training videos held out (0 = no validation, no best/)
     val_every: int = 0  # optimizer steps between validations (0 = at every checkpoint)
     val_annotations: str | None = None  # temporal labels of training videos: frame AUC instead of retrieval
@@ -78,7 +79,7 @@ def _debug() -> TrainConfig:
         preset="debug",
         shards=str(embedded.train_shard_dir(64)),
         model=str(embedded.MODEL_DIR),
-        output_dir="checkpoints/fgclip_ucf_debug",
+        output_dir=run_dir.DEBUG_RUN_DIR,
         max_records=10,
         num_frames=64,
         batch_size=1,
@@ -145,7 +146,7 @@ def _demo_siglip2() -> TrainConfig:
                                output_dir="checkpoints/fgclip_demo_siglip2", scale_lr=1e-2)
 
 
-# What validation can score (fgclip.validation says how each is computed).
+# What validation can score (fgclip.train.validation says how each is computed).
 VAL_METRICS = ("auto", "retrieval", "video_label_auc", "frame_auc")
 
 PRESETS = {"debug": _debug, "full": _full, "demo": _demo, "demo-siglip2": _demo_siglip2}

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from fgclip.text import SHORT_TEXT_LENGTH
+from fgclip.models.text import SHORT_TEXT_LENGTH
 
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"  # also the padding token, as in OpenAI's CLIP tokenizer
@@ -260,7 +260,7 @@ def _init_siglip2(spec: Preset, out_dir: Path, captions: list[str], seed: int) -
     import torch
     from transformers import Siglip2Model
 
-    from fgclip.siglip2_model import FGCLIP2Video
+    from fgclip.models.siglip2_video import FGCLIP2Video
 
     tokenizer = train_gemma_tokenizer(captions, spec.vocab_size, spec.text_positions)
     config = siglip2_config(spec, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,

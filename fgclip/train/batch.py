@@ -1,6 +1,6 @@
 """The micro-batch: what the training loader hands the model and the losses, key by key.
 
-`fgclip.loader.ShardLoader` produces it (on the training device); `fgclip.grad_cache` embeds
+`fgclip.train.loader.ShardLoader` produces it (on the training device); `fgclip.train.grad_cache` embeds
 it, `fgclip.bench` times steps on it and the tests build random ones in the same format. It is
 a plain dict of tensors (a `MicroBatch`), so it moves, clones and slices like any dict.
 

@@ -7,7 +7,7 @@ Frames are packed into "units": whole test videos, one after another, filling a 
 split over several units. Reader processes (`fgclip.reader_pool`, which owns them, the shared
 block and their failure messages) each take a unit and a free slot and read the frames straight
 from the shard chunks into that slot with `ShardReader.read_frames_into`; the main process copies
-each unit out for its GPU upload (`fgclip.evaluate`) and hands the slot back. This module imports
+each unit out for its GPU upload (`fgclip.eval.evaluate`) and hands the slot back. This module imports
 only numpy, h5py and the shard schema (the readers import it).
 """
 

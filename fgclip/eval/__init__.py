@@ -1,0 +1,1 @@
+"""Evaluation: test sets, ground truth, metrics, prompt scoring, heat maps, reports, `score`."""

@@ -1,0 +1,1 @@
+"""Model families, checkpoint layouts, tokenising, `init-model` and `export-model`."""

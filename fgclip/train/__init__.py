@@ -1,0 +1,1 @@
+"""Stage 2: training (the loop, the shard loader, gradient caching, losses, presets, checkpoints, logs)."""
