@@ -111,3 +111,29 @@ def test_score_cli_on_a_real_clip_skips_what_it_cannot_decode(tmp_path, model_di
     summary = json.loads((out / "summary.json").read_text())
     assert summary["classes"] == ["Fighting", "Explosion"] and summary["skipped"][0]["video"] == str(broken)
     assert summary["videos"][0]["peak"]["top_class"] in ("Fighting", "Explosion")
+
+
+def test_score_cli_with_an_fgclip2_checkpoint(tmp_path, shared_data):
+    """`score` loads through the family interface: an `init-model --preset tiny-siglip2` directory
+    (FG-CLIP 2's layout) scores a real clip, patch maps included, as a CLIP one does."""
+    from fgclip.cli import main
+    from pipeline.decode import probe_video
+
+    runner = CliRunner()
+    model = tmp_path / "fgclip2"
+    result = runner.invoke(main, ["init-model", "--preset", "tiny-siglip2", "--out", str(model)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((model / "config.json").read_text())["model_type"] == "fgclip2"
+    clip = shared_data / "videos" / "car_traffic.mp4"
+    out = tmp_path / "scores"
+    result = runner.invoke(main, ["score", str(clip), "--checkpoint", str(model), "--out", str(out), "--device", "cpu",
+                                  "--quiet"])
+    assert result.exit_code == 0, result.output
+    with open(out / "car_traffic" / "scores.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == -(-probe_video(clip).num_frames // STRIDE)
+    assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows)
+    assert (out / "car_traffic" / "contact_sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "summary.json").read_text())
+    from fgclip.eval.prompts import ANOMALY_SCORE_DEFINITIONS
+    assert list(summary["score"].values()) == [ANOMALY_SCORE_DEFINITIONS["sigmoid"]]  # the family's own rule
