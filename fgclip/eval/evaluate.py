@@ -52,7 +52,10 @@ from fgclip.eval.ground_truth import (
     ranges_past_end,
     video_key,
 )
+from fgclip.eval import heat_strips
+from fgclip.eval import report as report_writer
 from fgclip.eval.metrics import DEFAULT_THRESHOLD, VideoFrames, compute_metrics
+from fgclip.eval.patch_map import PATCH_MAP_DOC
 from fgclip.eval.prompts import (ANOMALY_SCORE_DEFINITIONS, NORMAL_PHRASE, PROMPT_TEMPLATES, anomaly_scores, class_prompts,
                                  prompt_embeddings)
 from pipeline.datasets import ANOMALY_LABEL, get_dataset
@@ -502,8 +505,6 @@ def score_and_report(checkpoints: list[Path], test_shard_dir: Path, annotations:
     decides (`fgclip.eval.ground_truth.detect_dataset`). `heat_maps`: patch maps of anomalous test videos
     (heat strips in the report); `boxes`: an event boxes file (`pipeline.event_boxes`) for the
     spatial metric."""
-    from fgclip.eval import heat_strips as eval_maps
-    from fgclip.eval import report as report_writer
     if smoothing_window < 1 or smoothing_window % 2 == 0:
         raise EvaluationError(f"--smooth {smoothing_window}: the smoothing window must be an odd number of snippets "
                               f"(1 = no smoothing)")
@@ -529,8 +530,8 @@ def score_and_report(checkpoints: list[Path], test_shard_dir: Path, annotations:
     event_boxes, spatial_note = _event_boxes(boxes, videos, frame_gt) if heat_maps else (None, "heat maps off")
 
     results: list[dict] = []
-    map_plans: list[eval_maps.VideoMapPlan] | None = None
-    map_results: dict[str, eval_maps.ModelMaps] = {}
+    map_plans: list[heat_strips.VideoMapPlan] | None = None
+    map_results: dict[str, heat_strips.ModelMaps] = {}
     frame_results: dict[str, list[VideoFrames]] = {}
     raw_scores: dict[str, dict[str, np.ndarray]] = {}
     for choice in models:
@@ -548,12 +549,12 @@ def score_and_report(checkpoints: list[Path], test_shard_dir: Path, annotations:
         family, objective = model.family, model.objective
         if heat_maps:
             if map_plans is None:  # the strips' peak frames are the first model's
-                map_plans = eval_maps.plan_map_frames(videos, frame_gt, {k: a.label for k, a in ground_truth.items()},
+                map_plans = heat_strips.plan_map_frames(videos, frame_gt, {k: a.label for k, a in ground_truth.items()},
                                                       {k: s.snippet_scores for k, s in scores.items()}, event_boxes)
-                eval_maps.read_strip_frames(map_plans, videos[0].height, videos[0].width)
+                heat_strips.read_strip_frames(map_plans, videos[0].height, videos[0].width)
             prompts = prompt_embeddings(model, tokenizer, class_names, device=torch_device, templates=templates,
                                         normal_phrase=normal_phrase)
-            map_results[choice.name] = eval_maps.model_maps(model, prompts, class_names, map_plans,
+            map_results[choice.name] = heat_strips.model_maps(model, prompts, class_names, map_plans,
                                                             height=videos[0].height, width=videos[0].width,
                                                             device=torch_device)
         del model
