@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import click
 
+from pipeline.record_policy import BOXLESS_POLICIES, WINDOW_STRATEGIES, RecordPolicy
+
 
 # --- stage 1: annotations -------------------------------------------------------------------
 
@@ -219,10 +221,19 @@ def _print_frames_summary(summary: dict) -> None:
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Benchmark rounds.")
 @click.option("--model-family", type=click.Choice(["clip", "siglip2"]), default="clip", show_default=True,
               help="The family you will train: with siglip2 (bilingual FG-CLIP 2) Chinese captions are not flagged.")
+@click.option("--window", "window", type=click.Choice(WINDOW_STRATEGIES), default="annotated", show_default=True,
+              help="Training records: sample the record's timestamps (annotated) or its whole video (whole-video). "
+                   "A random clip per epoch is `train --frame-selection random-clip` over the stored frames.")
+@click.option("--boxless", type=click.Choice(BOXLESS_POLICIES), default="whole-frame", show_default=True,
+              help="Regions without box keyframes: a whole-frame pseudo box; mask (left out of the region loss, "
+                   "the record kept for the video-caption loss); drop (also skip records left without a boxed region).")
+@click.option("--max-regions", type=click.IntRange(min=1), default=None,
+              help="At most this many regions per record (the first ones; the rest listed in the manifest) [all].")
 @click.pass_context
 def frames_command(ctx, annotations, video_root, out_root, num_frames, size, resize_mode, records_per_shard, workers,
                    strict, test_split, allow_test_overlap, drop_test_overlap, translations, test_list, stride,
-                   path_maps, dataset_name, benchmark, repeats, model_family) -> None:
+                   path_maps, dataset_name, benchmark, repeats, model_family, window, boxless,
+                   max_regions) -> None:
     """Stage 1: decode each video once into HDF5 shards with box tracks.
 
     \b
@@ -269,7 +280,8 @@ def frames_command(ctx, annotations, video_root, out_root, num_frames, size, res
         if test_list is not None:
             if annotations is not None:
                 raise click.UsageError("give either ANNOTATIONS (training shards) or --test-list (test shards), not both")
-            ignored = given & {"num_frames", "test_split", "allow_test_overlap", "drop_test_overlap", "translations"}
+            ignored = given & {"num_frames", "test_split", "allow_test_overlap", "drop_test_overlap", "translations",
+                               "window", "boxless", "max_regions"}
             if ignored:
                 raise click.UsageError(f"{', '.join('--' + n.replace('_', '-') for n in sorted(ignored))}: "
                                        f"for training shards (ANNOTATIONS), not --test-list")
@@ -301,7 +313,8 @@ def frames_command(ctx, annotations, video_root, out_root, num_frames, size, res
             resize_mode=resize_mode, records_per_shard=records_per_shard, workers=workers, strict=strict,
             test_split=_test_split_option(test_split), allow_test_overlap=allow_test_overlap,
             drop_test_overlap=drop_test_overlap, translations=_load_translations_option(translations),
-            path_map=path_map, model_family=model_family, report_problems=lambda text: click.echo(text, err=True))
+            path_map=path_map, model_family=model_family, report_problems=lambda text: click.echo(text, err=True),
+            policy=RecordPolicy(window=window, boxless=boxless, max_regions=max_regions))
         _print_frames_summary(summary)
     except (FramesError, VideoError) as err:
         raise click.ClickException(str(err)) from None

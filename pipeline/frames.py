@@ -47,6 +47,7 @@ the paths looked at, for a video not found), `warnings` (`record_index`, `video`
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import errno
 import hashlib
@@ -68,6 +69,7 @@ from pipeline import embedded
 from pipeline.annotations import AnnotationRecord, read_split_list, validate_annotations
 from pipeline.datasets import Dataset, dataset_of_path
 from pipeline.decode import CropRegion, VideoError, VideoInfo, crop_for, decode_selected, probe_video, probe_videos
+from pipeline.record_policy import RecordPolicy, choose_regions
 from pipeline.run_lock import LOCK_FILE_NAME, RunLock, RunLockError
 from pipeline.sampling import SamplingSpec, WindowError, window_frames
 from pipeline.video_paths import PathMap, resolve_video
@@ -122,6 +124,7 @@ class VideoJob:
     spool: Path | None = None  # file that carries the frames to the parent (None: in the result itself)
     build: int = 0  # which of the builds run together this video belongs to
     tried: list[Path] = field(default_factory=list)  # where the video was looked for (all missing if `path` is)
+    policy: RecordPolicy = RecordPolicy()  # window strategy, boxless regions, region cap
 
 
 @dataclass
@@ -180,6 +183,8 @@ def _plan_records(job: VideoJob, num_frames: int, fps: float) -> tuple[list[_Rec
     """Each record's window and samples, the records skipped, and the warnings of those kept."""
     plans, skips, warnings = [], [], []
     for record in job.records:
+        if job.policy.window_s(record.window_s) is None and record.window_s is not None:
+            record = dataclasses.replace(record, window_s=None)  # --window whole-video
         try:
             start, stop = window_frames(record.window_s, fps, num_frames)
         except WindowError as err:
@@ -275,7 +280,7 @@ def process_video(job: VideoJob) -> VideoResult:
 
     rows: dict[tuple[int, SamplingSpec], np.ndarray] = {}  # rows of decoded.frames_uint8 per built record
     for plan in plans:
-        _build_record(plan, decoded.frame_numbers, info, num_frames, crop, result, rows)
+        _build_record(plan, decoded.frame_numbers, info, num_frames, crop, result, rows, job.policy)
     if job.spool is not None and result.built:
         try:
             _write_spool(result, decoded.frames_uint8, rows, job.spool)
@@ -322,7 +327,8 @@ def _read_spool(result: VideoResult, size: int) -> None:
 
 
 def _build_record(plan: _RecordPlan, frame_numbers: np.ndarray, info: VideoInfo, num_frames: int,
-                  crop: CropRegion | None, result: VideoResult, rows_of: dict) -> None:
+                  crop: CropRegion | None, result: VideoResult, rows_of: dict,
+                  policy: RecordPolicy = RecordPolicy()) -> None:
     """Add the shard records of one record (one per sampling) to `result`, or its skip.
 
     The records' frames stay empty here; `rows_of` gets which decoded frames each one holds.
@@ -346,13 +352,16 @@ def _build_record(plan: _RecordPlan, frame_numbers: np.ndarray, info: VideoInfo,
         except TrackError as err:
             result.skipped.append(Skip(record.index, record.video, "invalid-box", f"{info.path}: {err}"))
             return
-        keep = [r for r in range(len(record.regions)) if box_mask[r].any()]
-        for r in sorted(set(range(len(record.regions))) - set(keep)):
+        choice = choose_regions(record.regions, [bool(box_mask[r].any()) for r in range(len(record.regions))], policy)
+        if choice.skip_reason is not None:
+            result.skipped.append(Skip(record.index, record.video, "no-boxes", f"{info.path}: {choice.skip_reason}"))
+            return
+        keep = choice.keep
+        for r, reason in sorted(choice.dropped.items()):
             dropped.append({
                 "record_index": record.index, "video": record.video, "region": r, "sampling": str(spec),
                 "caption": record.regions[r].caption, "keyframes": [kf.frame for kf in record.regions[r].keyframes],
-                "reason": "no sampled frame within half a sampling stride of its keyframes"
-                          + (" inside the centre crop" if crop is not None else ""),
+                "reason": reason + (" inside the centre crop" if crop is not None and reason.startswith("no sampled") else ""),
             })
         regions = [record.regions[r] for r in keep]
         built_rows[spec] = rows
@@ -493,9 +502,13 @@ class _ShardDir:
     warnings: list[dict] = field(default_factory=list)  # records kept with a problem (see the module docstring)
     prior_skips: list[dict] = field(default_factory=list)  # records dropped before stage 1 (validation)
     shards_written: int = 0
+    policy: RecordPolicy = RecordPolicy()
 
     def settings(self) -> dict:
-        return {
+        # A non-default record policy is part of the settings; the default is left out, so
+        # directories written before the policy existed still match.
+        policy = {} if self.policy.is_default else {"record_policy": self.policy.manifest_entry()}
+        return {**policy,
             "schema_version": SCHEMA_VERSION,
             "sampling": self.spec.mode,
             "num_frames": self.spec.num_frames,
@@ -508,11 +521,11 @@ class _ShardDir:
 
     @classmethod
     def open(cls, path: Path, spec: SamplingSpec, attrs: ShardAttrs, records_per_shard: int, source_json: str,
-             groups: list[list[AnnotationRecord]]) -> "_ShardDir":
+             groups: list[list[AnnotationRecord]], policy: RecordPolicy = RecordPolicy()) -> "_ShardDir":
         path.mkdir(parents=True, exist_ok=True)
         for stale in path.glob("*" + TMP_SUFFIX):  # left by a killed run; never read
             stale.unlink(missing_ok=True)
-        shard_dir = cls(path, spec, attrs, records_per_shard, source_json, manifest={})
+        shard_dir = cls(path, spec, attrs, records_per_shard, source_json, manifest={}, policy=policy)
         settings = shard_dir.settings()
         old = None
         if manifest_path(path).is_file():
@@ -522,6 +535,8 @@ class _ShardDir:
                 raise FramesError(f"{path}: existing manifest cannot be used ({err}); "
                                   f"delete the directory or choose another --out") from err
             differing = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+            if "record_policy" in old and "record_policy" not in settings:
+                differing["record_policy"] = (old["record_policy"], RecordPolicy().manifest_entry())
             if differing:
                 details = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differing.items())
                 raise FramesError(
@@ -645,8 +660,10 @@ class _Build:
 
     def __init__(self, records: Sequence[AnnotationRecord], *, video_root: Path, outputs: dict[SamplingSpec, Path],
                  size: int, resize_mode: str, records_per_shard: int, strict: bool, source_json: str,
-                 source_sha256: str, skipped: Sequence[dict] = (), path_map: PathMap = PathMap()) -> None:
+                 source_sha256: str, skipped: Sequence[dict] = (), path_map: PathMap = PathMap(),
+                 policy: RecordPolicy = RecordPolicy()) -> None:
         _check_settings(size, resize_mode, records_per_shard)
+        self.policy = policy
         if not outputs:
             raise FramesError("no output directory given")
         resolved = [Path(path).resolve() for path in outputs.values()]
@@ -688,7 +705,7 @@ class _Build:
         for spec, path in outputs.items():
             attrs = ShardAttrs(sampling=spec.mode, num_frames=spec.num_frames, stride=spec.stride, height=size,
                                width=size, resize_mode=resize_mode, source_json=source_json, source_sha256=source_sha256)
-            shard_dir = _ShardDir.open(Path(path), spec, attrs, records_per_shard, source_json, groups)
+            shard_dir = _ShardDir.open(Path(path), spec, attrs, records_per_shard, source_json, groups, self.policy)
             shard_dir.prior_skips = list(skipped)
             shard_dir.write_manifest(finished=False)  # from now on the directory has one
             self.dirs[spec] = shard_dir
@@ -721,7 +738,8 @@ class _Build:
         spool_dir = self.spool_root / f"run-{os.getpid()}"
         return [VideoJob(path, recs, {r.index: self.needs[r.index] for r in recs}, self.size, self.resize_mode,
                          decoder_threads=decoder_threads, build=tag,
-                         spool=spool_dir / f"video-{i:06d}.u8" if spool else None, tried=self.tried.get(path, []))
+                         spool=spool_dir / f"video-{i:06d}.u8" if spool else None, tried=self.tried.get(path, []),
+                         policy=self.policy)
                 for i, (path, recs) in enumerate(self.by_video.items())]
 
     def on_result(self, result: VideoResult) -> None:
@@ -837,11 +855,13 @@ def build(
     records: Sequence[AnnotationRecord], *, video_root: Path, outputs: dict[SamplingSpec, Path], size: int,
     resize_mode: str, records_per_shard: int, workers: int | None, strict: bool, source_json: str,
     source_sha256: str, skipped: Sequence[dict] = (), progress: bool = True, path_map: PathMap = PathMap(),
+    policy: RecordPolicy = RecordPolicy(),
 ) -> dict:
-    """The stage for any mix of samplings (one decode per video); see build_shards / build_test_shards."""
+    """The stage for any mix of samplings (one decode per video); see build_shards / build_test_shards.
+    `policy` (`pipeline.record_policy`): window strategy, boxless regions, region cap."""
     one = _Build(records, video_root=video_root, outputs=outputs, size=size, resize_mode=resize_mode,
                  records_per_shard=records_per_shard, strict=strict, source_json=source_json,
-                 source_sha256=source_sha256, skipped=skipped, path_map=path_map)
+                 source_sha256=source_sha256, skipped=skipped, path_map=path_map, policy=policy)
     return run_builds([one], workers=workers, progress=progress)[0]
 
 
@@ -849,7 +869,7 @@ def build_shards(records: list[AnnotationRecord], *, video_root: Path, out_dirs:
                  resize_mode: str = "squash", records_per_shard: int = TRAIN_RECORDS_PER_SHARD,
                  workers: int | None = None,
                  strict: bool = False, source_json: str = "", source_sha256: str = "",
-                 skipped: Sequence[dict] = (), progress: bool = True) -> dict:
+                 skipped: Sequence[dict] = (), progress: bool = True, policy: RecordPolicy = RecordPolicy()) -> dict:
     """Training shards: T uniform samples per record for every T in `out_dirs` (T -> directory).
 
     Each video is decoded once for all T. `skipped` lists records dropped before stage 1 (e.g.
@@ -860,7 +880,7 @@ def build_shards(records: list[AnnotationRecord], *, video_root: Path, out_dirs:
     outputs = {SamplingSpec.uniform(t): Path(path) for t, path in out_dirs.items()}
     return build(records, video_root=video_root, outputs=outputs, size=size, resize_mode=resize_mode,
                  records_per_shard=records_per_shard, workers=workers, strict=strict, source_json=source_json,
-                 source_sha256=source_sha256, skipped=skipped, progress=progress)
+                 source_sha256=source_sha256, skipped=skipped, progress=progress, policy=policy)
 
 
 def split_list_records(test_list: Path, dataset: Dataset | None = None) -> list[AnnotationRecord]:
@@ -926,7 +946,7 @@ def build_from_annotations(annotations: Path, *, video_root: Path | None = None,
                            test_split=None, allow_test_overlap: bool = False, drop_test_overlap: bool = False,
                            translations: dict[str, str] | None = None, path_map: PathMap = PathMap(),
                            report_problems: Callable[[str], None] = print, progress: bool = True,
-                           model_family: str = "clip") -> dict:
+                           model_family: str = "clip", policy: RecordPolicy = RecordPolicy()) -> dict:
     """Stage 1 from an annotation JSON: validate it, then build training shards for every T.
 
     Writes OUT_ROOT/train_t{T}/ per T in `num_frames` (default 256) into `out_root` (default
@@ -961,7 +981,7 @@ def build_from_annotations(annotations: Path, *, video_root: Path | None = None,
                  outputs={SamplingSpec.uniform(t): root / embedded.train_shard_dir(t).name for t in counts},
                  size=size, resize_mode=resize_mode, records_per_shard=records_per_shard or TRAIN_RECORDS_PER_SHARD,
                  workers=workers, strict=strict, source_json=str(annotations), source_sha256=report.source_sha256,
-                 skipped=validation_skips(report), progress=progress, path_map=path_map)
+                 skipped=validation_skips(report), progress=progress, path_map=path_map, policy=policy)
 
 
 def embedded_output_dirs(shard_root: Path | None = None) -> tuple[dict[int, Path], Path]:

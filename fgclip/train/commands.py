@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import click
 
-from fgclip.train.presets import PRESETS, VAL_METRICS, preset_summary  # dataclasses and paths only: --help stays instant
+# dataclasses and paths only: --help stays instant
+from fgclip.train.presets import FRAME_SELECTIONS, PRESETS, VAL_METRICS, preset_summary
 
 class BatchSize(click.ParamType):
     """A positive number of videos per micro-batch, or `auto`."""
@@ -51,6 +52,9 @@ _TRAIN_OVERRIDES = [
     ("--global-weight", "global_weight", click.FloatRange(min=0), "Weight of the video-text loss.", None),
     ("--region-weight", "region_weight", click.FloatRange(min=0), "Weight of the region-text loss.", None),
     ("--hard-weight", "hard_weight", click.FloatRange(min=0), "Weight of the hard-negative loss.", None),
+    ("--frame-selection", "frame_selection", click.Choice(list(FRAME_SELECTIONS)),
+     "Frames of a record: a uniform subset of the stored ones, or --num-frames consecutive stored frames from a random "
+     "start, a new clip every epoch.", None),
     ("--workers", "workers", click.IntRange(min=0), "Loader worker processes (0 = read in the main process).", None),
     ("--prefetch", "prefetch", click.IntRange(min=1), "Batches copied to the GPU ahead of the step.", None),
     ("--cpu-threads", "cpu_threads", click.IntRange(min=1), "CPU training: torch threads.", "cores minus loader workers"),

@@ -31,6 +31,7 @@ import torch
 from fgclip.train.augment import crop_flip_boxes, crop_flip_frames, sample_crop_flip
 from fgclip.train.batch import MicroBatch
 from fgclip.train.loader_worker import SlotLayout, TrainingReadJob
+from fgclip.train.presets import FRAME_SELECTIONS
 from fgclip.reader_pool import ReaderPool, ReadFailed, RecordSource
 from fgclip.models.text import CLIP_TEXT_RULES, TextRules, caption_key
 from pipeline.shards import RecordMeta, ShardFormatError, ShardReader, ShardVersionError, list_shards
@@ -215,7 +216,10 @@ class ShardLoader:
         max_records: int | None = None,
         skip_damaged: bool = False,
         exclude_videos: frozenset[str] | set[str] = frozenset(),
+        frame_selection: str = "uniform",
     ):
+        if frame_selection not in FRAME_SELECTIONS:
+            raise ValueError(f"frame_selection must be one of {', '.join(FRAME_SELECTIONS)}, not {frame_selection!r}")
         if batch_size < 1 or num_frames < 1 or num_workers < 0 or prefetch < 1:
             raise ValueError(
                 f"batch_size ({batch_size}), num_frames ({num_frames}) and prefetch ({prefetch}) must be >= 1, "
@@ -243,6 +247,7 @@ class ShardLoader:
         self.prefetch = prefetch
         self.drop_last = drop_last
         self.skip_damaged = skip_damaged
+        self.frame_selection = frame_selection  # uniform subset, or a random clip per epoch (loader_worker)
         self.data_wait_s = 0.0
         self.epoch = 0
         self.start_batch = 0
@@ -438,7 +443,8 @@ class _SlotRing:
         self.loader = loader
         self.layout = loader.layout
         self.on_cuda = loader.device.type == "cuda"
-        job = TrainingReadJob(loader.sources, self.layout.num_frames, loader.skip_damaged)
+        job = TrainingReadJob(loader.sources, self.layout.num_frames, loader.skip_damaged,
+                              frame_selection=loader.frame_selection, seed=loader.seed)
         self.pool = ReaderPool(self.layout.arrays(), job, num_readers=loader.num_workers, pin=self.on_cuda,
                                what="loader worker", advice="lower --workers or the batch size, or check the system log")
         self.tensors = {name: torch.from_numpy(view) for name, view in self.pool.views.items()}
@@ -561,7 +567,7 @@ class _SlotRing:
         self._on_device.append((key, moved, pending.positions, event))
 
     def _read(self, key: Key, slot: int, row: int, position: int) -> None:
-        self.pool.submit((key, row), (slot, row, position))
+        self.pool.submit((key, row), (slot, row, position, key[0]))
 
     def _collect(self) -> None:
         """Wait for one read to finish and file it (raise on a read error)."""

@@ -30,6 +30,20 @@ def subsample_rows(stored: int, wanted: int) -> np.ndarray:
     return np.floor((np.arange(wanted) + 0.5) * stored / wanted).astype(np.int64)
 
 
+def clip_rows(stored: int, wanted: int, *, seed: int, epoch: int, position: int) -> np.ndarray:
+    """`wanted` consecutive stored samples starting at a random one: a new clip every epoch.
+
+    The start is drawn from (seed, epoch, dataset position), so a resumed run reads the same
+    clips, and every rank and reader agrees without sharing state. Consecutive means at the
+    stored sampling's stride: shards of T_s frames over the whole video give clips of
+    `wanted / T_s` of it.
+    """
+    if wanted > stored:
+        raise ValueError(f"cannot take {wanted} frames from {stored} stored samples")
+    start = int(np.random.default_rng([seed, epoch, position]).integers(stored - wanted + 1))
+    return np.arange(start, start + wanted, dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class SlotLayout:
     """The arrays of the shared block: `num_slots` slots, each one micro-batch of `batch_size`
@@ -89,8 +103,9 @@ def read_record_into(
 
 @dataclass
 class TrainingReadJob:
-    """The read function of the loader's readers: task (slot, row, position) -> (position read,
-    skipped), the record at dataset `position` copied into row `row` of slot `slot`.
+    """The read function of the loader's readers: task (slot, row, position, epoch) -> (position
+    read, skipped), the record at dataset `position` copied into row `row` of slot `slot`, its
+    frames chosen by `frame_selection` (`epoch` and `seed` draw the random clips).
 
     With `skip_damaged`, a damaged record is replaced by the next readable one, and `skipped`
     lists (position, message) of those passed over; without, the failure is raised, naming the
@@ -100,12 +115,14 @@ class TrainingReadJob:
     sources: tuple[RecordSource, ...]
     num_frames: int
     skip_damaged: bool
+    frame_selection: str = "uniform"
+    seed: int = 0
     _rows_for: dict = field(default_factory=dict, repr=False)  # stored frames -> rows to keep
     _scratch: dict = field(default_factory=dict, repr=False)
     _known_bad: set = field(default_factory=set, repr=False)
 
-    def __call__(self, shards: OpenShards, views: dict[str, np.ndarray], task: tuple[int, int, int]):
-        slot, row, position = task
+    def __call__(self, shards: OpenShards, views: dict[str, np.ndarray], task: tuple[int, int, int, int]):
+        slot, row, position, epoch = task
         skipped: list[tuple[int, str]] = []
         candidate = position
         while True:
@@ -113,9 +130,12 @@ class TrainingReadJob:
             try:
                 if candidate in self._known_bad:
                     raise RuntimeError("found damaged before")
-                rows = self._rows_for.get(source.stored_frames)
-                if rows is None:
-                    rows = self._rows_for[source.stored_frames] = subsample_rows(source.stored_frames, self.num_frames)
+                if self.frame_selection == "random-clip":
+                    rows = clip_rows(source.stored_frames, self.num_frames, seed=self.seed, epoch=epoch, position=candidate)
+                else:
+                    rows = self._rows_for.get(source.stored_frames)
+                    if rows is None:
+                        rows = self._rows_for[source.stored_frames] = subsample_rows(source.stored_frames, self.num_frames)
                 read_record_into(shards.get(source.shard), source, rows, views["frames"][slot, row],
                                  views["boxes"][slot, row], views["box_mask"][slot, row], self._scratch)
                 views["positions"][slot, row] = candidate

@@ -270,6 +270,7 @@ class Trainer:
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             augment=config.augment,
+            frame_selection=config.frame_selection,
             prefetch=config.prefetch,
             drop_last=True,
             max_records=config.max_records,
@@ -331,6 +332,8 @@ class Trainer:
                    for key in _RESUME_FIXED if saved.get(key) != getattr(self.config, key)]
         if state["world_size"] != self.dist.world_size:
             changed.append(f"processes: {state['world_size']} -> {self.dist.world_size}")
+        if saved.get("frame_selection", "uniform") != self.config.frame_selection:  # runs before it existed: uniform
+            changed.append(f"frame_selection: {saved.get('frame_selection', 'uniform')} -> {self.config.frame_selection}")
         if (saved.get("scale_lr") is None) != (self.config.scale_lr is None):  # the optimizer's groups differ
             changed.append(f"scale_lr: {saved.get('scale_lr')!r} -> {self.config.scale_lr!r}")
         if changed:

@@ -52,6 +52,7 @@ class TrainConfig:
     prefetch: int = 3
     cpu_threads: int | None = None  # CPU training only: torch threads (None: cores left beside the workers)
     augment: bool = False
+    frame_selection: str = "uniform"  # uniform subset of the stored frames, or a random clip each epoch (loader_worker)
     skip_damaged: bool = False
     # run control
     seed: int = 42
@@ -148,6 +149,8 @@ def _demo_siglip2() -> TrainConfig:
 
 # What validation can score (fgclip.train.validation says how each is computed).
 VAL_METRICS = ("auto", "retrieval", "video_label_auc", "frame_auc")
+# How a record's training frames are chosen from the stored ones (`fgclip.train.loader_worker`).
+FRAME_SELECTIONS = ("uniform", "random-clip")
 
 PRESETS = {"debug": _debug, "full": _full, "demo": _demo, "demo-siglip2": _demo_siglip2}
 
@@ -216,6 +219,8 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"warmup_ratio must be in [0, 1), got {config.warmup_ratio}")
     if config.max_grad_norm <= 0:
         raise ValueError(f"max_grad_norm must be > 0, got {config.max_grad_norm}")
+    if config.frame_selection not in FRAME_SELECTIONS:
+        raise ValueError(f"frame_selection must be one of {', '.join(FRAME_SELECTIONS)}, not {config.frame_selection!r}")
     if config.val_metric not in VAL_METRICS:
         raise ValueError(f"val_metric must be one of {', '.join(VAL_METRICS)}, not {config.val_metric!r}")
     if config.val_metric == "frame_auc" and not config.val_annotations:
