@@ -115,6 +115,10 @@ def write_gemma_style_tokenizer(out_dir: Path, max_length: int, captions: list[s
     config = json.loads(config_file.read_text())
     config["tokenizer_class"] = "GemmaTokenizer"  # what FG-CLIP 2 (and SigLIP 2) ship
     config_file.write_text(json.dumps(config, indent=2))
+    # Releases saved with transformers 4.x carry this file too (5.x no longer writes it).
+    special = {"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>", "unk_token": "<unk>",
+               "mask_token": "<mask>"}
+    (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
     return len(wrapped)
 
 

@@ -43,11 +43,16 @@ def class_prompts(class_names: Sequence[str], templates: Sequence[str] = PROMPT_
 @torch.inference_mode()
 def prompt_embeddings(model, tokenizer, class_names: Sequence[str], *, device: torch.device,
                       templates: Sequence[str] = PROMPT_TEMPLATES, normal_phrase: str = NORMAL_PHRASE) -> torch.Tensor:
-    """(1 + C, D) float32, L2-normalised: each row the normalised mean of its templates' embeddings."""
+    """(1 + C, D) float32, L2-normalised: each row the normalised mean of its templates' embeddings.
+
+    Prompts take the family's inference path: with the tokenizer's attention mask, as FG-CLIP 2's
+    published inference encodes text (CLIP's causal tower needs none); training captions go without
+    it, as FG-CLIP 2's training does."""
     prompts = class_prompts(class_names, templates, normal_phrase)
     flat = [sentence for row in prompts for sentence in row]
-    ids = model.text_rules.ids(tokenizer, flat, "short").to(device)
-    embeds = model.encode_text(ids, "short").float().view(len(prompts), len(templates), -1)
+    ids, mask = model.text_rules.ids_and_mask(tokenizer, flat, "short")
+    embeds = model.encode_text(ids.to(device), "short", attention_mask=mask.to(device))
+    embeds = embeds.float().view(len(prompts), len(templates), -1)
     return torch.nn.functional.normalize(embeds.mean(dim=1), dim=-1)
 
 
@@ -57,7 +62,10 @@ ANOMALY_SCORE_DEFINITIONS = {
                "templates averaged in embedding space",
     "sigmoid": "p = sigmoid(global scale * cosine(frame, prompt) + global bias) for each prompt of {normal} + classes "
                "(templates averaged in embedding space), each the model's own probability that the prompt matches; "
-               "score = 1 - p[normal] / sum(p), the share of the matching probability not given to normal",
+               "score = 1 - p[normal] / sum(p), the share of the matching probability not given to normal; "
+               "scale and bias as stored (never clamped); prompts encoded on FG-CLIP 2's inference path (the "
+               "tokenizer's attention mask blocks padding, last position pooled), training captions on its "
+               "training path (no mask)",
 }
 
 

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fgclip.models.dir_files import side_files
 from fgclip.models.layouts import (
     CLIP_PREFIX,
     EXTRAS_CONFIG_NAME,
@@ -56,19 +57,6 @@ from fgclip.models.text import CLIP_TEXT_RULES, TEXT_KINDS
 
 log = logging.getLogger(__name__)
 
-
-# Files of the source model directory that travel with every checkpoint we write, so a
-# checkpoint directory is self-contained (tokenizer + image preprocessing).
-AUX_FILE_NAMES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.json",
-    "merges.txt",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "preprocessor_config.json",
-    "processor_config.json",
-)
 
 # CLIP's own normalisation, used when a directory has no preprocessor_config.json.
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -352,6 +340,8 @@ class FGCLIPVideo(nn.Module):
         with torch.no_grad():  # FG-CLIP's start: long captions project as short ones do
             self.long_text_projection.weight.copy_(text_projection.weight)
         self.source_layout: str | None = None  # set by from_pretrained: the layout of the directory read
+        # set by from_pretrained: the source's shards (file tensor name -> file), so exports keep them
+        self.source_weight_map: dict[str, str] | None = None
         if temporal_heads is None:
             temporal_heads = 8 if self.embed_dim % 8 == 0 else 1
         self.temporal = TemporalPooling(self.embed_dim, num_layers=temporal_layers, num_heads=temporal_heads)
@@ -375,7 +365,7 @@ class FGCLIPVideo(nn.Module):
         clip = _clip_from_state(contents, attn_implementation)
         extras = contents.extras_config
         mean, std = _image_normalisation(path)
-        aux_files = {name: (path / name).read_bytes() for name in AUX_FILE_NAMES if (path / name).is_file()}
+        aux_files = side_files(path)  # tokenizer, processor and remote code travel with every save
         try:
             model = cls(
                 clip,
@@ -402,6 +392,7 @@ class FGCLIPVideo(nn.Module):
             raise ModelDirError(f"{path / EXTRAS_WEIGHTS_NAME}: lacks {', '.join(missing)}; the checkpoint is damaged, "
                                 f"use an earlier one")
         model.source_layout = contents.layout
+        model.source_weight_map = contents.weight_map
         return model
 
     def aux_files(self) -> dict[str, bytes]:
@@ -544,10 +535,11 @@ class FGCLIPVideo(nn.Module):
 
     # --- text -----------------------------------------------------------------------------------
 
-    def encode_text(self, input_ids: Tensor, kind: str) -> Tensor:
+    def encode_text(self, input_ids: Tensor, kind: str, attention_mask: Tensor | None = None) -> Tensor:
         """(N, L) token ids -> (N, D) L2-normalised. kind "long": the 248 long positions and the long
         projection (global captions); "short" and "box" (one and the same for CLIP): CLIP's 77
-        positions and text_projection."""
+        positions and text_projection. `attention_mask` is accepted for the family interface and
+        not needed: under CLIP's causal mask no token before the end token sees the padding after it."""
         if kind not in TEXT_KINDS:
             raise ValueError(f"unknown text kind {kind!r}; one of {', '.join(TEXT_KINDS)}")
         long = kind == "long"

@@ -14,16 +14,24 @@
   `fgclip_video.*` beside it, as for `fgclip`.
 
 A format belongs to a family: `fgclip` and `clip` export the CLIP family, `fgclip2` the SigLIP 2 one.
+
+Every export keeps the source's sharding when its tensor names are unchanged (`model-0000N-of-
+0000M.safetensors` + index, as the larger releases come), and copies every tokenizer file and the
+remote code (`*.py`) that the source's `auto_map` names, so `AutoModel(ForCausalLM).from_pretrained(
+out, trust_remote_code=True)` works as with the release (the `clip` format, a plain CLIP, has no
+remote code). The summary lists the files; remote code named but absent from the source is listed too.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fgclip import run_dir
+from fgclip.models.dir_files import (PROCESSOR_FILE_NAMES, TOKENIZER_FILE_NAMES, remote_code_files,
+                                     write_safetensors_weights)
 from fgclip.models.families import family_of
 from fgclip.models.layouts import (
     EXTRAS_CONFIG_NAME,
@@ -54,14 +62,25 @@ class ExportSummary:
     source: Path  # the model directory exported
     out_dir: Path
     format: str
-    tensors: int  # in model.safetensors
+    tensors: int  # in the model weights (model.safetensors or its shards)
     beside: int  # in fgclip_video.safetensors (fgclip format)
     left_out: list[str]  # descriptions of our parts not written (clip format)
     beside_parts: str = "the temporal module"  # what the `beside` tensors are
+    weight_files: list[str] = field(default_factory=lambda: ["model.safetensors"])
+    side_files: list[str] = field(default_factory=list)  # tokenizer and processor files copied
+    remote_code: list[str] = field(default_factory=list)  # *.py files copied (auto_map and their imports)
+    remote_code_missing: list[str] = field(default_factory=list)  # named by auto_map, absent from the source
 
     def lines(self) -> list[str]:
         lines = [f"wrote {self.out_dir} from {self.source}: {self.format} layout, {self.tensors} tensors in "
-                 f"model.safetensors"]
+                 f"{', '.join(self.weight_files)}"]
+        if self.side_files:
+            lines.append(f"  tokenizer and processor files: {', '.join(self.side_files)}")
+        if self.remote_code:
+            lines.append(f"  remote code (auto_map, for trust_remote_code=True): {', '.join(self.remote_code)}")
+        if self.remote_code_missing:
+            lines.append(f"  remote code that auto_map names but {self.source} lacks: {', '.join(self.remote_code_missing)} "
+                         f"(copy them from the release to load the export with trust_remote_code=True)")
         if self.beside:
             lines.append(f"  + {self.beside} tensors of fgclip-vad's own parts ({self.beside_parts}) in {EXTRAS_WEIGHTS_NAME} "
                          f"(FG-CLIP's scripts ignore it; fgclip-vad reads it back)")
@@ -107,14 +126,14 @@ def export_model(source: Path, out_dir: Path, fmt: str, *, force: bool = False) 
         config.architectures = ["CLIPModel"]
         if hasattr(config, "auto_map"):  # FG-CLIP's remote-code classes, from a download: not a plain CLIP's
             del config.auto_map
+        aux_files = {name: content for name, content in aux_files.items() if not name.endswith(".py")}
         left_out = _describe_parts(left_names)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (EXTRAS_CONFIG_NAME, EXTRAS_WEIGHTS_NAME):  # of an earlier export into the same place
         (out_dir / stale).unlink(missing_ok=True)
     config.save_pretrained(str(out_dir))
-    save_file({name: value.contiguous() for name, value in weights.items()}, str(out_dir / "model.safetensors"),
-              metadata={"format": "pt"})
+    weight_files = write_safetensors_weights(out_dir, weights, weight_map=model.source_weight_map)
     for name, content in aux_files.items():
         (out_dir / name).write_bytes(content)
     if "preprocessor_config.json" not in aux_files:
@@ -125,7 +144,9 @@ def export_model(source: Path, out_dir: Path, fmt: str, *, force: bool = False) 
         extras = {"format_version": EXTRAS_FORMAT_VERSION, "temporal_layers": len(model.temporal.blocks),
                   "temporal_heads": model.temporal.num_heads}
         (out_dir / EXTRAS_CONFIG_NAME).write_text(json.dumps(extras, indent=2) + "\n")
-    return ExportSummary(source=source, out_dir=out_dir, format=fmt, tensors=len(weights), beside=len(beside), left_out=left_out)
+    return ExportSummary(source=source, out_dir=out_dir, format=fmt, tensors=len(weights), beside=len(beside),
+                         left_out=left_out, weight_files=weight_files,
+                         **_side_file_lists(source, aux_files, with_remote_code=fmt == "fgclip"))
 
 
 def _export_fgclip2(source: Path, out_dir: Path) -> ExportSummary:
@@ -134,10 +155,20 @@ def _export_fgclip2(source: Path, out_dir: Path) -> ExportSummary:
 
     model = FGCLIP2Video.from_pretrained(source)
     _require_tokenizer(source, model.aux_files())
-    model.save_pretrained(out_dir)
+    weight_files = model.save_pretrained(out_dir)
+    scales = "region/hard biases" if model.trainer_scalars else "region/hard scales and biases"
     return ExportSummary(source=source, out_dir=out_dir, format="fgclip2", tensors=len(model.fgclip2_state_dict()),
                          beside=len(model.extra_state_dict()), left_out=[],
-                         beside_parts="the temporal module, region/hard scales and biases")
+                         beside_parts=f"the temporal module, {scales}", weight_files=weight_files,
+                         **_side_file_lists(source, model.aux_files()))
+
+
+def _side_file_lists(source: Path, written: dict[str, bytes], *, with_remote_code: bool = True) -> dict[str, list[str]]:
+    """The summary's lists: tokenizer/processor files and remote code written, remote code the source lacks."""
+    known = (*TOKENIZER_FILE_NAMES, *PROCESSOR_FILE_NAMES)
+    return {"side_files": [name for name in known if name in written],
+            "remote_code": sorted(name for name in written if name.endswith(".py")),
+            "remote_code_missing": remote_code_files(source)[1] if with_remote_code else []}
 
 
 def _require_tokenizer(source: Path, aux_files: dict[str, bytes]) -> None:

@@ -9,7 +9,9 @@ config.json with `model_type: fgclip2`, a text and a vision sub-config (SigLIP 2
   positions (`longtext_len` rows; position p uses ori[p] for p < keep_len, res[p] after);
 * `longtext_head.*`, `boxtext_head.*`: Linear D -> D heads of long and box texts;
 * `dense_feature_head.*`: an attention-pooling head (probe, attention, layernorm, mlp) whose
-  attention, layernorm and mlp make the dense patch features.
+  attention, layernorm and mlp make the dense patch features;
+* in checkpoints of FG-CLIP 2's own trainer, `logit_scale_finegraind` and `logit_scale_hardneg`
+  (0-d log scales of its region and hard-negative losses; `TRAINER_SCALARS`).
 
 This module converts between that layout and transformers' `Siglip2Config`; the weight names
 are those of `fgclip.models.siglip2_video.FGCLIP2Video.state_dict()` (minus our extras), so reading and
@@ -36,12 +38,31 @@ FGCLIP2_ADDITION_PREFIXES = (
     "dense_feature_head.",
 )
 
+# FG-CLIP 2's trainer (train_fgclip2.py) adds these scalars after loading and saves them with the
+# model: the log scales of its region (box-text) and hard-negative losses -> our region and hard scales.
+TRAINER_SCALARS = {
+    "logit_scale_finegraind": "term_scales.region",
+    "logit_scale_hardneg": "term_scales.hard",
+}
+
 # Sub-config fields that are FG-CLIP 2's, not SigLIP 2's.
 _TEXT_ONLY_FIELDS = ("keep_len", "longtext_len")
 
 
 def is_addition(name: str) -> bool:
     return name.startswith(FGCLIP2_ADDITION_PREFIXES)
+
+
+def read_trainer_scalars(weights: dict) -> tuple[dict, dict]:
+    """(weights without FG-CLIP 2's trainer scalars, {our state name: scalar}); both scalars or neither."""
+    present = [name for name in TRAINER_SCALARS if name in weights]
+    if len(present) not in (0, len(TRAINER_SCALARS)):
+        missing = [name for name in TRAINER_SCALARS if name not in weights]
+        raise ValueError(f"FG-CLIP 2 trainer scalar {', '.join(present)} without {', '.join(missing)}: an incomplete "
+                         f"checkpoint of FG-CLIP 2's trainer; copy its weights again")
+    scalars = {TRAINER_SCALARS[name]: weights[name] for name in present}
+    rest = {name: value for name, value in weights.items() if name not in TRAINER_SCALARS}
+    return rest, scalars
 
 
 def siglip2_config(config: dict):

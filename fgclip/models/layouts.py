@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from fgclip.models.dir_files import INDEX_NAME, ModelDirError, read_index, read_sharded
 from fgclip.run_dir import MODEL_CONFIG_NAME, MODEL_WEIGHT_NAMES
 
 EXTRAS_CONFIG_NAME = "fgclip_video.json"
@@ -76,10 +77,6 @@ LAYOUT_DESCRIPTIONS = {
 }
 
 
-class ModelDirError(ValueError):
-    """A model directory that is missing, damaged or not a usable CLIP model (the message says which)."""
-
-
 @dataclass
 class ModelDirContents:
     """A model directory read and converted to FGCLIPVideo state names."""
@@ -93,6 +90,8 @@ class ModelDirContents:
     # True when the directory must give every tensor of the model (one of our checkpoints); False
     # when the parts it lacks start as from a plain CLIP (a CLIP or an FG-CLIP v1 download).
     complete: bool = False
+    # tensor name (as in the file) -> shard file, when the weights came sharded (None: one file)
+    weight_map: dict[str, str] | None = None
 
     @property
     def description(self) -> str:
@@ -139,13 +138,10 @@ def read_weights(file: Path) -> dict[str, Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    if file.name == INDEX_NAME:  # the index's weight_map decides which shard holds each tensor
+        return _without_index_buffers(read_sharded(file))
     try:
-        if file.name.endswith(".index.json"):
-            shards = sorted(set(json.loads(file.read_text())["weight_map"].values()))
-            weights = {}
-            for shard in shards:
-                weights.update(load_file(str(file.parent / shard)))
-        elif file.suffix == ".safetensors":
+        if file.suffix == ".safetensors":
             weights = load_file(str(file))
         else:
             weights = torch.load(file, map_location="cpu", weights_only=True)
@@ -192,8 +188,11 @@ def read_model_dir(path: Path) -> ModelDirContents:
     weights = read_weights(file)
     layout = detect_layout(weights)
     state = fgclip_v1_to_model(weights) if layout == "fgclip-v1" else clip_to_model(weights)
-    origin = {name: f"{file.name}: {source}" for name, source in _sources(layout, weights).items()}
-    contents = ModelDirContents(path=path, config=config, layout=layout, state=state, origin=origin)
+    weight_map = read_index(file) if file.name == INDEX_NAME else None
+    holder = (lambda key: weight_map.get(key, file.name)) if weight_map else (lambda key: file.name)
+    origin = {name: f"{holder(source)}: {source}" for name, source in _sources(layout, weights).items()}
+    contents = ModelDirContents(path=path, config=config, layout=layout, state=state, origin=origin,
+                                weight_map=weight_map)
 
     extras_config_file = path / EXTRAS_CONFIG_NAME
     if not extras_config_file.is_file():

@@ -10,7 +10,12 @@ FG-CLIP 2 (360CVGroup, bilingual English/Chinese) is SigLIP 2 with:
   `boxtext_head`, long texts `longtext_head`;
 * dense features: `dense_feature_head` (attention, layernorm, mlp of a SigLIP attention-pooling
   head) with every patch token as a query over the last hidden state, then LN + MLP residual;
-* scores: cosine x exp(logit_scale) + logit_bias, trained with the pairwise sigmoid loss.
+* scores: cosine x exp(logit_scale) + logit_bias, trained with the pairwise sigmoid loss. The
+  scale is used as stored, never clamped (FG-CLIP 2 does not clamp; released SigLIP-family scales
+  lie above CLIP's cap of 100, and a clamp would also stop its gradient);
+* FG-CLIP 2's trainer (`train_fgclip2.py`) adds `logit_scale_finegraind` and `logit_scale_hardneg`
+  (its region and hard-negative scales) and saves them: they are read as our region and hard
+  scales and written back in FG-CLIP 2's layout when the source had them.
 
 What this model adds for video, as in the CLIP family (`fgclip.models.clip_video`): frame embeddings are
 the vision tower's pooled output (its attention-pooling head), pooled over time by
@@ -25,7 +30,8 @@ patch grid by transformers' own resize. Variable aspect ratios and patch counts 
 (NaFlex proper) are not supported.
 
 Checkpoint layout: FG-CLIP 2's own (config.json with model_type fgclip2, model.safetensors with
-its names, see `fgclip.models.fgclip2_layout`), the tokenizer and preprocessor files, and our extras
+its names, or shards with `model.safetensors.index.json`, see `fgclip.models.fgclip2_layout` and
+`fgclip.models.dir_files`), the tokenizer, preprocessor and remote-code files, and our extras
 `fgclip_video.json` / `fgclip_video.safetensors` (temporal module, region/hard scales and biases).
 A plain SigLIP 2 directory (model_type siglip2) loads too: the additions start as FG-CLIP 2
 starts them (long table stretched, box/long heads copies of `text_model.head`, dense head a copy
@@ -44,11 +50,9 @@ from torch import Tensor, nn
 
 from fgclip.models import fgclip2_layout as layout
 from fgclip.models.clip_video import (
-    AUX_FILE_NAMES,
     EXTRAS_CONFIG_NAME,
     EXTRAS_FORMAT_VERSION,
     EXTRAS_WEIGHTS_NAME,
-    MAX_LOGIT_SCALE,
     ModelDirError,
     TemporalPooling,
     VideoOutput,
@@ -57,6 +61,7 @@ from fgclip.models.clip_video import (
     pool_regions,
     squash_and_normalise,
 )
+from fgclip.models.dir_files import read_safetensors_weights, side_files, write_safetensors_weights
 from fgclip.models.text import TextRules
 
 log = logging.getLogger(__name__)
@@ -118,6 +123,10 @@ class FGCLIP2Video(nn.Module):
         self._aux_files = dict(aux_files or {})
         self._source_config = source_config
         self._checkpointing = False
+        # Set by from_pretrained: the source's shards (name -> file), kept by every save, and whether
+        # it carried FG-CLIP 2's trainer scalars (then saves write them back in FG-CLIP 2's layout).
+        self.source_weight_map: dict[str, str] | None = None
+        self.trainer_scalars = False
         self.source_layout: str | None = None  # set by from_pretrained (a key of fgclip.models.layouts.LAYOUT_DESCRIPTIONS)
 
         if temporal_heads is None:
@@ -151,8 +160,9 @@ class FGCLIP2Video(nn.Module):
     def from_pretrained(cls, path, *, attn_implementation: str = "sdpa") -> "FGCLIP2Video":
         """An FG-CLIP 2 directory, a plain SigLIP 2 directory, or one of our checkpoints of this family.
 
-        Every tensor of the weights file is used or refused by name: unknown names and missing
-        ones are a ModelDirError (FG-CLIP 2's additions may be missing only from a siglip2 directory)."""
+        Every tensor of the weights (one file, or the shards an index names) is used or refused by
+        name: unknown names and missing ones are a ModelDirError (FG-CLIP 2's additions may be missing
+        only from a siglip2 directory; its trainer's two scalars are optional)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         from transformers import Siglip2Model
@@ -168,20 +178,18 @@ class FGCLIP2Video(nn.Module):
             raise ModelDirError(f"{path / 'config.json'}: not a usable {model_type} config ({err})") from err
         siglip_config._attn_implementation = attn_implementation
         _avoid_cudnn_attention()
-        weights_file = path / "model.safetensors"
-        if not weights_file.is_file():
-            raise ModelDirError(f"{path}: no model.safetensors (only safetensors weights are read for this family)")
+        weights, weight_map = read_safetensors_weights(path)
         try:
-            weights = load_file(str(weights_file))
-        except (OSError, SafetensorError) as err:
-            raise ModelDirError(f"{weights_file}: unreadable ({err}); copy it again") from err
+            weights, trainer_scalars = layout.read_trainer_scalars(weights)
+        except ValueError as err:
+            raise ModelDirError(f"{path}: {err}") from err
         extras_file = path / EXTRAS_CONFIG_NAME
         try:
             extras = json.loads(extras_file.read_text()) if extras_file.is_file() else {}
         except ValueError as err:
             raise ModelDirError(f"{extras_file}: unreadable JSON ({err}); the checkpoint is damaged") from err
         mean, std = _image_normalisation(path, default=(SIGLIP_MEAN, SIGLIP_STD))
-        aux_files = {name: (path / name).read_bytes() for name in AUX_FILE_NAMES if (path / name).is_file()}
+        aux_files = side_files(path)  # tokenizer, processor and remote code travel with every save
         try:
             siglip = Siglip2Model(siglip_config).float()
             model = cls(siglip, keep_len=keep_len, longtext_len=longtext_len, image_mean=mean, image_std=std,
@@ -193,17 +201,29 @@ class FGCLIP2Video(nn.Module):
             extra_weights = path / EXTRAS_WEIGHTS_NAME
             if not extra_weights.is_file():
                 raise ModelDirError(f"{path}: {EXTRAS_CONFIG_NAME} is present but {EXTRAS_WEIGHTS_NAME} is missing")
-            weights.update(load_file(str(extra_weights)))
+            try:
+                extra_tensors = load_file(str(extra_weights))
+            except (OSError, SafetensorError) as err:
+                raise ModelDirError(f"{extra_weights}: unreadable ({err}); the checkpoint is damaged, use an earlier one") from err
+            given_twice = sorted(set(extra_tensors) & set(trainer_scalars))
+            if given_twice:
+                raise ModelDirError(f"{path}: {', '.join(given_twice)} given both by the model weights (FG-CLIP 2's trainer "
+                                    f"scalars) and by {EXTRAS_WEIGHTS_NAME}; remove one (they are not the same checkpoint)")
+            weights.update(extra_tensors)
+        weights.update(trainer_scalars)
         model._load_named_tensors(weights, path, with_additions=model_type == layout.FGCLIP2_MODEL_TYPE,
-                                  with_extras=bool(extras))
+                                  with_extras=bool(extras), with_trainer_scalars=bool(trainer_scalars))
         model.source_layout = "fgclip2+fgclip-vad" if extras else model_type
+        model.source_weight_map = weight_map
+        model.trainer_scalars = bool(trainer_scalars)
         return model
 
     def _load_named_tensors(self, weights: dict[str, Tensor], path: Path, *, with_additions: bool,
-                            with_extras: bool) -> None:
+                            with_extras: bool, with_trainer_scalars: bool) -> None:
         expected = self.state_dict()
-        optional = [name for name in expected
-                    if (not with_additions and layout.is_addition(name)) or (not with_extras and name.startswith(_EXTRA_PREFIXES))]
+        given_scales = set(layout.TRAINER_SCALARS.values()) if with_trainer_scalars else set()
+        optional = [name for name in expected if name not in given_scales and (
+            (not with_additions and layout.is_addition(name)) or (not with_extras and name.startswith(_EXTRA_PREFIXES)))]
         unknown = sorted(set(weights) - set(expected))
         missing = sorted(set(expected) - set(weights) - set(optional))
         if unknown or missing:
@@ -212,16 +232,19 @@ class FGCLIP2Video(nn.Module):
                                 f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}; "
                                 f"is config.json the one of these weights?")
         wrong = [f"{name} {tuple(weights[name].shape)} vs {tuple(expected[name].shape)}" for name in weights
-                 if weights[name].shape != expected[name].shape]
+                 if weights[name].shape != expected[name].shape and not (
+                     name in given_scales and weights[name].numel() == 1)]  # scalars saved as () or (1,)
         if wrong:
             raise ModelDirError(f"{path}: tensors of another shape than config.json says: {wrong[:5]}")
+        weights = {name: value.reshape(expected[name].shape) for name, value in weights.items()}
         self.load_state_dict(weights, strict=False)
         if not with_additions:
             self.start_additions_from_siglip()
         if not with_extras:
-            with torch.no_grad():
+            with torch.no_grad():  # FG-CLIP 2's region/hard terms have no bias: start ours from the global one
                 for name in ("region", "hard"):
-                    self.term_scales[name].copy_(self.logit_scale.reshape(()))
+                    if not with_trainer_scalars:
+                        self.term_scales[name].copy_(self.logit_scale.reshape(()))
                     self.term_biases[name].copy_(self.logit_bias.reshape(()))
 
     def aux_files(self) -> dict[str, bytes]:
@@ -229,16 +252,25 @@ class FGCLIP2Video(nn.Module):
         return dict(self._aux_files)
 
     def extra_state_dict(self) -> dict[str, Tensor]:
-        """Our parameters beyond FG-CLIP 2's (what `fgclip_video.safetensors` holds)."""
-        return {name: value for name, value in self.state_dict().items() if name.startswith(_EXTRA_PREFIXES)}
+        """Our parameters beyond FG-CLIP 2's (what `fgclip_video.safetensors` holds); the region and
+        hard scales are FG-CLIP 2's trainer scalars when the source had them, so not extras then."""
+        in_main = set(layout.TRAINER_SCALARS.values()) if self.trainer_scalars else set()
+        return {name: value for name, value in self.state_dict().items()
+                if name.startswith(_EXTRA_PREFIXES) and name not in in_main}
 
     def fgclip2_state_dict(self) -> dict[str, Tensor]:
-        """The weights in FG-CLIP 2's layout (every name FG-CLIP 2's model has, nothing else)."""
-        return {name: value for name, value in self.state_dict().items() if not name.startswith(_EXTRA_PREFIXES)}
+        """The weights in FG-CLIP 2's layout (every name FG-CLIP 2's model has, plus its trainer's
+        two scalars when the source had them; nothing else)."""
+        state = self.state_dict()
+        weights = {name: value for name, value in state.items() if not name.startswith(_EXTRA_PREFIXES)}
+        if self.trainer_scalars:
+            weights.update({theirs: state[ours] for theirs, ours in layout.TRAINER_SCALARS.items()})
+        return weights
 
-    def save_pretrained(self, path, *, with_extras: bool = True) -> None:
-        """FG-CLIP 2's layout (config.json, model.safetensors), the tokenizer/preprocessor files,
-        and (unless `with_extras` is false, as for an export) our extras."""
+    def save_pretrained(self, path, *, with_extras: bool = True) -> list[str]:
+        """FG-CLIP 2's layout (config.json, model.safetensors or the source's shards), the tokenizer,
+        preprocessor and remote-code files, and (unless `with_extras` is false, as for an export) our
+        extras. Returns the names of the model weight files written."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -246,17 +278,19 @@ class FGCLIP2Video(nn.Module):
         config = layout.fgclip2_config_dict(self.config, keep_len=self.keep_len,
                                             longtext_len=self.text_rules.long_length, source=self._source_config)
         (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        tensors = {name: value.detach().contiguous().cpu() for name, value in self.fgclip2_state_dict().items()}
-        save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+        weight_files = write_safetensors_weights(path, self.fgclip2_state_dict(), weight_map=self.source_weight_map)
         for name, content in self._aux_files.items():
             (path / name).write_bytes(content)
         if not with_extras:
-            return
+            for stale in (EXTRAS_CONFIG_NAME, EXTRAS_WEIGHTS_NAME):  # of an earlier save into the same place
+                (path / stale).unlink(missing_ok=True)
+            return weight_files
         save_file({name: value.detach().contiguous().cpu() for name, value in self.extra_state_dict().items()},
                   str(path / EXTRAS_WEIGHTS_NAME))
         extras = {"format_version": EXTRAS_FORMAT_VERSION, "family": self.family,
                   "temporal_layers": len(self.temporal.blocks), "temporal_heads": self.temporal.num_heads}
         (path / EXTRAS_CONFIG_NAME).write_text(json.dumps(extras, indent=2) + "\n")
+        return weight_files
 
     def check_tokenizer(self, tokenizer, model_dir) -> None:
         """ModelDirError unless every id of `tokenizer` is inside the token table."""
@@ -370,10 +404,14 @@ class FGCLIP2Video(nn.Module):
         return torch.cat([embeddings.position_embedding_ori.weight[:self.keep_len],
                           embeddings.position_embedding_res.weight[self.keep_len:]])
 
-    def encode_text(self, input_ids: Tensor, kind: str) -> Tensor:
+    def encode_text(self, input_ids: Tensor, kind: str, attention_mask: Tensor | None = None) -> Tensor:
         """(N, L) token ids -> (N, D) L2-normalised; kind "long" (long positions, longtext_head),
         "short" (text_model.head) or "box" (boxtext_head). Pooled at the last position, so ids
-        should be padded to the full length of their kind (`text_rules`)."""
+        should be padded to the full length of their kind (`text_rules`).
+
+        `attention_mask` (N, L), 1 = token, 0 = padding: FG-CLIP 2's inference path (its README passes
+        the tokenizer's mask; padded keys are blocked, the last position is still pooled). Without
+        it, its training path (`train_fgclip2.py` passes ids only: every position attends to all)."""
         text = self.text_model
         heads = {"short": text.head, "box": self.boxtext_head, "long": self.longtext_head}
         if kind not in heads:
@@ -383,16 +421,18 @@ class FGCLIP2Video(nn.Module):
         if length > table.shape[0]:
             raise ValueError(f"{length} text tokens exceed the {kind} position table ({table.shape[0]} rows)")
         hidden = text.embeddings.token_embedding(input_ids) + table[:length]
-        hidden = self._run_layers(text.encoder.layers, hidden, None)  # no causal mask, no padding mask
+        key_mask = None if attention_mask is None else self._additive_mask(attention_mask, hidden.dtype)
+        hidden = self._run_layers(text.encoder.layers, hidden, key_mask)  # never a causal mask
         pooled = text.final_layer_norm(hidden[:, -1])
         return F.normalize(heads[kind](pooled), dim=-1)
 
     # --- scores ---------------------------------------------------------------------------------
 
     def temperatures(self) -> dict[str, Tensor]:
-        """{"global", "region", "hard"}: exp(log scale), clamped at 100."""
+        """{"global", "region", "hard"}: exp(log scale), as stored (FG-CLIP 2 never clamps; CLIP's cap
+        of 100 would change every released SigLIP-family score and stop the scale's gradient)."""
         scales = {"global": self.logit_scale.reshape(()), **dict(self.term_scales.items())}
-        return {name: scale.exp().clamp(max=MAX_LOGIT_SCALE) for name, scale in scales.items()}
+        return {name: scale.exp() for name, scale in scales.items()}
 
     def logit_biases(self) -> dict[str, Tensor]:
         """{"global", "region", "hard"}: the sigmoid loss's learned biases."""

@@ -43,9 +43,14 @@ class TextRules:
         return self.long_length if kind == "long" else self.short_length
 
     def ids(self, tokenizer, texts: Sequence[str], kind: str) -> torch.Tensor:
-        """(len(texts), length of `kind`) token ids following these rules."""
+        """(len(texts), length of `kind`) token ids following these rules (training captions)."""
+        return self.ids_and_mask(tokenizer, texts, kind)[0]
+
+    def ids_and_mask(self, tokenizer, texts: Sequence[str], kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, attention_mask), both (len(texts), length of `kind`); the mask is the tokenizer's
+        (1 = token, 0 = padding), what FG-CLIP 2's inference passes to its text tower."""
         texts = [text.lower() for text in texts] if self.lowercase else list(texts)
-        return tokenize(tokenizer, texts, self.length(kind))
+        return tokenize_with_mask(tokenizer, texts, self.length(kind))
 
 
 CLIP_TEXT_RULES = TextRules(long_length=LONG_TEXT_LENGTH, short_length=SHORT_TEXT_LENGTH)
@@ -65,7 +70,9 @@ def load_tokenizer(model_dir: os.PathLike | str):
             f"A model directory needs its tokenizer; `fgclip-vad init-model` writes both."
         )
     try:
-        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        # Released FG-CLIP directories name remote code in config.json's auto_map; the tokenizer
+        # needs none of it, and without this transformers stops to ask whether to run it.
+        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise FileNotFoundError(
             f"{model_dir}: no usable tokenizer files (tokenizer.json or vocab.json + merges.txt) ({err}). "
@@ -75,16 +82,23 @@ def load_tokenizer(model_dir: os.PathLike | str):
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> torch.Tensor:
     """(len(texts), max_length) int64 ids, padded and truncated (the end-of-text token is kept)."""
+    return tokenize_with_mask(tokenizer, texts, max_length)[0]
+
+
+def tokenize_with_mask(tokenizer, texts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention_mask), both (len(texts), max_length) int64: padded and truncated as `tokenize`."""
     if len(texts) == 0:
-        return torch.zeros((0, max_length), dtype=torch.long)
+        empty = torch.zeros((0, max_length), dtype=torch.long)
+        return empty, empty.clone()
     encoded = tokenizer(
         list(texts),
         padding="max_length",
         truncation=True,
         max_length=max_length,
         return_tensors="pt",
+        return_attention_mask=True,
     )
-    return encoded["input_ids"].long()
+    return encoded["input_ids"].long(), encoded["attention_mask"].long()
 
 
 def caption_key(text: str) -> int:
