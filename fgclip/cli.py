@@ -4,6 +4,7 @@
     fgclip/models/commands.py   init-model, export-model
     fgclip/train/commands.py    train, doctor                                   (stage 2)
     fgclip/eval/commands.py     eval, score
+    fgclip/experiments/commands.py  experiment
     here                        bench (it times every stage)
 
 Commands stay thin: they parse options, call the library function that does the work, and
@@ -17,6 +18,7 @@ from __future__ import annotations
 import click
 
 from fgclip.eval import commands as eval_commands
+from fgclip.experiments import commands as experiment_commands
 from fgclip.models import commands as model_commands
 from fgclip.train import commands as train_commands
 from pipeline import commands as stage1_commands
@@ -37,6 +39,7 @@ COMMANDS = (
     model_commands.init_model_command, model_commands.export_model_command,
     train_commands.train_command, train_commands.doctor_command,
     eval_commands.eval_command, eval_commands.score_command,
+    experiment_commands.experiment_command,
 )
 for command in COMMANDS:
     main.add_command(command)
@@ -47,8 +50,10 @@ for command in COMMANDS:
               help="Output dir: bench[-LABEL].json, the benchmark inputs (with --make-data) and the trainer's log.")
 @click.option("--model", default=None, type=click.Path(file_okay=False),
               help="Model directory [default: OUT/model-PRESET, created with --model-preset].")
-@click.option("--model-preset", default=None, type=click.Choice(model_commands.MODEL_PRESETS),
-              help="init-model preset used when --model is not given [the --family's ViT-B/16 shape; its tiny one with --smoke].")
+@click.option("--model-preset", "model_presets", multiple=True, type=click.Choice(model_commands.MODEL_PRESETS),
+              help="init-model preset used when --model is not given; repeat it to time several models in one run on the "
+                   "same data (bench-PRESET.json each), e.g. --model-preset fg-clip-base --model-preset fgclip2-base "
+                   "[the --family's released base shape: fg-clip-base / fgclip2-base; its tiny one with --smoke].")
 @click.option("--family", default="clip", show_default=True, type=click.Choice(["clip", "siglip2"]),
               help="Model family of the default --model-preset: clip (FG-CLIP) or siglip2 (FG-CLIP 2 on SigLIP 2).")
 @click.option("--shards", default=None, type=click.Path(file_okay=False), help="Uniform training shards [default: OUT/data/train_tT].")
@@ -80,7 +85,7 @@ for command in COMMANDS:
 @click.option("--profile", "profile_step", is_flag=True, help="Also write profile[-LABEL].txt: the kernels of one step by device time.")
 @click.option("--smoke", is_flag=True,
               help="A seconds-long CPU configuration of all four measurements (tiny model and data; CI runs it).")
-def bench_command(out_dir, model, model_preset, family, shards, test_shards, videos, make_data, records, test_videos,
+def bench_command(out_dir, model, model_presets, family, shards, test_shards, videos, make_data, records, test_videos,
                   baseline_videos, size, num_frames, batch_size, grad_accum, workers, gradient_checkpointing, compile_blocks,
                   steps, warmup_steps, baseline_steps, time_eval, eval_readers, label, profile_step, smoke, extra_settings) -> None:
     """Time the training step fed from device memory, from HDF5 shards and by decoding video in the
@@ -91,8 +96,10 @@ def bench_command(out_dir, model, model_preset, family, shards, test_shards, vid
     from fgclip.bench import SMOKE, BenchConfig, format_table, make_bench_data, run_bench
 
     suffix = "" if family == "clip" else f"-{family}"
-    if model_preset is None:
-        model_preset = ("tiny" if smoke else "vit-b16") + suffix
+    if not model_presets:
+        model_presets = (f"tiny{suffix}",) if smoke else ("fg-clip-base" if family == "clip" else "fgclip2-base",)
+    if model is not None and len(model_presets) > 1:
+        raise click.UsageError("--model times one model; leave it out to time several --model-preset")
     if smoke:
         make_data, records, num_frames, size = True, SMOKE["records"], SMOKE["num_frames"], SMOKE["size"]
         test_videos, baseline_videos, batch_size, grad_accum = SMOKE["test_videos"], SMOKE["baseline_videos"], 1, 2
@@ -108,28 +115,33 @@ def bench_command(out_dir, model, model_preset, family, shards, test_shards, vid
             make_bench_data(data, records=records, num_frames=num_frames, size=size, test_videos=test_videos,
                             baseline_videos=baseline_videos, **(SMOKE["data"] if smoke else {}))
         distributed.barrier()
-    if model is None:
-        model = str(out / f"model-{model_preset}")
-        if dist.is_main and not (Path(model) / "config.json").is_file():
-            from fgclip.models.factory import init_model
+    for model_preset in model_presets:
+        # several presets: each its own label (bench-LABEL.json, model-PRESET/), one after the other
+        preset_label = label if len(model_presets) == 1 else "-".join(part for part in (label, model_preset) if part)
+        preset_model = model
+        if preset_model is None:
+            preset_model = str(out / f"model-{model_preset}")
+            if dist.is_main and not (Path(preset_model) / "config.json").is_file():
+                from fgclip.models.factory import init_model
 
-            init_model(model_preset, Path(model))
-        distributed.barrier()
-    config = BenchConfig(
-        out_dir=str(out), model=model,
-        shards=shards or str(data / f"train_t{num_frames}"),
-        test_shards=None if not time_eval else (
-            test_shards or (str(data / "test_stride16") if (data / "test_stride16").is_dir() else None)),
-        videos=videos or (str(data / "videos") if (data / "videos").is_dir() else None),
-        num_frames=num_frames, batch_size=2 if batch_size == "auto" else batch_size, auto_batch=batch_size == "auto",
-        grad_accum=grad_accum, workers=workers, extra_settings=extra_settings is not False,
-        gradient_checkpointing=gradient_checkpointing, compile=compile_blocks, steps=steps, warmup_steps=warmup_steps,
-        baseline_steps=baseline_steps, label=label, profile=profile_step, eval_readers=eval_readers,
-    )
-    results = run_bench(config)
-    if dist.is_main:
-        click.echo(format_table(results))
-        click.echo(f"results: {results['json_path']}")
+                init_model(model_preset, Path(preset_model))
+            distributed.barrier()
+        config = BenchConfig(
+            out_dir=str(out), model=preset_model,
+            shards=shards or str(data / f"train_t{num_frames}"),
+            test_shards=None if not time_eval else (
+                test_shards or (str(data / "test_stride16") if (data / "test_stride16").is_dir() else None)),
+            videos=videos or (str(data / "videos") if (data / "videos").is_dir() else None),
+            num_frames=num_frames, batch_size=2 if batch_size == "auto" else batch_size, auto_batch=batch_size == "auto",
+            grad_accum=grad_accum, workers=workers, extra_settings=extra_settings is not False,
+            gradient_checkpointing=gradient_checkpointing, compile=compile_blocks, steps=steps, warmup_steps=warmup_steps,
+            baseline_steps=baseline_steps, label=preset_label, profile=profile_step, eval_readers=eval_readers,
+        )
+        results = run_bench(config)
+        if dist.is_main:
+            click.echo(f"== {preset_label or model_preset} ({preset_model})")
+            click.echo(format_table(results))
+            click.echo(f"results: {results['json_path']}")
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ def test_trainer_scalars_are_written_back_by_export(release, tmp_path):
             assert torch.equal(exported[name], value), name
         assert "region/hard biases" in summary.beside_parts  # the scales are FG-CLIP 2's own tensors now
         again = FGCLIP2Video.from_pretrained(out)
-        assert float(again.temperatures()["region"]) == pytest.approx(30.0, rel=1e-6)
+        assert float(again.temperatures()["region"].detach()) == pytest.approx(30.0, rel=1e-6)
 
     # one scalar without the other, or a tensor of nobody's, is refused by name
     for extra, word in (({"logit_scale_finegraind": torch.tensor(1.0)}, "logit_scale_hardneg"),
@@ -241,3 +241,23 @@ def test_fgclip_v1_export_carries_its_remote_code(sharded_v1, tmp_path):
         "modeling_fgclip.FGCLIPModel"
     plain = export_model(source, tmp_path / "clip", "clip")  # a plain CLIP has no remote code
     assert plain.remote_code == [] and not (tmp_path / "clip" / "modeling_fgclip.py").exists()
+
+
+def test_bench_presets_have_the_released_shapes():
+    """`bench --model-preset fgclip2-base / fg-clip-base / fg-clip-large`: the configs init-model writes
+    (checked without building the models: fgclip2-base's token table alone is 256,000 x 768)."""
+    from fgclip.models.commands import MODEL_PRESETS
+    from fgclip.models.factory import PRESETS, clip_config, siglip2_config
+
+    assert {"fgclip2-base", "fg-clip-base", "fg-clip-large"} <= set(MODEL_PRESETS)
+    fgclip2 = PRESETS["fgclip2-base"]
+    config = siglip2_config(fgclip2, vocab_size=fgclip2.token_rows, pad_token_id=0, bos_token_id=2, eos_token_id=1)
+    vision, text = config.vision_config, config.text_config
+    assert (fgclip2.image_size, vision.patch_size, vision.num_patches) == (256, 16, 256)
+    assert (text.vocab_size, text.max_position_embeddings, 4 * text.max_position_embeddings - 60) == (256000, 64, 196)
+    assert vision.hidden_size == text.hidden_size == text.projection_size == 768
+    for name, (size, patch, layers) in {"fg-clip-base": (224, 16, 12), "fg-clip-large": (336, 14, 24)}.items():
+        preset = PRESETS[name]
+        clip = clip_config(preset, vocab_size=preset.token_rows, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+        assert (clip.vision_config.image_size, clip.vision_config.patch_size, clip.vision_config.num_hidden_layers,
+                clip.text_config.vocab_size) == (size, patch, layers, 49408), name

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 # The names of fgclip.models.factory.PRESETS (importing it here would load torch for --help).
-MODEL_PRESETS = ["tiny", "vit-b16", "vit-l14-336", "tiny-siglip2", "vit-b16-siglip2"]
+MODEL_PRESETS = ["tiny", "vit-b16", "vit-l14-336", "tiny-siglip2", "vit-b16-siglip2", "fg-clip-base", "fg-clip-large",
+                 "fgclip2-base"]
 
 
 @click.command("init-model")
@@ -13,7 +14,9 @@ MODEL_PRESETS = ["tiny", "vit-b16", "vit-l14-336", "tiny-siglip2", "vit-b16-sigl
               help="tiny: the embedded default (112 px, trains on CPU); vit-b16 / vit-l14-336: random weights of "
                    "fg-clip-base's / fg-clip-large's shape (ViT-B/16 at 224 px, ViT-L/14 at 336 px), for benchmarks; "
                    "tiny-siglip2 / vit-b16-siglip2: the same for the FG-CLIP 2 family (SigLIP 2, FG-CLIP 2's layout, "
-                   "Gemma-style tokenizer).")
+                   "Gemma-style tokenizer); fg-clip-base / fg-clip-large / fgclip2-base: random weights of the released "
+                   "shapes, token tables at their vocabulary size (fgclip2-base: 256 px, 16x16 patches, 256,000 tokens, "
+                   "text 64/196), for benchmarks.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), default=None,
               help="Model directory to write [default: the embedded default model dir for tiny, beside it for vit-b16].")
 @click.option("--captions", "captions_json", type=click.Path(dir_okay=False, path_type=str), default=None,

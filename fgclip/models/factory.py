@@ -12,8 +12,15 @@ Presets:
 * `vit-l14-336`: random weights of ViT-L/14 at 336 px (fg-clip-large's shape, a 24x24 grid).
 * `tiny-siglip2`: the embedded default of the FG-CLIP 2 family (SigLIP 2 towers), same size as `tiny`,
   written in FG-CLIP 2's layout (model_type fgclip2) with a Gemma-style tokenizer.
-* `vit-b16-siglip2`: random weights of a ViT-B/16-shaped SigLIP 2 (FG-CLIP 2 base's shape at
-  224 px), for benchmarks.
+* `vit-b16-siglip2`: random weights of a ViT-B/16-shaped SigLIP 2 at 224 px (196 patches, a token
+  table of the trained tokenizer's size): NOT fg-clip2-base's shape, kept for earlier figures.
+
+Released shapes, for benchmarks (random weights; token tables at the release's vocabulary size,
+because the embedding table is a large part of the parameters the optimizer steps):
+* `fg-clip-base`: qihoo360/fg-clip-base, CLIP ViT-B/16 at 224 px, 49,408 tokens, text 77/248;
+* `fg-clip-large`: qihoo360/fg-clip-large, CLIP ViT-L/14 at 336 px (24 x 24 patches), 49,408 tokens;
+* `fgclip2-base`: qihoo360/fg-clip2-base, SigLIP 2 ViT-B/16 at 256 px (16 x 16 = 256 patches),
+  Gemma's 256,000 tokens, text 64/196.
 
 The CLIP tokenizer is byte-level BPE trained with `tokenizers` on the captions: every byte is in
 the vocabulary, so any text (unknown words, Chinese) tokenizes; nothing is ever "unknown". The
@@ -61,6 +68,10 @@ BUILTIN_CAPTIONS = [
 ]
 
 
+CLIP_VOCAB_ROWS = 49408  # OpenAI CLIP's BPE vocabulary (fg-clip-base, fg-clip-large)
+GEMMA_VOCAB_ROWS = 256000  # Gemma's SentencePiece vocabulary (SigLIP 2, fg-clip2-*)
+
+
 @dataclass(frozen=True)
 class Preset:
     vision_width: int
@@ -79,6 +90,9 @@ class Preset:
     # (almost every pair a negative); a window of 16 wants about -4, and the bias moves only
     # ~1e-3 per step, so a from-scratch run never gets there by itself.
     logit_bias_init: float = -10.0
+    # Rows of the token table; None: the trained tokenizer's size. The released shapes set their
+    # vocabulary's (ids the small tokenizer never produces stay unused, as in a real checkpoint).
+    token_rows: int | None = None
 
 
 PRESETS: dict[str, Preset] = {
@@ -104,6 +118,16 @@ PRESETS: dict[str, Preset] = {
     "vit-b16-siglip2": Preset(vision_width=768, vision_layers=12, vision_heads=12, patch_size=16, image_size=224,
                               text_width=768, text_layers=12, text_heads=12, projection_dim=768, vocab_size=49408,
                               family="siglip2", text_positions=64),
+    # The released shapes (see the module docstring).
+    "fg-clip-base": Preset(vision_width=768, vision_layers=12, vision_heads=12, patch_size=16, image_size=224,
+                           text_width=512, text_layers=12, text_heads=8, projection_dim=512, vocab_size=49408,
+                           token_rows=CLIP_VOCAB_ROWS),
+    "fg-clip-large": Preset(vision_width=1024, vision_layers=24, vision_heads=16, patch_size=14, image_size=336,
+                            text_width=768, text_layers=12, text_heads=12, projection_dim=768, vocab_size=49408,
+                            token_rows=CLIP_VOCAB_ROWS),
+    "fgclip2-base": Preset(vision_width=768, vision_layers=12, vision_heads=12, patch_size=16, image_size=256,
+                           text_width=768, text_layers=12, text_heads=12, projection_dim=768, vocab_size=4096,
+                           family="siglip2", text_positions=64, token_rows=GEMMA_VOCAB_ROWS),
 }
 
 # Gemma's special tokens in their ids (SigLIP 2 / FG-CLIP 2 tokenizers), then the 256 byte-fallback tokens.
@@ -263,7 +287,7 @@ def _init_siglip2(spec: Preset, out_dir: Path, captions: list[str], seed: int) -
     from fgclip.models.siglip2_video import FGCLIP2Video
 
     tokenizer = train_gemma_tokenizer(captions, spec.vocab_size, spec.text_positions)
-    config = siglip2_config(spec, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+    config = siglip2_config(spec, vocab_size=spec.token_rows or len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(seed)
     siglip = Siglip2Model(config)
@@ -331,7 +355,7 @@ def init_model(preset: str, out_dir: Path, *, captions: list[str] | None = None,
     tokenizer = train_tokenizer(captions, spec.vocab_size)
     config = clip_config(
         spec,
-        vocab_size=len(tokenizer),
+        vocab_size=spec.token_rows or len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

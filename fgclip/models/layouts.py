@@ -70,7 +70,8 @@ LAYOUT_DESCRIPTIONS = {
     "fgclip-vad": "fgclip-vad checkpoint (plain CLIP files + fgclip_video.*)",
     "fgclip-v1+fgclip-vad": "FG-CLIP v1 with fgclip-vad's temporal module (an `export-model --format fgclip` directory)",
     # The SigLIP 2 family (`fgclip.models.fgclip2_layout`, `fgclip.models.siglip2_video`):
-    "fgclip2": "FG-CLIP 2 (SigLIP 2 towers + long positions ori/res, box/long text heads, dense head; temporal module new)",
+    "fgclip2": "FG-CLIP 2 (SigLIP 2 towers + long positions ori/res, box/long text heads, dense head; its trainer's "
+               "logit_scale_finegraind/_hardneg as region/hard scales when saved; temporal module new)",
     "siglip2": "plain SigLIP 2 (FG-CLIP 2's additions start from it: long positions stretched, box/long heads and "
                "dense head copied; temporal module new)",
     "fgclip2+fgclip-vad": "fgclip-vad checkpoint of the FG-CLIP 2 family (FG-CLIP 2's files + fgclip_video.*)",
