@@ -219,6 +219,10 @@ def test_fgclip_v1_sharded_in_two_files_loads_and_exports_back_unchanged(sharded
     for file in set(source_index.values()):
         ours, theirs = load_file(str(out / file)), load_file(str(sharded / file))
         assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in theirs), file
+    # a checkpoint of ours that started from it exports in the release's shards too
+    model.save_pretrained(tmp_path / "checkpoint")
+    export_model(tmp_path / "checkpoint", tmp_path / "from_checkpoint", "fgclip")
+    assert json.loads((tmp_path / "from_checkpoint" / INDEX_NAME).read_text())["weight_map"] == source_index
     # fg-clip-base's auto_map names modeling_fgclip.py, which the repository files lack: listed, not invented
     assert summary.remote_code_missing == ["modeling_fgclip.py"] and not (out / "modeling_fgclip.py").exists()
 

@@ -392,7 +392,8 @@ class FGCLIPVideo(nn.Module):
             raise ModelDirError(f"{path / EXTRAS_WEIGHTS_NAME}: lacks {', '.join(missing)}; the checkpoint is damaged, "
                                 f"use an earlier one")
         model.source_layout = contents.layout
-        model.source_weight_map = contents.weight_map
+        # a checkpoint of ours remembers the shards of the release it started from, for exports
+        model.source_weight_map = contents.weight_map or extras.get("source_weight_map")
         return model
 
     def aux_files(self) -> dict[str, bytes]:
@@ -421,6 +422,8 @@ class FGCLIPVideo(nn.Module):
             "long_keep_rows": self.long_positions.keep_rows,
             "long_expansion": LONG_EXPANSION,
         }
+        if self.source_weight_map:
+            extras["source_weight_map"] = self.source_weight_map
         (path / EXTRAS_CONFIG_NAME).write_text(json.dumps(extras, indent=2) + "\n")
 
     # --- options ----------------------------------------------------------------------------
