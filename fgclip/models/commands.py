@@ -60,7 +60,10 @@ def export_model_command(source: str, layout: str, out_dir: str, force: bool) ->
 
     fgclip: loadable by FG-CLIP's own scripts (FGCLIPModel.from_pretrained); the temporal module
     travels beside it in fgclip_video.*, so fgclip-vad loads the export back exactly. clip: a
-    plain CLIP; the summary names the parts it has no place for.
+    plain CLIP; the summary names the parts it has no place for. fgclip2: FG-CLIP 2's layout (its
+    trainer's two scalars written back when the source had them). Every export keeps a sharded
+    source's shards and copies every tokenizer file and the remote code its auto_map names; the
+    summary lists the files.
     """
     from pathlib import Path
 

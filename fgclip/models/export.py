@@ -74,6 +74,9 @@ class ExportSummary:
     def lines(self) -> list[str]:
         lines = [f"wrote {self.out_dir} from {self.source}: {self.format} layout, {self.tensors} tensors in "
                  f"{', '.join(self.weight_files)}"]
+        if self.beside:
+            lines.append(f"  + {self.beside} tensors of fgclip-vad's own parts ({self.beside_parts}) in {EXTRAS_WEIGHTS_NAME} "
+                         f"(FG-CLIP's scripts ignore it; fgclip-vad reads it back)")
         if self.side_files:
             lines.append(f"  tokenizer and processor files: {', '.join(self.side_files)}")
         if self.remote_code:
@@ -81,9 +84,6 @@ class ExportSummary:
         if self.remote_code_missing:
             lines.append(f"  remote code that auto_map names but {self.source} lacks: {', '.join(self.remote_code_missing)} "
                          f"(copy them from the release to load the export with trust_remote_code=True)")
-        if self.beside:
-            lines.append(f"  + {self.beside} tensors of fgclip-vad's own parts ({self.beside_parts}) in {EXTRAS_WEIGHTS_NAME} "
-                         f"(FG-CLIP's scripts ignore it; fgclip-vad reads it back)")
         if self.left_out:
             lines.append("  left out (a plain CLIP has no place for them): " + "; ".join(self.left_out))
         return lines
