@@ -37,6 +37,8 @@ VARIANTS = {
     "plain": {},
     "sharded": {"shards": 3},
     "trainer": {"trainer_scalars": TRAINER_SCALARS},
+    # train_fgclip2.py casts the model to bf16 before training and saves it so
+    "trainer_bf16": {"trainer_scalars": TRAINER_SCALARS, "dtype": torch.bfloat16},
     "scale118": {"logit_scale": math.log(118.0)},
 }
 CAPTIONS = ["A man in a black shirt walks across the street", "Two men punch and kick each other",
@@ -81,7 +83,9 @@ def test_released_layouts_embed_as_fgclip2_does(release, variant):
     temperatures = {name: float(value.detach()) for name, value in model.temperatures().items()}
     global_scale = math.exp(float(tensors["logit_scale"]))
     assert temperatures["global"] == pytest.approx(global_scale, rel=1e-6)
-    expected = [math.exp(value) for value in TRAINER_SCALARS] if variant == "trainer" else [global_scale] * 2
+    trained = variant.startswith("trainer")
+    expected = ([math.exp(float(tensors[name])) for name in ("logit_scale_finegraind", "logit_scale_hardneg")]
+                if trained else [global_scale] * 2)
     assert [temperatures["region"], temperatures["hard"]] == pytest.approx(expected, rel=1e-6)
     if variant == "scale118":
         assert temperatures["global"] == pytest.approx(118.0, rel=1e-6)
