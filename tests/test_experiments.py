@@ -93,6 +93,12 @@ def test_bad_specs_are_named(tmp_path, text, message):
     assert "bad.toml" in str(err.value)
 
 
+def test_head_rows_are_refused_until_their_stages_exist(tmp_path):
+    spec = load_spec(write(tmp_path / "heads.toml", 'rows = ["prompt", "heads"]'))
+    with pytest.raises(SpecError, match="prompt scoring only"):
+        plan_experiment(spec, tmp_path / "out")
+
+
 def test_option_args_pass_any_option_through():
     assert option_args({"num_frames": [64, 256], "augment": False, "no_baseline": True, "lr": 1e-3}) == [
         "--num-frames", "64", "--num-frames", "256", "--no-augment", "--no-baseline", "--lr", "0.001"]
@@ -100,7 +106,7 @@ def test_option_args_pass_any_option_through():
 
 def _row(variant, seed, auc, fa, group=""):
     return {"group": group, "variant": variant, "seed": seed, "auc": auc, "ap": auc - 0.1, "false_alarm_rate_at_recall_90": fa,
-            "selection": "best/ at step 20 by retrieval on 5% held-out training videos", "convention": "inclusive",
+            "selection_rule": "best/ by retrieval on 5% of the training videos held out", "convention": "inclusive",
             "report": f"reports/{variant}{seed}/report.md"}
 
 
@@ -111,7 +117,7 @@ def test_tables_mean_std_bold_best_and_caption():
     assert "| both | **85.00 ± 7.07** | **75.00 ± 7.07** |" in md
     assert "| global only | 70.00 ± 0.00 | 60.00 ± 0.00 | **10.00 ± 7.07** |" in md
     assert "[s1](reports/both1/report.md)" in md
-    assert "Mean ± std over 2 seeds (1, 2)" in md and "held-out training videos" in md and "inclusive" in md
+    assert "Mean ± std over 2 seeds (1, 2)" in md and "training videos held out" in md and "inclusive" in md
     tex = latex_tables(rows, "demo")
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
     assert "\\textbf{85.00 $\\pm$ 7.07}" in tex and "global only & 70.00 $\\pm$ 0.00" in tex

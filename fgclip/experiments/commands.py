@@ -70,7 +70,10 @@ def experiment_command(spec_path, out_dir, gpus, executor, slurm_partition, time
     except SpecError as err:
         raise click.ClickException(str(err)) from None
     root = Path(out_dir) if out_dir else Path("experiments") / spec.name
-    plan = plan_experiment(spec, root)
+    try:
+        plan = plan_experiment(spec, root)
+    except SpecError as err:
+        raise click.ClickException(str(err)) from None
     unique = len({tuple(str(r.output) for r in c.stages) for c in plan.cells})
     click.echo(f"{spec.name}: {len(plan.cells)} cells ({unique} distinct) = "
                f"{len(plan.cells) // len(spec.seeds)} variants x {len(spec.seeds)} seeds, "

@@ -109,6 +109,23 @@ def training_figures(run: Path) -> dict:
             "train_steps": steps}
 
 
+def selection_rule(run: Path) -> str | None:
+    """How a run's evaluated checkpoint is chosen, as a rule (the same words for every cell that
+    follows it): best/ on held-out training videos, or the end of a fixed schedule."""
+    config = run_dir.read_run_config(run)
+    if not config:
+        return None
+    fraction = float(config.get("val_fraction") or 0)
+    if fraction <= 0:
+        return f"the final model of a fixed schedule ({config.get('epochs')} epochs)"
+    metric = config.get("val_metric") or "auto"
+    if metric == "auto":
+        metric = "frame_auc" if config.get("val_annotations") else "retrieval"
+    every = int(config.get("val_every") or 0)
+    return (f"best/ by {metric} on {fraction:.0%} of the training videos held out, scored "
+            + (f"every {every} steps" if every else "at every checkpoint"))
+
+
 def cell_row(cell_plan: CellPlan) -> dict:
     """One results.csv row: the cell's variant, seed, every metric, its times and its report."""
     cell = cell_plan.cell
@@ -126,6 +143,7 @@ def cell_row(cell_plan: CellPlan) -> dict:
         row["selection"] = model.get("selection")
         row["convention"] = (report.get("ground_truth") or {}).get("convention")
     row.update(training_figures(train.output))
+    row["selection_rule"] = selection_rule(train.output)
     frames = next((run for run in cell_plan.shared if run.stage == "frames"), None)
     row["frames_wall_s"] = _wall_s(frames.output) if frames else None
     row["train_wall_s"] = _wall_s(train.output)
@@ -210,12 +228,12 @@ def _shown(summary: Summary, column: Column, plus_minus: str) -> str:
 def caption(rows: list[dict], spec_caption: str = "") -> str:
     """Seeds, the selection rule and the ground-truth convention, as the reports state them."""
     seeds = sorted({row["seed"] for row in rows})
-    selections = sorted({str(row["selection"]) for row in rows if row.get("selection")})
+    selections = sorted({str(row["selection_rule"]) for row in rows if row.get("selection_rule")})
     conventions = sorted({str(row["convention"]) for row in rows if row.get("convention")})
     parts = [f"Mean ± std over {len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}); "
              f"best of each column in bold."]
     if selections:
-        parts.append("Checkpoint selection (no test data): " + "; ".join(selections) + ".")
+        parts.append("Checkpoint: " + "; ".join(selections) + "; the test split never used to choose.")
     if conventions:
         parts.append("Ground truth: frame labels from the official temporal annotation, intervals "
                      + ", ".join(conventions) + "; frame AUC over all test frames concatenated.")
