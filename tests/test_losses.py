@@ -109,3 +109,18 @@ def test_concatenation_pads_negative_slots():
     assert both.video.shape == (3, 8) and both.negative_text.shape == (3, 3, 8)
     assert both.negative_valid.tolist() == [[True, False, False], [True, False, False], [True, True, True]]
     assert torch.equal(both.negative_text[:2, 1:], torch.zeros(2, 2, 8, dtype=torch.float64))
+
+
+def test_a_zero_weight_turns_its_term_off():
+    """The loss-terms ablation (global only / region only): a term weighted 0 adds nothing to the
+    total and sends no gradient into the embeddings only it sees."""
+    temperatures = {name: torch.tensor(10.0, dtype=torch.float64) for name in ("global", "region", "hard")}
+    for weights, kept, silent in ((LossWeights(1.0, 0.0, 0.0), "global", ("region", "region_text")),
+                                  (LossWeights(0.0, 1.0, 0.0), "region", ("video", "global_text"))):
+        window = _window()
+        leaves = {name: getattr(window, name).clone().requires_grad_(True) for name in window.EMBEDDING_FIELDS}
+        losses = fgclip_losses(window.replace(**leaves), temperatures, weights)
+        assert float(losses["total"].detach()) == float(losses[kept].detach()) > 0
+        losses["total"].backward()
+        for name in silent:
+            assert leaves[name].grad is None or not leaves[name].grad.any(), name
