@@ -1,7 +1,8 @@
-"""`fgclip-vad experiment`: spec parsing, cells and their shared stages, tables, and a real one-cell
-experiment on the shared clips (stage 1 with ffmpeg, a few training steps of the micro model,
-evaluation): results written, a rerun skips everything, a killed training resumes, and the
-submitit path runs a cell with its local executor."""
+"""`fgclip-vad experiment`: spec parsing, cells and their shared stages, tables, and a real
+experiment of one variant x two seeds on the shared clips (stage 1 with ffmpeg, two training
+steps of the micro model, evaluation), the seeds in parallel on two "GPUs": results written, a
+rerun skips everything, a killed training resumes, and the submitit path runs a cell with its
+local executor."""
 
 from __future__ import annotations
 
@@ -135,7 +136,7 @@ def test_dry_run_of_the_paper_spec_lists_cells_with_projected_times():
     assert result.output.strip().splitlines()[-1].startswith("total ")
 
 
-# --- a real one-cell experiment -----------------------------------------------------------------
+# --- a real experiment: one variant, two seeds -----------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +172,7 @@ def smoke_dataset(link_real_clips, shared_data, tmp_path_factory) -> Path:
 def smoke_spec(path: Path, data: Path, model: Path) -> Path:
     return write(path, f"""
 name = "smoke"
-seeds = [3]
+seeds = [3, 4]
 [dataset]
 annotations = "{data / 'train.json'}"
 video_root = "{data / 'videos'}"
@@ -203,15 +204,19 @@ device = "cpu"
 """)
 
 
-def test_one_cell_runs_then_skips_then_resumes_a_killed_training(smoke_dataset, model_dir, tmp_path):
+def test_cells_run_then_skip_then_resume_a_killed_training(smoke_dataset, model_dir, tmp_path):
     spec = smoke_spec(tmp_path / "smoke.toml", smoke_dataset, model_dir)
     out = tmp_path / "exp"
     runner = CliRunner()
-    result = runner.invoke(cli, ["experiment", str(spec), "--out", str(out)])
+    # two seeds, one "GPU" each, in parallel (on a machine without GPUs the ids only reach the environment)
+    result = runner.invoke(cli, ["experiment", str(spec), "--out", str(out), "--gpus", "0,1"])
     assert result.exit_code == 0, result.output
     with (out / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 1 and rows[0]["seed"] == "3" and rows[0]["cell"] == "base-seed3"
+    assert [(r["cell"], r["seed"]) for r in rows] == [("base-seed3", "3"), ("base-seed4", "4")]
+    gpus = {json.loads((out / r["run"] / STAGE_RECORD).read_text())["cuda_visible_devices"] for r in rows}
+    assert gpus == {"0", "1"}
+    assert " ± " in (out / "table.md").read_text()
     row = rows[0]
     for column in ("auc", "ap", "auc_anomalous_videos", "false_alarm_rate_at_recall_90", "eval_frames_per_s",
                    "train_wall_s", "train_steps_s", "eval_wall_s", "cell_wall_s", "frames_wall_s"):
@@ -225,7 +230,7 @@ def test_one_cell_runs_then_skips_then_resumes_a_killed_training(smoke_dataset, 
     # again: every stage and the cell are done, and it says so
     again = runner.invoke(cli, ["experiment", str(spec), "--out", str(out)])
     assert again.exit_code == 0, again.output
-    assert "cell base-seed3: done, skipped" in again.output and again.output.count("done, skipped") == 3
+    assert "cell base-seed3: done, skipped" in again.output and again.output.count("done, skipped") == 4
 
     # a training killed after its first checkpoint: no final model, no stage record; it resumes there
     run = out / row["run"]

@@ -127,7 +127,7 @@ def run_stage(run: StageRun, log_path: Path, env: dict[str, str]) -> float:
                               + "\n  ".join(tail) + "\nFix the cause and run the experiment again: finished work is kept")
     run.output.mkdir(parents=True, exist_ok=True)
     record = {"stage": run.stage, "key": run.key, "command": run.command()[3:], "wall_s": round(wall_s, 3),
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     (run.output / STAGE_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return wall_s
 
