@@ -92,7 +92,7 @@ def project(plan: ExperimentPlan, bench: BenchFigures) -> tuple[list[tuple[str, 
             lines.append((f"cell {cell_plan.cell.name}", "done", 0.0))
             continue
         train = train_seconds(cell_plan, records, bench, overhead_s)
-        test_frames = _test_frames(plan, cell_plan.shared[1])
+        test_frames = _test_frames(plan, cell_plan.stage("test-frames"))
         evaluation = test_frames / bench.eval_frames_per_s + overhead_s if test_frames is not None else None
         seconds = None if train is None or evaluation is None else train + evaluation
         lines.append((f"cell {cell_plan.cell.name}", "to run", seconds))

@@ -129,7 +129,7 @@ def selection_rule(run: Path) -> str | None:
 def cell_row(cell_plan: CellPlan) -> dict:
     """One results.csv row: the cell's variant, seed, every metric, its times and its report."""
     cell = cell_plan.cell
-    train, evaluation = cell_plan.stages[0], cell_plan.stages[-1]
+    train, evaluation = cell_plan.stage("train"), cell_plan.stage("eval")
     row: dict = {"cell": cell.name, "group": cell.group, "variant": cell.variant, "seed": cell.seed}
     row.update({axis: label for axis, label in cell.labels})
     report = _read_json(evaluation.output / "report.json")
@@ -144,7 +144,7 @@ def cell_row(cell_plan: CellPlan) -> dict:
         row["convention"] = (report.get("ground_truth") or {}).get("convention")
     row.update(training_figures(train.output))
     row["selection_rule"] = selection_rule(train.output)
-    frames = next((run for run in cell_plan.shared if run.stage == "frames"), None)
+    frames = cell_plan.stage("frames")
     row["frames_wall_s"] = _wall_s(frames.output) if frames else None
     row["train_wall_s"] = _wall_s(train.output)
     row["eval_wall_s"] = _wall_s(evaluation.output)

@@ -32,6 +32,7 @@ from fgclip.experiments.stages import (
     DatasetPaths,
     StageRun,
     eval_run,
+    fgclip_command,
     frames_run,
     is_done,
     prepare_commands,
@@ -61,6 +62,10 @@ class CellPlan:
 
     def done(self) -> bool:
         return all(is_done(run) for run in self.stages)
+
+    def stage(self, name: str) -> StageRun | None:
+        """The cell's run of stage `name` (its own or a shared one), None if it has none."""
+        return next((run for run in [*self.shared, *self.stages] if run.stage == name), None)
 
 
 @dataclass
@@ -126,7 +131,7 @@ def run_stage(run: StageRun, log_path: Path, env: dict[str, str]) -> float:
         raise ExperimentError(f"{run.stage} failed (exit {result.returncode}); log {log_path}; last lines:\n  "
                               + "\n  ".join(tail) + "\nFix the cause and run the experiment again: finished work is kept")
     run.output.mkdir(parents=True, exist_ok=True)
-    record = {"stage": run.stage, "key": run.key, "command": run.command()[3:], "wall_s": round(wall_s, 3),
+    record = {"stage": run.stage, "key": run.key, "command": run.argv, "wall_s": round(wall_s, 3),
               "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     (run.output / STAGE_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return wall_s
@@ -149,11 +154,10 @@ def _run_shared(plan: ExperimentPlan, say: Callable[[str], None]) -> None:
     env = subprocess_env(plan.root)
     for argv in plan.prepare:
         say(f"prepare: fgclip-vad {' '.join(argv)}")
-        command = StageRun("prepare", "", argv, plan.root, "")
         log = plan.root / "logs" / "prepare.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a", encoding="utf-8") as handle:
-            result = subprocess.run(command.command(), stdout=handle, stderr=subprocess.STDOUT, env=env)
+            result = subprocess.run(fgclip_command(argv), stdout=handle, stderr=subprocess.STDOUT, env=env)
         if result.returncode != 0:
             raise ExperimentError(f"`fgclip-vad {' '.join(argv)}` failed (exit {result.returncode}); log {log}")
     for run in plan.shared:

@@ -108,7 +108,12 @@ class StageRun:
     extra: dict = field(default_factory=dict)
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "fgclip.cli", *self.argv]
+        return fgclip_command(self.argv)
+
+
+def fgclip_command(argv: list[str]) -> list[str]:
+    """`fgclip-vad ARGV` as this interpreter runs it (no reliance on the console script's PATH)."""
+    return [sys.executable, "-m", "fgclip.cli", *argv]
 
 
 STAGE_RECORD = "experiment_stage.json"  # in a stage's output folder: its command and wall time
