@@ -37,6 +37,8 @@ import numpy as np
 import torch
 
 from fgclip import distributed
+from fgclip.models import fgclip2_layout
+from fgclip.models.families import family_of
 from fgclip.train.batch import MicroBatch, first_frames, window_frames
 
 log = logging.getLogger(__name__)
@@ -353,15 +355,36 @@ def count_step_flops(step, window: list[MicroBatch]) -> int:
 
 
 def _bare_vision_tower(model_dir: str, device: torch.device, compiled: bool):
-    """A Hugging Face `CLIPVisionModel` of the model's width, depth and resolution (random weights:
-    only its speed is measured), compiled as a whole when `compiled`."""
-    from transformers import CLIPConfig, CLIPVisionModel
+    """(tower, inputs) for path 0: the family's own Hugging Face vision tower of the model's width,
+    depth and resolution (random weights: only its speed is measured), compiled as a whole when
+    `compiled`, and `inputs(frames, generator)`, the keyword arguments of one batch of random frames
+    in the form that tower takes (CLIP: pixels; SigLIP 2: NaFlex patch rows of the square grid the
+    model is fed, with `spatial_shapes` and an all-true mask)."""
+    if family_of(model_dir) == "siglip2":
+        from transformers import Siglip2VisionModel
 
-    vision_config = CLIPConfig.from_pretrained(model_dir).vision_config
-    tower = CLIPVisionModel._from_config(vision_config, attn_implementation="sdpa").to(device)
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        vision_config = fgclip2_layout.siglip2_config(config)[0].vision_config
+        tower = Siglip2VisionModel._from_config(vision_config, attn_implementation="sdpa").to(device)
+        grid = int(round(vision_config.num_patches ** 0.5))
+        patch_values = vision_config.num_channels * vision_config.patch_size ** 2
+
+        def inputs(frames: int, generator: torch.Generator) -> dict:
+            return {"pixel_values": torch.randn(frames, grid * grid, patch_values, device=device, generator=generator),
+                    "pixel_attention_mask": torch.ones(frames, grid * grid, dtype=torch.long, device=device),
+                    "spatial_shapes": torch.tensor([[grid, grid]], device=device).expand(frames, 2)}
+    else:
+        from transformers import CLIPConfig, CLIPVisionModel
+
+        vision_config = CLIPConfig.from_pretrained(model_dir).vision_config
+        tower = CLIPVisionModel._from_config(vision_config, attn_implementation="sdpa").to(device)
+        size = vision_config.image_size
+
+        def inputs(frames: int, generator: torch.Generator) -> dict:
+            return {"pixel_values": torch.randn(frames, 3, size, size, device=device, generator=generator)}
     if compiled:
         tower.compile()
-    return tower
+    return tower, inputs
 
 
 def time_vision_tower(model_dir: str, *, frames_per_micro_batch: int, grad_accum: int, steps: int, warmup: int,
@@ -373,19 +396,18 @@ def time_vision_tower(model_dir: str, *, frames_per_micro_batch: int, grad_accum
     keeps, so with k micro-batches it can run up to 4k / (4k - 1) times path 0's speed.)
     Inference is forward passes of `inference_frames` frames (evaluation's batch)."""
     amp = autocast if autocast is not None else contextlib.nullcontext()
-    tower = _bare_vision_tower(model_dir, device, compiled)
-    size = tower.config.image_size
+    tower, make_inputs = _bare_vision_tower(model_dir, device, compiled)
     generator = torch.Generator(device=device).manual_seed(0)
-    inputs = [torch.randn(frames_per_micro_batch, 3, size, size, device=device, generator=generator) for _ in range(2)]
+    inputs = [make_inputs(frames_per_micro_batch, generator) for _ in range(2)]
     optimizer = torch.optim.AdamW(tower.parameters(), lr=1e-5, fused=device.type == "cuda")
 
     def train_step(_window) -> None:
         with torch.no_grad(), amp:
             for i in range(grad_accum):
-                tower(pixel_values=inputs[i % 2]).pooler_output
+                tower(**inputs[i % 2]).pooler_output
         for i in range(grad_accum):
             with amp:
-                pooled = tower(pixel_values=inputs[i % 2]).pooler_output
+                pooled = tower(**inputs[i % 2]).pooler_output
             pooled.float().square().mean().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -404,13 +426,13 @@ def time_vision_tower(model_dir: str, *, frames_per_micro_batch: int, grad_accum
     del optimizer, inputs
 
     tower.eval()
-    frames = [torch.randn(inference_frames, 3, size, size, device=device, generator=generator) for _ in range(2)]
+    frames = [make_inputs(inference_frames, generator) for _ in range(2)]
     repeats = max(4, steps * 2)
 
     def inference(_window) -> None:
         with torch.inference_mode(), amp:
             for i in range(repeats):
-                tower(pixel_values=frames[i % 2]).pooler_output
+                tower(**frames[i % 2]).pooler_output
     results["inference"] = time_steps(inference, iter(lambda: None, 1), warmup=1, steps=2, device=device,
                                       frames_per_step=inference_frames * repeats)
     results["inference"]["batch_frames"] = inference_frames
