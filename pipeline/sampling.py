@@ -109,9 +109,12 @@ def uniform_half_stride(length: int, num_samples: int) -> float:
     return max(1, math.ceil(length / num_samples)) / 2.0
 
 
-def stride_indices(num_frames: int, stride: int) -> np.ndarray:
-    """One frame per snippet of `stride` frames: `min(k * stride + stride // 2, n - 1)`."""
-    if num_frames <= 0 or stride <= 0:
-        raise ValueError(f"need frames and a positive stride, got n={num_frames}, stride={stride}")
+def stride_indices(num_frames: int, stride: int, offset: int | None = None) -> np.ndarray:
+    """One frame per snippet of `stride` frames: `min(k * stride + offset, n - 1)`, offset
+    `stride // 2` (the snippet's centre, what test shards store) unless given (0 = its first frame)."""
+    offset = stride // 2 if offset is None else offset
+    if num_frames <= 0 or stride <= 0 or not 0 <= offset < max(stride, 1):
+        raise ValueError(f"need frames, a positive stride and 0 <= offset < stride, got n={num_frames}, "
+                         f"stride={stride}, offset={offset}")
     k = np.arange(math.ceil(num_frames / stride), dtype=np.int64)
-    return np.minimum(k * stride + stride // 2, num_frames - 1)
+    return np.minimum(k * stride + offset, num_frames - 1)

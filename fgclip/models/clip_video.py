@@ -493,9 +493,14 @@ class FGCLIPVideo(nn.Module):
         """(N, 3, S, S) -> (N, D, g, g) dense patch features (the region path), L2-normalised per patch."""
         return F.normalize(self._dense_patch_features(self._vision_trunk(pixels)), dim=1)
 
+    def frame_features(self, pixels: Tensor) -> Tensor:
+        """(N, 3, S, S) -> (N, D) frame embeddings before normalisation: CLS -> post-layernorm ->
+        visual projection (what the field's snippet-feature files hold)."""
+        return self._cls_head(self._vision_trunk(pixels))
+
     def encode_frames(self, pixels: Tensor) -> Tensor:
         """(N, 3, S, S) -> (N, D) L2-normalised frame embeddings (the CLS path)."""
-        return F.normalize(self._cls_head(self._vision_trunk(pixels)), dim=-1)
+        return F.normalize(self.frame_features(pixels), dim=-1)
 
     def dense_features(self, pixels: Tensor) -> Tensor:
         """(N, 3, S, S) -> (N, D, g, g) patch embeddings, each L2-normalised over D: the dense path

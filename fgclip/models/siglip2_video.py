@@ -372,9 +372,14 @@ class FGCLIP2Video(nn.Module):
         dense = F.normalize(self._dense(self._vision_hidden(pixels)), dim=-1)
         return dense.transpose(1, 2).reshape(dense.shape[0], dense.shape[2], self.patch_grid, self.patch_grid)
 
+    def frame_features(self, pixels: Tensor) -> Tensor:
+        """(N, 3, S, S) -> (N, D) frame embeddings before normalisation: the vision pooling head's
+        output (what the field's snippet-feature files hold)."""
+        return self.vision_model.head(self._vision_hidden(pixels))
+
     def encode_frames(self, pixels: Tensor) -> Tensor:
         """(N, 3, S, S) -> (N, D) L2-normalised frame embeddings (the vision pooling head)."""
-        return F.normalize(self.vision_model.head(self._vision_hidden(pixels)), dim=-1)
+        return F.normalize(self.frame_features(pixels), dim=-1)
 
     def encode_video(self, pixels: Tensor, boxes: Tensor, box_mask: Tensor, index=None) -> VideoOutput:
         """(B, T, 3, S, S), boxes (B, R, T, 4) x1 y1 x2 y2 in 0..1, box_mask (B, R, T) -> VideoOutput.
