@@ -19,6 +19,7 @@ import click
 
 from fgclip.eval import commands as eval_commands
 from fgclip.experiments import commands as experiment_commands
+from fgclip.features import commands as feature_commands
 from fgclip.models import commands as model_commands
 from fgclip.train import commands as train_commands
 from pipeline import commands as stage1_commands
@@ -39,6 +40,7 @@ COMMANDS = (
     model_commands.init_model_command, model_commands.export_model_command,
     train_commands.train_command, train_commands.doctor_command,
     eval_commands.eval_command, eval_commands.score_command,
+    feature_commands.features_command,
     experiment_commands.experiment_command,
 )
 for command in COMMANDS:
