@@ -1,9 +1,10 @@
 """`--dry-run`: the cells and their projected time, from a bench figure (docs/bench/*.json).
 
-A cell's training is projected as the frames it trains (epochs x records x frames per record)
-over the bench's training frames/s (`real.frames_per_s`: the shard loader's path), plus a fixed
-per-cell overhead (model loading and compiling; the spec's `[projection] cell_overhead_s`);
-its evaluation as the test shards' stored frames over the bench's evaluation frames/s. Record
+A cell is projected as the frames it trains (epochs x records x frames per record) over the
+bench's training frames/s (`real.frames_per_s`: the shard loader's path), plus the test shards'
+stored frames over the bench's evaluation frames/s, plus a fixed per-cell overhead (processes,
+model loading, the first step, evaluation's set-up; the spec's `[projection] cell_overhead_s`,
+default the 50 s measured on an H200 with the inductor cache warm, docs/PERFORMANCE.md). Record
 and frame counts come from the data when it is here (annotation file, test shard manifest),
 else from the spec's `[projection]` hints. Stage 1 is the spec's `stage1_s` per build. A stage
 already done costs nothing.
@@ -21,7 +22,7 @@ from fgclip.experiments.stages import StageRun, is_done
 from fgclip.train.presets import preset_config
 
 DEFAULT_BENCH = Path(__file__).resolve().parents[2] / "docs" / "bench" / "bench-h200.json"
-DEFAULT_CELL_OVERHEAD_S = 30.0  # load + compile, the cache warm (the lead measures it on the H200)
+DEFAULT_CELL_OVERHEAD_S = 50.0  # a warm cell on one H200 beyond its steps and scoring (docs/PERFORMANCE.md)
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,8 @@ def _test_frames(plan: ExperimentPlan, test_run: StageRun) -> int | None:
         return int(hint) if hint else None
 
 
-def train_seconds(cell_plan: CellPlan, records: int | None, bench: BenchFigures, overhead_s: float) -> float | None:
+def train_seconds(cell_plan: CellPlan, records: int | None, bench: BenchFigures) -> float | None:
+    """The training steps' seconds at the bench's speed (None without a record count)."""
     options = cell_plan.cell.options["train"]
     config = preset_config(options.get("preset", "debug"))
     if records is None:
@@ -68,7 +70,7 @@ def train_seconds(cell_plan: CellPlan, records: int | None, bench: BenchFigures,
     used = min(records, max_records) if max_records else records
     used = math.floor(used * (1 - float(options.get("val_fraction", config.val_fraction))))
     frames = int(options.get("epochs", config.epochs)) * used * int(options.get("num_frames", config.num_frames))
-    return frames / bench.train_frames_per_s + overhead_s
+    return frames / bench.train_frames_per_s
 
 
 def project(plan: ExperimentPlan, bench: BenchFigures) -> tuple[list[tuple[str, str, float | None]], float | None]:
@@ -91,10 +93,10 @@ def project(plan: ExperimentPlan, bench: BenchFigures) -> tuple[list[tuple[str, 
         if cell_plan.done():
             lines.append((f"cell {cell_plan.cell.name}", "done", 0.0))
             continue
-        train = train_seconds(cell_plan, records, bench, overhead_s)
+        train = train_seconds(cell_plan, records, bench)
         test_frames = _test_frames(plan, cell_plan.stage("test-frames"))
-        evaluation = test_frames / bench.eval_frames_per_s + overhead_s if test_frames is not None else None
-        seconds = None if train is None or evaluation is None else train + evaluation
+        evaluation = test_frames / bench.eval_frames_per_s if test_frames is not None else None
+        seconds = None if train is None or evaluation is None else train + evaluation + overhead_s
         lines.append((f"cell {cell_plan.cell.name}", "to run", seconds))
     known = [s for _, _, s in lines]
     return lines, (sum(known) if all(s is not None for s in known) else None)
