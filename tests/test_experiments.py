@@ -98,6 +98,9 @@ def test_head_rows_are_refused_until_their_stages_exist(tmp_path):
     spec = load_spec(write(tmp_path / "heads.toml", 'rows = ["prompt", "heads"]'))
     with pytest.raises(SpecError, match="prompt scoring only"):
         plan_experiment(spec, tmp_path / "out")
+    spec = load_spec(write(tmp_path / "features.toml", "[base.features]\ncrops = 10"))
+    with pytest.raises(SpecError, match="no cell runs that stage"):
+        plan_experiment(spec, tmp_path / "out")
 
 
 def test_option_args_pass_any_option_through():

@@ -85,6 +85,10 @@ def plan_experiment(spec: ExperimentSpec, root: Path) -> ExperimentPlan:
         # commands are wired in here, a spec asking for head rows is refused, not half-run.
         raise SpecError(f"{spec.path}: rows = \"heads\": this checkout runs prompt scoring only (the features and "
                         f"train-head stages are not wired into experiments yet); use rows = [\"prompt\"]")
+    unused = sorted({stage for cell in expand_cells(spec) for stage in ("features", "heads") if cell.options[stage]})
+    if unused:
+        raise SpecError(f"{spec.path}: options for {', '.join(unused)} are given, but no cell runs that stage "
+                        f"(prompt-scoring rows only); remove them")
     data = resolve_dataset(spec.dataset)
     shared: dict[str, StageRun] = {}
     plans = []
