@@ -17,6 +17,7 @@ help:
 	@echo "make demo    - whole chain on the embedded default (stage 1, training, evaluation); MODEL_FAMILY=siglip2 for FG-CLIP 2"
 	@echo "make test    - the test suite"
 	@echo "make frames  - stage 1: decode videos into HDF5 shards (embedded default without arguments)"
+	@echo "make features - snippet features of every video (the field's files: .npy, lists, ground truth)"
 	@echo "make eval    - frame-level AUC of the latest debug checkpoint vs its starting model (report, plots)"
 	@echo "make train-debug / train-full - stage 2 presets; override e.g. NUM_FRAMES=128 BATCH_SIZE=1 GRAD_ACCUM=16"
 	@echo "make doctor  - pre-flight checks (data, GPU, disk, model) for PRESET=debug|full"
@@ -109,6 +110,17 @@ demo: frames
 .PHONY: eval
 eval: venv
 	$(FGCLIP) eval $(EVAL_ARGS)
+
+# Snippet features (fgclip/features): one feature per 16 source frames of every training and test video,
+# in the files the field's heads read. Without arguments: the embedded default, for the demo's trained
+# model (when `make demo` ran) and the model it started from, into features/fgclip_demo/<model>/.
+# Real data: make features FEATURES_ARGS="--train-list Anomaly_Train.txt --test-list Anomaly_Test.txt \
+#   --video-root UCF_Crime/Videos --checkpoint ours=RUN --checkpoint clip=MODEL --crops 10 --annotations FILE"
+# Several GPUs: torchrun --standalone --nproc_per_node=N -m fgclip.cli features ...
+FEATURES_ARGS ?=
+.PHONY: features
+features: venv
+	$(FGCLIP) features $(FEATURES_ARGS)
 
 # Benchmarks (docs/PERFORMANCE.md): on a GPU, full-size synthetic inputs and a ViT-B/16-shaped model;
 # results in bench/bench*.json. `make bench-smoke` runs the same four measurements tiny, on a CPU.
