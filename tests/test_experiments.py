@@ -71,7 +71,8 @@ def test_cells_cross_and_separate_share_what_their_options_share(tmp_path):
     train = plan.cells[4].stages[0]
     assert train.argv[:2] == ["train", "--shards"] and "--region-weight" in train.argv and "--resume" in train.argv
 
-    separate = load_spec(write(tmp_path / "separate.toml", GRID.replace('seeds = [1, 2]', 'seeds = [1, 2]\ncombine = "separate"')))
+    separate_text = GRID.replace('seeds = [1, 2]', 'seeds = [1, 2]\ncombine = "separate"')
+    separate = load_spec(write(tmp_path / "separate.toml", separate_text))
     cells = expand_cells(separate)
     assert [c.group for c in cells] == ["loss"] * 4 + ["window"] * 4
     plan = plan_experiment(separate, tmp_path / "out")
@@ -109,7 +110,8 @@ def test_option_args_pass_any_option_through():
 
 
 def _row(variant, seed, auc, fa, group=""):
-    return {"group": group, "variant": variant, "seed": seed, "auc": auc, "ap": auc - 0.1, "false_alarm_rate_at_recall_90": fa,
+    return {"group": group, "variant": variant, "seed": seed, "auc": auc, "ap": auc - 0.1,
+            "false_alarm_rate_at_recall_90": fa,
             "selection_rule": "best/ by retrieval on 5% of the training videos held out", "convention": "inclusive",
             "report": f"reports/{variant}{seed}/report.md"}
 
@@ -165,7 +167,8 @@ def smoke_dataset(link_real_clips, shared_data, tmp_path_factory) -> Path:
          "timestamps": None},
     ]
     (root / "train.json").write_text(json.dumps(records))
-    (root / "Anomaly_Test.txt").write_text("Abuse/Abuse902_x264.mp4\nTesting_Normal_Videos_Anomaly/Normal_Videos902_x264.mp4\n")
+    (root / "Anomaly_Test.txt").write_text(
+        "Abuse/Abuse902_x264.mp4\nTesting_Normal_Videos_Anomaly/Normal_Videos902_x264.mp4\n")
     (root / "Temporal_Anomaly_Annotation.txt").write_text(
         "Abuse902_x264.mp4  Abuse  200  400  -1  -1\nNormal_Videos902_x264.mp4  Normal  -1  -1  -1  -1\n")
     shutil.copy(shared_data / "ucf" / "Anomaly_Test.txt", root / "official_test_split.txt")

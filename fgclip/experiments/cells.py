@@ -33,7 +33,8 @@ class Cell:
     @property
     def name(self) -> str:
         """Its folder name: "global-only_whole-video-seed1"."""
-        return "_".join(slug(label) for _, label in self.labels) + f"-seed{self.seed}" if self.labels else f"base-seed{self.seed}"
+        variant = "_".join(slug(label) for _, label in self.labels) or "base"
+        return f"{variant}-seed{self.seed}"
 
 
 def overlay(base: dict[str, dict], *variants: dict[str, dict]) -> dict[str, dict]:

@@ -278,7 +278,8 @@ def latex_tables(rows: list[dict], title: str, spec_caption: str = "") -> str:
         columns = _columns([r for rs in variants.values() for r in rs])
         summaries, best = _cells(variants, columns)
         name = f"{title}: {group}" if group else title
-        text_caption = _tex_escape(caption([r for rs in variants.values() for r in rs], spec_caption)).replace("±", "$\\pm$")
+        members = [r for rs in variants.values() for r in rs]
+        text_caption = _tex_escape(caption(members, spec_caption)).replace("±", "$\\pm$")
         out += ["\\begin{table}[t]", "\\centering", f"\\caption{{{_tex_escape(name)}. {text_caption}}}",
                 "\\begin{tabular}{l" + "c" * len(columns) + "}", "\\toprule",
                 "Variant & " + " & ".join(c.title for c in columns) + " \\\\", "\\midrule"]

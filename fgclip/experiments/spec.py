@@ -161,7 +161,8 @@ def load_spec(path: Path | str) -> ExperimentSpec:
     if unknown:
         raise SpecError(f"{path}: unknown top-level keys {unknown}; known: {sorted(known)}")
     seeds = raw.get("seeds", [42])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
+    distinct_integers = isinstance(seeds, list) and all(isinstance(s, int) for s in seeds) and len(set(seeds)) == len(seeds)
+    if not seeds or not distinct_integers:
         raise SpecError(f"{path}: seeds = {seeds!r}: needs a list of distinct integers, e.g. seeds = [1, 2, 3]")
     combine = raw.get("combine", "cross")
     if combine not in COMBINE_MODES:
