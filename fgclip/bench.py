@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 FULL_PRESET_FRAMES = 232 * 256 * 10  # UCF-Crime's 232 training records x the full preset's 256 frames x 10 epochs
 
 # `bench --smoke`: every measurement in seconds on a CPU, so CI keeps the command working.
-SMOKE = {"records": 4, "num_frames": 4, "size": 56, "test_videos": 1, "baseline_videos": 1,
+SMOKE = {"records": 4, "num_frames": 4, "size": 56, "test_videos": 1, "baseline_videos": 1, "feature_videos": 2,
+         "feature_seconds": 2.0,
          "data": {"test_stored_frames": 24, "video_seconds": 1.0}}
 
 # Dense bf16 tensor-core peaks from the vendors' datasheets, by a substring of the device name.
@@ -84,6 +85,8 @@ class BenchConfig:
     extra_settings: bool = False  # also time EXTRA_SETTINGS
     label: str = ""
     profile: bool = False  # also write a kernel table of one ceiling step (torch.profiler)
+    feature_videos: int = 16  # `fgclip-vad features` timing on this many generated videos (0: skip it)
+    feature_seconds: float = 60.0  # length of each generated video (30 fps)
 
 
 # --- benchmark inputs -------------------------------------------------------------------------
@@ -600,7 +603,12 @@ def run_bench(config: BenchConfig) -> dict:
                                               / results["vision_tower"]["inference"]["frames_per_s"])
         _write_results(config, results)
 
-    # 5. Other settings of the step, each with a trainer of its own.
+    # 5. Feature extraction (`fgclip-vad features`), decoding included, 1 and 10 crops.
+    if config.feature_videos and distributed.rank() == 0:
+        results["features"] = _time_features(config, device)
+        _write_results(config, results)
+
+    # 6. Other settings of the step, each with a trainer of its own.
     results["settings"] = {}
     for label, auto_batch, batch_size, grad_accum, checkpointing in (EXTRA_SETTINGS if config.extra_settings else ()):
         _free_device_memory(device)
@@ -687,6 +695,27 @@ def _time_eval(config: BenchConfig, device: torch.device) -> dict:
             "readers": config.eval_readers, "readers_started_before": True, "compiled": device.type == "cuda"}
 
 
+def _time_features(config: BenchConfig, device: torch.device) -> dict:
+    """Features rows: generated videos (two distinct ones, linked to `feature_videos` files so every
+    file is decoded on its own), the bench model at its own input size, 1 and 10 crops."""
+    from fgclip.features.speed import time_features
+    from fgclip.models.families import load_video_model
+
+    folder = Path(config.out_dir) / "data" / "feature_videos"
+    sources = folder / "sources"
+    _write_videos(sources, 2, config.feature_seconds, np.random.default_rng(7))
+    videos = []
+    for i in range(config.feature_videos):
+        link = folder / f"video{i:03d}.mp4"
+        if not link.exists():
+            link.symlink_to((sources / f"video{i % 2:03d}.mp4").resolve())
+        videos.append(link)
+    size = load_video_model(config.model).image_size
+    return {f"crops_{crops}": time_features(Path(config.model), videos, crops=crops, size=size, device=device,
+                                            decode_workers=min(16, os.cpu_count() or 1))
+            for crops in (1, 10)}
+
+
 def format_table(results: dict) -> str:
     rows = [("path", "frames/s", "step s", "of path 0", "GPU idle", "note")]
 
@@ -728,6 +757,12 @@ def format_table(results: dict) -> str:
         ev = results["eval"]
         rows.append(("4 evaluation inference", f"{ev['frames_per_s']:.0f}", "", share(ev["of_vision_tower"]), "",
                      f"{ev['stored_frames']} stored frames, {ev['readers']} readers, compiled {ev['compiled']}"))
+    for key, row in results.get("features", {}).items():
+        rows.append((f"5 features, {row['crops']} crop{'s' if row['crops'] > 1 else ''}", f"{row['extraction_frames_per_s']:.0f}",
+                     "", share(row["of_bare_inference"]), "",
+                     f"of its bare inference ({row['bare_inference_frames_per_s']:.0f}); decoding alone "
+                     f"{row['decode_model_frames_per_s']:.0f} ({row['decode_snippets_per_s']:.0f} snippets/s, "
+                     f"{row['decode_workers']} decoders): {row['bound']}-bound; {row['videos']} videos"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     env = results["environment"]

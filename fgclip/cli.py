@@ -85,11 +85,15 @@ for command in COMMANDS:
 @click.option("--eval-readers", default=2, show_default=True, help="Shard reader processes of the evaluation timing.")
 @click.option("--label", default="", help="Name of this configuration (bench-LABEL.json).")
 @click.option("--profile", "profile_step", is_flag=True, help="Also write profile[-LABEL].txt: the kernels of one step by device time.")
+@click.option("--feature-videos", default=16, show_default=True,
+              help="Time `fgclip-vad features` (1 and 10 crops, decoding included) on this many generated videos (0: skip).")
+@click.option("--feature-seconds", default=60.0, show_default=True, help="Length of each generated video for the features rows.")
 @click.option("--smoke", is_flag=True,
               help="A seconds-long CPU configuration of all four measurements (tiny model and data; CI runs it).")
 def bench_command(out_dir, model, model_presets, family, shards, test_shards, videos, make_data, records, test_videos,
                   baseline_videos, size, num_frames, batch_size, grad_accum, workers, gradient_checkpointing, compile_blocks,
-                  steps, warmup_steps, baseline_steps, time_eval, eval_readers, label, profile_step, smoke, extra_settings) -> None:
+                  steps, warmup_steps, baseline_steps, time_eval, eval_readers, label, profile_step, feature_videos,
+                  feature_seconds, smoke, extra_settings) -> None:
     """Time the training step fed from device memory, from HDF5 shards and by decoding video in the
     loop, plus evaluation inference; write bench.json and print a table."""
     from pathlib import Path
@@ -106,6 +110,7 @@ def bench_command(out_dir, model, model_presets, family, shards, test_shards, vi
         make_data, records, num_frames, size = True, SMOKE["records"], SMOKE["num_frames"], SMOKE["size"]
         test_videos, baseline_videos, batch_size, grad_accum = SMOKE["test_videos"], SMOKE["baseline_videos"], 1, 2
         workers, steps, warmup_steps, baseline_steps, label = 1, 1, 1, 1, label or f"smoke{suffix}"
+        feature_videos, feature_seconds = min(feature_videos, SMOKE["feature_videos"]), SMOKE["feature_seconds"]
         extra_settings = bool(extra_settings)
     label = label or suffix.lstrip("-")
 
@@ -138,6 +143,7 @@ def bench_command(out_dir, model, model_presets, family, shards, test_shards, vi
             grad_accum=grad_accum, workers=workers, extra_settings=extra_settings is not False,
             gradient_checkpointing=gradient_checkpointing, compile=compile_blocks, steps=steps, warmup_steps=warmup_steps,
             baseline_steps=baseline_steps, label=preset_label, profile=profile_step, eval_readers=eval_readers,
+            feature_videos=feature_videos, feature_seconds=feature_seconds,
         )
         results = run_bench(config)
         if dist.is_main:

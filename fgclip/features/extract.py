@@ -307,7 +307,8 @@ def extract(videos: Sequence[VideoItem], models: Sequence[FeatureModel], setting
         raise FeaturesError("no videos to extract: give --train-list / --test-list or --videos, and --video-root")
     rank, world = distributed.rank(), distributed.world_size()
     for model in models:
-        model.load(device)
+        if model.model is None:
+            model.load(device)
     shard_frames = TestShardFrames(test_shards, settings) if test_shards is not None else None
     done = {model.name: finished_videos(model) for model in models}
     mine = [v for v in videos[rank::world]
