@@ -128,11 +128,18 @@ def run_stage(run: StageRun, log_path: Path, env: dict[str, str]) -> float:
     with log_path.open("a", encoding="utf-8") as log:
         log.write(f"\n$ {' '.join(run.command())}\n")
         log.flush()
-        result = subprocess.run(run.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(run.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            returncode = process.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached the stage too: let it stop cleanly (training finishes its step and
+            # writes a checkpoint to resume from), rather than subprocess.run's kill after 0.25 s.
+            process.wait()
+            raise
     wall_s = time.perf_counter() - started
-    if result.returncode != 0:
+    if returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
-        raise ExperimentError(f"{run.stage} failed (exit {result.returncode}); log {log_path}; last lines:\n  "
+        raise ExperimentError(f"{run.stage} failed (exit {returncode}); log {log_path}; last lines:\n  "
                               + "\n  ".join(tail) + "\nFix the cause and run the experiment again: finished work is kept")
     run.output.mkdir(parents=True, exist_ok=True)
     record = {"stage": run.stage, "key": run.key, "command": run.argv, "wall_s": round(wall_s, 3),
