@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,6 +50,11 @@ INDUCTOR_CACHE = "inductor-cache"
 
 class ExperimentError(RuntimeError):
     """A stage of the experiment failed: the cell, the command and its log are named."""
+
+
+class StageStopped(ExperimentError):
+    """A stage was stopped by a signal (Ctrl-C, kill, a scheduler's time limit): the experiment
+    stops too, and the same command resumes it."""
 
 
 @dataclass
@@ -137,6 +144,11 @@ def run_stage(run: StageRun, log_path: Path, env: dict[str, str]) -> float:
             process.wait()
             raise
     wall_s = time.perf_counter() - started
+    if returncode < 0 or returncode > 128:  # killed by a signal, or ended by one (the shell's 128 + N)
+        number = -returncode if returncode < 0 else returncode - 128
+        name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else f"signal {number}"
+        raise StageStopped(f"{run.stage} stopped by {name} (log {log_path}); run the same command again to resume "
+                           f"(finished stages are kept, training continues from its last checkpoint)")
     if returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
         raise ExperimentError(f"{run.stage} failed (exit {returncode}); log {log_path}; last lines:\n  "
@@ -216,12 +228,18 @@ def run_cells(plan: ExperimentPlan, *, gpus: list[str] | None = None, executor: 
         free: queue.Queue[str] = queue.Queue()
         for gpu in gpus:
             free.put(gpu)
+        stopped = threading.Event()  # a stage was stopped by a signal: start no further cell
 
         def on_a_gpu(cell_plan: CellPlan) -> None:
             gpu = free.get()
             try:
+                if stopped.is_set():
+                    return
                 say(f"cell {cell_plan.cell.name}: running on GPU {gpu}")
                 report(cell_plan, run_cell(cell_plan, plan.root, gpu))
+            except StageStopped:
+                stopped.set()
+                raise
             except ExperimentError as err:
                 report(cell_plan, err)
             finally:
@@ -235,6 +253,8 @@ def run_cells(plan: ExperimentPlan, *, gpus: list[str] | None = None, executor: 
             say(f"cell {cell_plan.cell.name}: running")
             try:
                 report(cell_plan, run_cell(cell_plan, plan.root, gpu))
+            except StageStopped:
+                raise
             except ExperimentError as err:
                 report(cell_plan, err)
     if failures:
