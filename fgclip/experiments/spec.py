@@ -5,7 +5,9 @@ name = "demo-ablation"            # the output folder: experiments/<name>/ (defa
 seeds = [1, 2]
 combine = "cross"                 # cross: every combination of the axes' variants; separate: each axis
                                   # varied alone over the base (one table per axis)
-rows = ["prompt"]                 # what each cell reports: "prompt" (prompt scoring), "heads"
+rows = ["prompt"]                 # what each cell reports: "prompt" (prompt scoring); "heads" once the
+                                  # features and train-head stages are wired in (refused until then)
+caption = "..."                   # words added to the tables' caption
 
 [dataset]                         # embedded = true (model_preset = an init-model preset, default
 embedded = true                   # tiny), or the paths of a real dataset (see DATASET_KEYS)
@@ -22,6 +24,9 @@ name = "loss terms"
 [[axes.variants]]
 label = "global only"
 train = { region_weight = 0.0 }   # any stage's options, overlaid on the base
+
+[projection]                      # --dry-run's hints where the data is not at hand (PROJECTION_KEYS)
+train_records = 1559
 ```
 
 A stage's options are the command's own, so every option of every stage can be an axis;
