@@ -519,6 +519,19 @@ def _free_device_memory(device: torch.device) -> None:
 EXTRA_SETTINGS = (("checkpointing", True, 2, 8, True), ("checkpointing-2x256", False, 2, 8, True))
 
 
+def run_features_bench(config: BenchConfig) -> dict:
+    """The features rows alone (`bench --only-features`): bench-LABEL.json with the environment and them."""
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    peak_tflops, device_name = _peak_tflops(device)
+    results: dict = {"label": config.label, "config": dataclasses.asdict(config), "world_size": 1,
+                     "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                                     "date": time.strftime("%Y-%m-%d"), "host_cpus": os.cpu_count(),
+                                     "device": device_name, "bf16_peak_tflops": peak_tflops}}
+    results["features"] = _time_features(config, device)
+    results["json_path"] = str(_write_results(config, results))
+    return results
+
+
 def run_bench(config: BenchConfig) -> dict:
     """Run the measurements; rank 0 writes bench.json and returns the results."""
     out_dir = Path(config.out_dir)
@@ -716,11 +729,38 @@ def _time_features(config: BenchConfig, device: torch.device) -> dict:
             for crops in (1, 10)}
 
 
+def _share(value) -> str:
+    return "" if value is None else f"{value:.1%}"
+
+
+def feature_rows(results: dict) -> list[tuple[str, ...]]:
+    """Table rows of the features timing: its own share is of the model's bare inference."""
+    rows = []
+    for row in results.get("features", {}).values():
+        rows.append((f"5 features, {row['crops']} crop{'s' if row['crops'] > 1 else ''}", f"{row['extraction_frames_per_s']:.0f}",
+                     "", _share(row["of_bare_inference"]), "",
+                     f"of its bare inference ({row['bare_inference_frames_per_s']:.0f}); decoding alone "
+                     f"{row['decode_model_frames_per_s']:.0f} ({row['decode_snippets_per_s']:.0f} snippets/s, "
+                     f"{row['decode_workers']} decoders), {row['of_decode']:.0%} of it: {row['bound']}-bound; "
+                     f"{row['videos']} videos"))
+    return rows
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+
+
+def format_features_table(results: dict) -> str:
+    env = results["environment"]
+    header = ("path", "frames/s", "", "of bare", "", "note")
+    return "\n".join([f"{results.get('label') or 'bench'}: {env['device']}, torch {env['torch']}"]
+                     + _aligned([header] + feature_rows(results)))
+
+
 def format_table(results: dict) -> str:
     rows = [("path", "frames/s", "step s", "of path 0", "GPU idle", "note")]
-
-    def share(value) -> str:
-        return "" if value is None else f"{value:.1%}"
+    share = _share
 
     tower, ceiling, real = results["vision_tower"], results["ceiling"], results["real"]
     train0 = tower["train"]
@@ -757,14 +797,8 @@ def format_table(results: dict) -> str:
         ev = results["eval"]
         rows.append(("4 evaluation inference", f"{ev['frames_per_s']:.0f}", "", share(ev["of_vision_tower"]), "",
                      f"{ev['stored_frames']} stored frames, {ev['readers']} readers, compiled {ev['compiled']}"))
-    for key, row in results.get("features", {}).items():
-        rows.append((f"5 features, {row['crops']} crop{'s' if row['crops'] > 1 else ''}", f"{row['extraction_frames_per_s']:.0f}",
-                     "", share(row["of_bare_inference"]), "",
-                     f"of its bare inference ({row['bare_inference_frames_per_s']:.0f}); decoding alone "
-                     f"{row['decode_model_frames_per_s']:.0f} ({row['decode_snippets_per_s']:.0f} snippets/s, "
-                     f"{row['decode_workers']} decoders): {row['bound']}-bound; {row['videos']} videos"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    rows += feature_rows(results)
+    lines = _aligned(rows)
     env = results["environment"]
     lines.insert(0, f"{results.get('label') or 'bench'}: {env['device']} x{results['world_size']}, torch {env['torch']}, "
                     f"{results['batch_size']} x {results['config']['num_frames']} frames x accum "

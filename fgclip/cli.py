@@ -88,18 +88,20 @@ for command in COMMANDS:
 @click.option("--feature-videos", default=16, show_default=True,
               help="Time `fgclip-vad features` (1 and 10 crops, decoding included) on this many generated videos (0: skip).")
 @click.option("--feature-seconds", default=60.0, show_default=True, help="Length of each generated video for the features rows.")
+@click.option("--only-features", is_flag=True, help="Time only `fgclip-vad features` (no training or evaluation paths).")
 @click.option("--smoke", is_flag=True,
               help="A seconds-long CPU configuration of all four measurements (tiny model and data; CI runs it).")
 def bench_command(out_dir, model, model_presets, family, shards, test_shards, videos, make_data, records, test_videos,
                   baseline_videos, size, num_frames, batch_size, grad_accum, workers, gradient_checkpointing, compile_blocks,
                   steps, warmup_steps, baseline_steps, time_eval, eval_readers, label, profile_step, feature_videos,
-                  feature_seconds, smoke, extra_settings) -> None:
+                  feature_seconds, only_features, smoke, extra_settings) -> None:
     """Time the training step fed from device memory, from HDF5 shards and by decoding video in the
     loop, plus evaluation inference; write bench.json and print a table."""
     from pathlib import Path
 
     from fgclip import distributed
-    from fgclip.bench import SMOKE, BenchConfig, format_table, make_bench_data, run_bench
+    from fgclip.bench import (SMOKE, BenchConfig, format_features_table, format_table, make_bench_data, run_bench,
+                              run_features_bench)
 
     suffix = "" if family == "clip" else f"-{family}"
     if not model_presets:
@@ -145,10 +147,10 @@ def bench_command(out_dir, model, model_presets, family, shards, test_shards, vi
             baseline_steps=baseline_steps, label=preset_label, profile=profile_step, eval_readers=eval_readers,
             feature_videos=feature_videos, feature_seconds=feature_seconds,
         )
-        results = run_bench(config)
+        results = run_features_bench(config) if only_features else run_bench(config)
         if dist.is_main:
             click.echo(f"== {preset_label or model_preset} ({preset_model})")
-            click.echo(format_table(results))
+            click.echo(format_features_table(results) if only_features else format_table(results))
             click.echo(f"results: {results['json_path']}")
 
 

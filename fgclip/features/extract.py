@@ -244,6 +244,13 @@ def snippet_features(model: VideoModel, crops_uint8: torch.Tensor, *, device: to
                      batch_frames: int) -> np.ndarray:
     """(C, T, S, S, 3) uint8 -> (C, T, D) float32: each frame through the model's preprocessing and
     `frame_features`, `batch_frames` at a time (crops and snippets flattened into one batch stream)."""
+    return video_features(model, crops_uint8, device=device, batch_frames=batch_frames).cpu().numpy()
+
+
+@torch.inference_mode()
+def video_features(model: VideoModel, crops_uint8: torch.Tensor, *, device: torch.device,
+                   batch_frames: int) -> torch.Tensor:
+    """`snippet_features` left on the device (kernels queued, nothing waited for): (C, T, D) float32."""
     count, snippets = crops_uint8.shape[:2]
     flat = crops_uint8.reshape(count * snippets, *crops_uint8.shape[2:])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
@@ -252,7 +259,7 @@ def snippet_features(model: VideoModel, crops_uint8: torch.Tensor, *, device: to
         batch = flat[start:start + batch_frames].to(device, non_blocking=True)
         with autocast:
             parts.append(model.frame_features(model.preprocess(batch)).float())
-    return torch.cat(parts).reshape(count, snippets, -1).cpu().numpy()
+    return torch.cat(parts).reshape(count, snippets, -1)
 
 
 def _weights_digest(model_dir: Path) -> dict[str, str]:
@@ -286,6 +293,13 @@ def finished_videos(model: FeatureModel) -> dict[str, dict]:
 
 def _files_of(model: FeatureModel, item: VideoItem, crops: int) -> list[Path]:
     return [feature_path(model.out_dir, item.folder, item.key, crop) for crop in range(crops)]
+
+
+def _write_video(model: FeatureModel, item: VideoItem, features: np.ndarray, rank: int, record: dict) -> None:
+    """One video's crop files for one model, then its progress line (the line says the files are whole)."""
+    for crop, path in enumerate(_files_of(model, item, len(features))):
+        save_feature(path, features[crop])
+    _append_progress(model, rank, record)
 
 
 def _append_progress(model: FeatureModel, rank: int, record: dict) -> None:
@@ -327,7 +341,8 @@ def extract(videos: Sequence[VideoItem], models: Sequence[FeatureModel], setting
         return decode_video(item, settings)
 
     snippets_done = 0
-    with ThreadPoolExecutor(max_workers=max(1, settings.decode_workers)) as pool:
+    writes: deque = deque()
+    with ThreadPoolExecutor(max_workers=max(1, settings.decode_workers)) as pool, ThreadPoolExecutor(1) as writer:
         queue: deque = deque()
         upcoming = iter(mine)
         for item in upcoming:  # keep the decoders a few videos ahead of the model
@@ -346,19 +361,23 @@ def extract(videos: Sequence[VideoItem], models: Sequence[FeatureModel], setting
                 bar.write(f"skipped {item.path}: {decoded.skip_reason}")
                 bar.update(1)
                 continue
-            crops = settings.crop.apply(torch.from_numpy(decoded.frames_uint8))
+            # Frames go to the device once; crops and flips are views taken there, for every model.
+            crops = settings.crop.apply(torch.from_numpy(decoded.frames_uint8).to(device, non_blocking=True))
             record = {"key": item.key, "video": str(item.path), "folder": item.folder, "label": item.label,
                       "split": item.split, "snippets": int(len(decoded.frame_numbers)),
                       "num_source_frames": int(decoded.num_source_frames), "fps": float(decoded.fps),
                       "source": decoded.source}
             for model in models:
-                features = snippet_features(model.model, crops, device=device, batch_frames=settings.batch_frames)
-                for crop, path in enumerate(_files_of(model, item, settings.crop.crops)):
-                    save_feature(path, features[crop])
-                _append_progress(model, rank, record)
+                features = video_features(model.model, crops, device=device, batch_frames=settings.batch_frames).cpu()
+                # Files and the progress line are written beside the next video's inference.
+                writes.append(writer.submit(_write_video, model, item, features.numpy(), rank, record))
+            while writes and writes[0].done():
+                writes.popleft().result()  # a failed write (disk full) stops the run here
             snippets_done += len(decoded.frame_numbers)
             bar.update(1)
             bar.set_postfix(snippets_per_s=f"{snippets_done / (time.perf_counter() - started):.0f}", refresh=False)
+        for write in writes:
+            write.result()
     bar.close()
     skipped_file = models[0].out_dir.parent / PROGRESS_DIR / f"skipped-rank-{rank}.json" if models else None
     if skipped_file is not None:
