@@ -724,8 +724,7 @@ def _time_features(config: BenchConfig, device: torch.device) -> dict:
             link.symlink_to((sources / f"video{i % 2:03d}.mp4").resolve())
         videos.append(link)
     size = load_video_model(config.model).image_size
-    return {f"crops_{crops}": time_features(Path(config.model), videos, crops=crops, size=size, device=device,
-                                            decode_workers=min(16, os.cpu_count() or 1))
+    return {f"crops_{crops}": time_features(Path(config.model), videos, crops=crops, size=size, device=device)
             for crops in (1, 10)}
 
 

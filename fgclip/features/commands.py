@@ -42,7 +42,7 @@ DEFAULT_OUT = "features"
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (torchrun: one GPU per rank).")
 @click.option("--batch-frames", type=click.IntRange(min=1), default=256, show_default=True, help="Frames per forward pass.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Videos decoded at once (each an ffmpeg process) [default: the CPU count, at most 8].")
+              help="Videos decoded at once (each an ffmpeg process of one thread) [default: the CPU count less 2].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def features_command(train_list, test_list, video_folders, video_root, checkpoints, out_dir, crops, test_crop, snippet,
                      snippet_frame, size, test_shards, annotations, dataset_name, convention, device, batch_frames,
@@ -59,7 +59,6 @@ def features_command(train_list, test_list, video_folders, video_root, checkpoin
     Per model: <Folder>/<video>__<crop>.npy (float32 [T, D], the frame embedding before normalisation),
     lists/ (VadCLIP CSV, RTFM/UR-DMU and PEL4VAD lists), gt/ and manifest.json. A killed run resumes.
     """
-    import os
     from pathlib import Path
 
     from fgclip import distributed
@@ -80,7 +79,7 @@ def features_command(train_list, test_list, video_folders, video_root, checkpoin
         settings = fx.ExtractionSettings(
             snippet=snippet_rule, crop=fx.CropRule(crops=int(crops), size=size or 224), test_crop=test_crop,
             dataset=dataset_name, annotations=plan["annotations"], batch_frames=batch_frames,
-            decode_workers=workers or min(8, os.cpu_count() or 1))
+            decode_workers=workers or fx.default_decode_workers())
         if convention:
             settings.convention = convention
         info = distributed.init_from_env()

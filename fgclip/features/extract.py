@@ -167,10 +167,15 @@ class ExtractionSettings:
     annotations: Path | None = None  # the test split's ground truth (official format)
     convention: str = DEFAULT_CONVENTION
     batch_frames: int = 256
-    decode_workers: int = 2
+    decode_workers: int = 2  # videos decoded at once (`default_decode_workers()` from the CLI)
 
 
 # --- decoding ---------------------------------------------------------------------------------------
+
+
+def default_decode_workers() -> int:
+    """Videos decoded at once: every core but two (the model's host thread and the file writer)."""
+    return max(1, (os.cpu_count() or 1) - 2)
 
 
 def decode_video(item: VideoItem, settings: ExtractionSettings) -> DecodedVideo:
@@ -183,7 +188,9 @@ def decode_video(item: VideoItem, settings: ExtractionSettings) -> DecodedVideo:
         if info.num_frames <= 0:
             return DecodedVideo(item, None, None, skip_reason="ffmpeg reports no frames")
         wanted = settings.snippet.frame_numbers(info.num_frames)
-        decoded = decode_selected(item.path, wanted, size=settings.crop.decode_size)
+        # One ffmpeg thread per video: the decoders run side by side, and the cores they leave keep the
+        # model's host thread (kernel launches) and the writer from waiting behind them.
+        decoded = decode_selected(item.path, wanted, size=settings.crop.decode_size, threads=1)
     except VideoError as err:
         return DecodedVideo(item, None, None, skip_reason=str(err))
     if not len(decoded.frame_numbers):

@@ -26,6 +26,7 @@ from fgclip.features.extract import (
     FeatureModel,
     VideoItem,
     decode_video,
+    default_decode_workers,
     extract,
     snippet_features,
 )
@@ -37,8 +38,9 @@ def _sync(device: torch.device) -> None:
 
 
 def time_features(model_dir: Path, videos: Sequence[Path], *, crops: int, size: int, device: torch.device,
-                  batch_frames: int = 256, decode_workers: int = 8) -> dict:
+                  batch_frames: int = 256, decode_workers: int | None = None) -> dict:
     """One features row: extraction, decoding alone and bare inference on the same videos and model."""
+    decode_workers = decode_workers or default_decode_workers()
     items = [VideoItem(path=Path(p), folder="bench", key=f"{Path(p).stem}_{i}", label="Normal", split="train")
              for i, p in enumerate(videos)]
     settings = ExtractionSettings(crop=CropRule(crops=crops, size=size), batch_frames=batch_frames,
