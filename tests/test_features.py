@@ -22,6 +22,7 @@ from fgclip.features.files import (
     parse_path_maps,
     read_feature_list,
     read_features_dir,
+    snippet_ground_truth,
     vadclip_ground_truth,
 )
 
@@ -185,6 +186,22 @@ def test_bad_videos_are_skipped_and_listed_short_ones_give_one_snippet(tmp_path,
     assert set(reasons) == {"Broken001_x264", "Missing003_x264"} and "no such file" in reasons["Missing003_x264"]
 
 
+def test_xd_violence_lists_carry_the_code_of_the_name(tmp_path, synthetic, model_dir):
+    synth, _ = synthetic
+    root = tmp_path / "xd"
+    root.mkdir()
+    sources = [v.path for v in _plan(synth)[:2]]
+    names = ["Bad.Boys.1995__#01-11-55_01-12-40_label_B2-0-0.mp4", "v=8cTqh9tMz_I__#1_label_A.mp4"]
+    for source, name in zip(sources, names):
+        (root / name).symlink_to(source)
+    videos = fx.items_from_folder(root, "train", "xd-violence")
+    assert sorted(v.label for v in videos) == ["Normal", "Shooting"]  # the registry's classes, in the manifest
+    _run(videos, model_dir, tmp_path / "out", _settings(synth, annotations=None, dataset="xd-violence"))
+    rows = list(csv.DictReader(open(tmp_path / "out" / "micro" / "lists" / "vadclip_train.csv")))
+    assert sorted(r["label"] for r in rows) == ["A", "B2-0-0"]  # as VadCLIP's XD lists write them
+    assert sorted(e.label for e in read_features_dir(tmp_path / "out" / "micro").train) == ["A", "B2-0-0"]
+
+
 def test_a_checkpoint_of_an_unknown_layout_is_refused(tmp_path, synthetic):
     synth, _ = synthetic
     bad = tmp_path / "model"
@@ -211,7 +228,7 @@ def test_readers_of_the_fields_lists(tmp_path, shared_data):
     assert rows[0].path == tmp_path / "train" / "Abuse001_x264.npy"
     xd = tmp_path / "xd.list"  # RTFM-style XD-Violence list: the label is read from the name's code
     xd.write_text("/x/A.Beautiful.Mind.2001__#00-01-45_00-02-50_label_B2-0-0__3.npy\n/x/v=def__#1_label_A__0.npy\n")
-    assert [(r.label, r.crop) for r in read_feature_list(xd, dataset="xd-violence")] == [("Shooting", 3), ("Normal", 0)]
+    assert [(r.label, r.crop) for r in read_feature_list(xd, dataset="xd-violence")] == [("B2-0-0", 3), ("A", 0)]
     with pytest.raises(FeatureFileError, match="no such feature file"):
         load_feature(tmp_path / "missing.npy")
     np.save(tmp_path / "nan.npy", np.array([[0.0, np.nan]], dtype=np.float32))
@@ -222,16 +239,28 @@ def test_readers_of_the_fields_lists(tmp_path, shared_data):
         load_feature(tmp_path / "wide.npy", width=16)
 
 
-def test_vadclip_ground_truth_cuts_at_t_times_16():
+def test_vadclip_ground_truth_cuts_at_t_times_16(tmp_path):
     from fgclip.eval.ground_truth import VideoAnnotation
 
     annotations = {"a": VideoAnnotation("a", "Fighting", ((5, 20), (40, 100)), 1)}
-    gt = vadclip_ground_truth(["a", "n"], [3, 1], annotations, "Normal")
+    gt = snippet_ground_truth(["a", "n"], [3, 1], annotations, "Normal")
     expected = np.zeros(64)
     expected[5:20] = 1
     expected[40:48] = 1
     np.testing.assert_array_equal(gt.vadclip_frames, expected)
     assert gt.segments == [[[5, 20], [40, 100]], [[0, 16]]] and gt.segment_labels == [["Fighting"] * 2, ["Normal"]]
+    # The heads' entry point: a test list's rows (T from each file, a video's further crops adding
+    # nothing) and the annotation file itself, in the official format.
+    for name, snippets in (("a", 3), ("n", 1)):
+        for crop in (0, 5):
+            np.save(tmp_path / f"{name}__{crop}.npy", np.zeros((snippets, 4), dtype=np.float32))
+    rows = ["path,label"] + [f"{tmp_path / f'{n}__{c}.npy'},{label}" for n, label in (("a", "Fighting"), ("n", "Normal"))
+                             for c in (0, 5)]
+    (tmp_path / "test.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "Temporal_Anomaly_Annotation.txt").write_text("a.mp4  Fighting  5  20  40  100\nn.mp4  Normal  -1  -1  -1  -1\n")
+    entries = read_feature_list(tmp_path / "test.csv")
+    np.testing.assert_array_equal(vadclip_ground_truth(entries, tmp_path / "Temporal_Anomaly_Annotation.txt"), expected)
+    np.testing.assert_array_equal(vadclip_ground_truth(entries, annotations), expected)
 
 
 def test_two_ranks_split_the_videos_and_rank_0_writes_the_lists(tmp_path, synthetic, model_dir):

@@ -47,7 +47,8 @@ from fgclip.features.files import (
     feature_path,
     save_feature,
     save_json,
-    vadclip_ground_truth,
+    list_label,
+    snippet_ground_truth,
     write_ground_truth,
     write_lists,
 )
@@ -412,11 +413,11 @@ def finish_model(model: FeatureModel, videos: Sequence[VideoItem], settings: Ext
     done = finished_videos(model)
     crops = settings.crop.crops
     present = [v for v in videos if v.key in done]
-    train = [FeatureEntry(path, v.label, v.key, crop) for v in present if v.split == "train"
-             for crop, path in enumerate(_files_of(model, v, crops))]
+    train = [FeatureEntry(path, list_label(v.key, v.label, settings.dataset), v.key, crop) for v in present
+             if v.split == "train" for crop, path in enumerate(_files_of(model, v, crops))]
     test_videos = [v for v in present if v.split == "test"]
-    test = [FeatureEntry(feature_path(model.out_dir, v.folder, v.key, settings.test_crop), v.label, v.key,
-                         settings.test_crop) for v in test_videos]
+    test = [FeatureEntry(feature_path(model.out_dir, v.folder, v.key, settings.test_crop),
+                         list_label(v.key, v.label, settings.dataset), v.key, settings.test_crop) for v in test_videos]
     lists = {}
     if train:
         lists["train"] = {fmt: str(p.relative_to(model.out_dir)) for fmt, p in write_lists(model.out_dir, "train", train).items()}
@@ -459,7 +460,7 @@ def write_test_ground_truth(model: FeatureModel, test_videos: Sequence[VideoItem
     normal_label = "A" if dataset == "xd-violence" else "Normal"
     keys = [v.key for v in test_videos]
     snippets = [done[k]["snippets"] for k in keys]
-    gt = vadclip_ground_truth(keys, snippets, annotations, normal_label, settings.snippet.frames)
+    gt = snippet_ground_truth(keys, snippets, annotations, normal_label, settings.snippet.frames)
     for key in keys:
         frames = done[key]["num_source_frames"]
         annotation = annotations.get(key)

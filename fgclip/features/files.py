@@ -42,7 +42,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.datasets import dataset_of_path, get_dataset, label_from_path
+from fgclip.eval.ground_truth import NORMAL_LABEL, load_ground_truth
+from pipeline.datasets import XD_VIOLENCE, dataset_of_path, get_dataset, label_from_path
 
 SNIPPET_FRAMES = 16  # the field's snippet: one feature per 16 source frames
 MANIFEST_NAME = "manifest.json"
@@ -50,6 +51,7 @@ LISTS_DIR = "lists"
 GT_DIR = "gt"
 LIST_FORMATS = ("vadclip", "rtfm", "pel4vad")
 _CROP_SUFFIX = re.compile(r"^(?P<video>.+?)__(?P<crop>\d+)$")
+_XD_CODE = re.compile(r"label_(?P<code>[A-Z]\d?(?:-[A-Z0-9]\d?)*)")  # "..._label_B2-0-0": up to three classes
 
 
 class FeatureFileError(ValueError):
@@ -70,6 +72,17 @@ def split_crop(stem: str) -> tuple[str, int | None]:
     """("Abuse001_x264", 3) from "Abuse001_x264__3"; (stem, None) without a crop suffix."""
     match = _CROP_SUFFIX.match(stem)
     return (match.group("video"), int(match.group("crop"))) if match else (stem, None)
+
+
+def list_label(video: str, class_label: str, dataset: str) -> str:
+    """A list row's label as the field's lists write it: XD-Violence's code from the video's name
+    ("B2-0-0", "B1-B2-0"; "A" for normal), as VadCLIP's XD lists; every other dataset its class
+    (UCF-Crime: the class or "Normal"). `pipeline.datasets.label_from_path` gives an XD code's class."""
+    if get_dataset(dataset).name == XD_VIOLENCE:
+        match = _XD_CODE.search(video)
+        if match:
+            return match.group("code")
+    return class_label
 
 
 def feature_file_name(video: str, crop: int) -> str:
@@ -140,11 +153,11 @@ class SnippetGroundTruth:
     exact: dict[str, np.ndarray] = field(default_factory=dict)  # per video, its true frame count, our convention
 
 
-def vadclip_ground_truth(videos: Sequence[str], snippets: Sequence[int], annotations: Mapping,
+def snippet_ground_truth(videos: Sequence[str], snippets: Sequence[int], annotations: Mapping,
                          normal_label: str, frames_per_snippet: int = SNIPPET_FRAMES) -> SnippetGroundTruth:
-    """VadCLIP's construction: per video (list order) T x 16 zeros, each annotated interval's
-    frames [start, end) set to 1 (cut at T x 16); `annotations` maps video key -> VideoAnnotation
-    (`fgclip.eval.ground_truth`), a video it lacks is normal."""
+    """VadCLIP's construction with its segments: per video (list order) T x 16 zeros, each annotated
+    interval's frames [start, end) set to 1 (cut at T x 16); `annotations` maps video key ->
+    VideoAnnotation (`fgclip.eval.ground_truth`), a video it lacks is normal."""
     parts, segments, labels = [], [], []
     for video, count in zip(videos, snippets):
         length = int(count) * frames_per_snippet
@@ -162,6 +175,23 @@ def vadclip_ground_truth(videos: Sequence[str], snippets: Sequence[int], annotat
             labels.append([normal_label])
     frames = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
     return SnippetGroundTruth(list(videos), [int(t) for t in snippets], frames, segments, labels)
+
+
+def vadclip_ground_truth(test_entries: Sequence[FeatureEntry], annotations: Mapping | os.PathLike | str,
+                         frames_per_snippet: int = SNIPPET_FRAMES, *, dataset: str | None = None) -> np.ndarray:
+    """VadCLIP's `gt_<dataset>.npy` for a test list: per video in list order (a video's first row;
+    further crops of it add nothing), T x 16 zeros with each annotated [start, end) set to 1, T read
+    from the row's feature file. `annotations`: {video key: VideoAnnotation} or the ground-truth
+    file itself (read in `dataset`'s format, detected when None)."""
+    if not isinstance(annotations, Mapping):
+        _, annotations = load_ground_truth(annotations, dataset)
+    first_of_video: dict[str, FeatureEntry] = {}
+    for entry in test_entries:
+        first_of_video.setdefault(entry.video, entry)
+    first_rows = list(first_of_video.values())
+    snippets = [len(load_feature(entry.path)) for entry in first_rows]
+    return snippet_ground_truth([entry.video for entry in first_rows], snippets, annotations, NORMAL_LABEL,
+                                frames_per_snippet).vadclip_frames
 
 
 def check_ground_truth_lengths(gt: SnippetGroundTruth, feature_lengths: Mapping[str, int],
@@ -222,7 +252,7 @@ def read_feature_list(path: os.PathLike | str, *, path_map: Sequence[tuple[str, 
     absolute path per line; UR-DMU's lists too), "pel4vad" (paths relative to the features folder,
     `root`, by default the list's folder); "auto" tells them apart by the first line. Labels of
     one-path lists come from the path, by the dataset's rules (`pipeline.datasets`; `dataset` or
-    read from the path). A list row whose name has no `__N` crop is crop None (PEL4VAD writes crop 0
+    read from the path) and are written as a VadCLIP list would (`list_label`: XD-Violence's code). A list row whose name has no `__N` crop is crop None (PEL4VAD writes crop 0
     so). Files are not opened here: `load_feature` does that and names what is wrong."""
     path = Path(path)
     try:
@@ -249,7 +279,8 @@ def read_feature_list(path: os.PathLike | str, *, path_map: Sequence[tuple[str, 
         video, crop = split_crop(PurePosixPath(file).stem)
         if label is None:  # one-path lists carry no label: the path says it, by the dataset's rules
             as_video = str(PurePosixPath(file.replace("\\", "/")).with_name(video + ".mp4"))
-            label = label_from_path(as_video, get_dataset(dataset) if dataset else dataset_of_path(file))[0]
+            rules = get_dataset(dataset) if dataset else dataset_of_path(file)
+            label = list_label(video, label_from_path(as_video, rules)[0], rules.name)
         entries.append(FeatureEntry(path=file_path, label=label, video=video, crop=crop))
     return entries
 
