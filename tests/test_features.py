@@ -290,3 +290,20 @@ def _ffmpeg() -> str:
     from pipeline.decode import find_ffmpeg
 
     return find_ffmpeg()
+
+
+def test_bench_features_rows_on_the_cpu(tmp_path):
+    """`make bench`'s features rows in the smoke mode: extraction with decoding, against bare
+    inference and the decode rate, 1 and 10 crops, the bound named."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-m", "fgclip.cli", "bench", "--smoke", "--only-features", "--out",
+                             str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    rows = json.loads((tmp_path / "bench-smoke.json").read_text())["features"]
+    assert sorted(rows) == ["crops_1", "crops_10"]
+    for crops, row in ((1, rows["crops_1"]), (10, rows["crops_10"])):
+        assert row["model_frames"] == row["snippets"] * crops > 0
+        assert row["extraction_frames_per_s"] > 0 and row["bare_inference_frames_per_s"] > 0
+        assert row["of_bare_inference"] == pytest.approx(row["extraction_frames_per_s"] / row["bare_inference_frames_per_s"])
+        assert row["bound"] in ("decoding", "inference")
+    assert "5 features, 1 crop" in result.stdout and "5 features, 10 crops" in result.stdout
