@@ -140,12 +140,14 @@ class FeatureModel:
     path: Path
     out_dir: Path
     model: VideoModel | None = None
+    weights_sha256: dict[str, str] | None = None  # read with the model, not in the timed run (1.5 GB for fgclip2-base)
 
     def load(self, device: torch.device) -> None:
         try:
             self.model = load_video_model(self.path).to(device).eval()
         except ModelDirError as err:
             raise FeaturesError(f"--checkpoint {self.name}={self.path}: {err}") from None
+        self.weights_sha256 = _weights_digest(self.path)
 
 
 @dataclass
@@ -428,7 +430,7 @@ def finish_model(model: FeatureModel, videos: Sequence[VideoItem], settings: Ext
         ground_truth = write_test_ground_truth(model, test_videos, done, settings)
     manifest = {
         "model": {"name": model.name, "path": str(model.path.resolve()), "family": family_of(model.path),
-                  "weights_sha256": _weights_digest(model.path), "embed_dim": int(model.model.embed_dim),
+                  "weights_sha256": model.weights_sha256 or _weights_digest(model.path), "embed_dim": int(model.model.embed_dim),
                   "image_size": int(model.model.image_size)},
         "dataset": settings.dataset,
         "feature": "the frame embedding before normalisation, float32 [T, D] per video and crop: "
