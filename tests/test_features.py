@@ -134,6 +134,11 @@ def test_ten_crops_in_vadclip_order(tmp_path, synthetic, model_dir):
     for k in range(5):
         torch.testing.assert_close(crops[5 + k], crops[k].flip(2))  # horizontal flips
 
+    # The extractor never stacks the ten crops: it copies them a batch at a time, in the same order.
+    batches = list(fx.crop_batches(rule.views(frames), batch_frames=4))
+    assert [len(b) for b in batches] == [4] * 7 + [2]
+    torch.testing.assert_close(torch.cat(batches), crops.reshape(30, 32, 32, 3))
+
     video = _plan(synth)[:1]
     settings = _settings(synth, crop=fx.CropRule(crops=10, size=MICRO_IMAGE_SIZE), annotations=None)
     _run(video, model_dir, tmp_path, settings)

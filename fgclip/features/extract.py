@@ -31,7 +31,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -114,15 +114,21 @@ class CropRule:
     def decode_size(self) -> int:
         return self.size if self.crops == 1 else round(self.size * TEN_CROP_DECODE_RATIO)
 
-    def apply(self, frames: torch.Tensor) -> torch.Tensor:
-        """(T, S', S', 3) uint8 -> (crops, T, size, size, 3) in the crop order of the module docstring."""
+    def views(self, frames: torch.Tensor) -> list:
+        """(T, S', S', 3) uint8 -> one (T, size, size, 3) crop per entry, in the crop order of the
+        module docstring, sliced by `crop_batches`: the five crops are views (no copy), the flips
+        are made a slice at a time."""
         if self.crops == 1:
-            return frames[None]
+            return [frames]
         side, size = frames.shape[1], self.size
         lo, hi, mid = 0, side - size, (side - size) // 2
         corners = [(mid, mid), (lo, lo), (lo, hi), (hi, lo), (hi, hi)]
         views = [frames[:, y:y + size, x:x + size] for y, x in corners]
-        return torch.stack(views + [view.flip(2) for view in views])
+        return views + [_Flipped(view) for view in views]
+
+    def apply(self, frames: torch.Tensor) -> torch.Tensor:
+        """(T, S', S', 3) uint8 -> (crops, T, size, size, 3): every crop materialised."""
+        return torch.stack([view[:] for view in self.views(frames)])
 
     def describe(self) -> str:
         if self.crops == 1:
@@ -130,6 +136,21 @@ class CropRule:
         return (f"10 crops in VadCLIP's order from the frame squashed to {self.decode_size} x {self.decode_size}: __0 centre, "
                 f"__1..__4 top-left, top-right, bottom-left, bottom-right ({self.size} px), __5..__9 their horizontal flips; "
                 f"then the model's own preprocessing")
+
+
+class _Flipped:
+    """A crop's horizontal flip, made a batch at a time: a long video's ten crops never exist at once
+    (an hour at 30 fps is 6,750 snippets: 10 GB of 224 px crops)."""
+
+    def __init__(self, view: torch.Tensor) -> None:
+        self.view = view
+        self.shape = view.shape
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __getitem__(self, index: slice) -> torch.Tensor:
+        return self.view[index].flip(2)
 
 
 @dataclass
@@ -258,18 +279,33 @@ def snippet_features(model: VideoModel, crops_uint8: torch.Tensor, *, device: to
 
 
 @torch.inference_mode()
-def video_features(model: VideoModel, crops_uint8: torch.Tensor, *, device: torch.device,
-                   batch_frames: int) -> torch.Tensor:
-    """`snippet_features` left on the device (kernels queued, nothing waited for): (C, T, D) float32."""
-    count, snippets = crops_uint8.shape[:2]
-    flat = crops_uint8.reshape(count * snippets, *crops_uint8.shape[2:])
+def video_features(model: VideoModel, crops_uint8, *, device: torch.device, batch_frames: int) -> torch.Tensor:
+    """`snippet_features` left on the device (kernels queued, nothing waited for): (C, T, D) float32.
+    `crops_uint8`: a (C, T, S, S, 3) tensor or `CropRule.views`' list."""
+    count, snippets = len(crops_uint8), len(crops_uint8[0])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     parts = []
-    for start in range(0, len(flat), batch_frames):
-        batch = flat[start:start + batch_frames].to(device, non_blocking=True)
+    for batch in crop_batches(crops_uint8, batch_frames):
         with autocast:
-            parts.append(model.frame_features(model.preprocess(batch)).float())
+            parts.append(model.frame_features(model.preprocess(batch.to(device, non_blocking=True))).float())
     return torch.cat(parts).reshape(count, snippets, -1)
+
+
+def crop_batches(crops_uint8, batch_frames: int) -> Iterator[torch.Tensor]:
+    """The (crop, snippet) frames in that order, `batch_frames` at a time, each batch copied from
+    slices of the crops: only one batch of crops is ever materialised."""
+    pending, filled = [], 0
+    for crop in crops_uint8:
+        start = 0
+        while start < len(crop):
+            take = min(batch_frames - filled, len(crop) - start)
+            pending.append(crop[start:start + take])
+            filled, start = filled + take, start + take
+            if filled == batch_frames:
+                yield torch.cat(pending)
+                pending, filled = [], 0
+    if pending:
+        yield torch.cat(pending)
 
 
 def _weights_digest(model_dir: Path) -> dict[str, str]:
@@ -372,7 +408,7 @@ def extract(videos: Sequence[VideoItem], models: Sequence[FeatureModel], setting
                 bar.update(1)
                 continue
             # Frames go to the device once; crops and flips are views taken there, for every model.
-            crops = settings.crop.apply(torch.from_numpy(decoded.frames_uint8).to(device, non_blocking=True))
+            crops = settings.crop.views(torch.from_numpy(decoded.frames_uint8).to(device, non_blocking=True))
             record = {"key": item.key, "video": str(item.path), "folder": item.folder, "label": item.label,
                       "split": item.split, "snippets": int(len(decoded.frame_numbers)),
                       "num_source_frames": int(decoded.num_source_frames), "fps": float(decoded.fps),
