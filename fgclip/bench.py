@@ -85,7 +85,7 @@ class BenchConfig:
     extra_settings: bool = False  # also time EXTRA_SETTINGS
     label: str = ""
     profile: bool = False  # also write a kernel table of one ceiling step (torch.profiler)
-    feature_videos: int = 16  # `fgclip-vad features` timing on this many generated videos (0: skip it)
+    feature_videos: int = 64  # `fgclip-vad features` timing on this many generated videos, several per decoder (0: skip it)
     feature_seconds: float = 60.0  # length of each generated video (30 fps)
 
 

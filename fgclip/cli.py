@@ -85,8 +85,9 @@ for command in COMMANDS:
 @click.option("--eval-readers", default=2, show_default=True, help="Shard reader processes of the evaluation timing.")
 @click.option("--label", default="", help="Name of this configuration (bench-LABEL.json).")
 @click.option("--profile", "profile_step", is_flag=True, help="Also write profile[-LABEL].txt: the kernels of one step by device time.")
-@click.option("--feature-videos", default=16, show_default=True,
-              help="Time `fgclip-vad features` (1 and 10 crops, decoding included) on this many generated videos (0: skip).")
+@click.option("--feature-videos", default=64, show_default=True,
+              help="Time `fgclip-vad features` (1 and 10 crops, decoding included) on this many generated videos, several "
+                   "per decoder so that the steady state is timed, not the start (0: skip).")
 @click.option("--feature-seconds", default=60.0, show_default=True, help="Length of each generated video for the features rows.")
 @click.option("--only-features", is_flag=True, help="Time only `fgclip-vad features` (no training or evaluation paths).")
 @click.option("--smoke", is_flag=True,
