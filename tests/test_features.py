@@ -285,6 +285,33 @@ def test_two_ranks_split_the_videos_and_rank_0_writes_the_lists(tmp_path, synthe
     assert [Path(r["path"]).name for r in rows] == [f"{v.key}__0.npy" for v in _plan(synth)]
 
 
+def test_the_embedded_default_takes_the_demo_model_and_the_model_it_started_from(tmp_path, synthetic, model_dir):
+    """`make features` with no options after `make demo`: two feature trees, the demo run's chosen
+    model and its starting model, over the embedded default's training and test videos."""
+    import shutil
+
+    synth, _ = synthetic
+    run = tmp_path / "checkpoints" / "fgclip_demo"
+    shutil.copytree(model_dir, run / "final")
+    (run / "run_config.json").write_text(json.dumps({"model": str(model_dir)}))
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               FGCLIP_DATA_ROOT=str(synth.parent))  # the embedded default's paths, at the tiny dataset
+    result = subprocess.run([sys.executable, "-m", "fgclip.cli", "features", "--no-progress", "--device", "cpu",
+                             "--workers", "1", "--size", str(MICRO_IMAGE_SIZE)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    trees = sorted(p.parent.name for p in (tmp_path / "features" / "fgclip_demo").glob("*/manifest.json"))
+    assert trees == sorted(["fgclip_demo-final", Path(model_dir).name])
+    train_videos = {Path(r["video"]).stem for r in json.loads((synth / "train.json").read_text())}
+    test_videos = _plan(synth)
+    for tree in trees:
+        features_dir = read_features_dir(tmp_path / "features" / "fgclip_demo" / tree)
+        assert {e.video for e in features_dir.train} == train_videos
+        assert [e.video for e in features_dir.test] == [v.key for v in test_videos]
+        assert all(e.path.is_file() for e in features_dir.train + features_dir.test)
+        assert features_dir.ground_truth_files["vadclip"].is_file()
+
+
 def _cli():
     from fgclip.cli import main
 
