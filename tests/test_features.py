@@ -171,6 +171,11 @@ def test_a_killed_run_resumes_and_a_finished_one_skips(tmp_path, synthetic, mode
     _run(videos, model_dir, tmp_path, settings)  # all done: nothing decoded, lists rewritten from the record
     assert not list((tmp_path / "micro").rglob(".*.tmp"))
     assert (tmp_path / "micro" / "manifest.json").stat().st_mtime_ns >= stamp
+    # Other rules into the same folder: refused by name, nothing of the finished run touched.
+    with pytest.raises(fx.FeaturesError, match="snippet_offset: 8 there, 0 now"):
+        _run(videos, model_dir, tmp_path, _settings(synth, snippet=fx.SnippetRule(offset=0)))
+    for video in videos[:2]:
+        assert (tmp_path / "micro" / video.folder / f"{video.key}__0.npy").stat().st_mtime_ns == first[video.key]
 
 
 def test_bad_videos_are_skipped_and_listed_short_ones_give_one_snippet(tmp_path, synthetic, model_dir, shared_data):
@@ -277,7 +282,7 @@ def test_two_ranks_split_the_videos_and_rank_0_writes_the_lists(tmp_path, synthe
                "--annotations", str(synth / "Temporal_Anomaly_Annotation.txt"), "--no-progress", "--workers", "1"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    progress = sorted(p.name for p in (tmp_path / "micro" / ".progress").iterdir())
+    progress = sorted(p.name for p in (tmp_path / "micro" / ".progress").glob("rank-*"))
     assert progress == ["rank-0.jsonl", "rank-1.jsonl"]
     manifest = json.loads((tmp_path / "micro" / "manifest.json").read_text())
     assert len(manifest["videos"]) == len(_plan(synth))

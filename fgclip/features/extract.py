@@ -64,6 +64,7 @@ from pipeline.video_paths import VIDEO_SUFFIXES, resolve_video
 log = logging.getLogger(__name__)
 
 PROGRESS_DIR = ".progress"  # per rank, one JSON line per finished video (resume)
+IDENTITY_NAME = "identity.json"  # in PROGRESS_DIR: the weights and rules the folder's features come from
 TEN_CROP_DECODE_RATIO = 256 / 224  # ten crops of `size` px from a frame squashed to size * 256 / 224
 
 
@@ -337,6 +338,33 @@ def finished_videos(model: FeatureModel) -> dict[str, dict]:
     return done
 
 
+def output_identity(model: FeatureModel, settings: ExtractionSettings) -> dict:
+    """What a model's feature files depend on: its weights, the snippet rule and the crops."""
+    if model.weights_sha256 is None:
+        model.weights_sha256 = _weights_digest(model.path)
+    return {"weights_sha256": model.weights_sha256, "snippet_frames": settings.snippet.frames,
+            "snippet_offset": settings.snippet.frame_offset, "crop_size": settings.crop.size,
+            "decode_size": settings.crop.decode_size}
+
+
+def claim_output(model: FeatureModel, settings: ExtractionSettings) -> None:
+    """Resume only what the same weights and rules wrote: a folder of other features (the demo
+    trained again, another --size or --snippet-frame) is refused by name, never mixed or overwritten.
+    The crop count may grow (--crops 10 after --crops 1 adds __1..__9)."""
+    path = model.out_dir / PROGRESS_DIR / IDENTITY_NAME
+    wanted = output_identity(model, settings)
+    if path.is_file():
+        found = json.loads(path.read_text(encoding="utf-8"))
+        changed = sorted(key for key in set(found) | set(wanted) if found.get(key) != wanted.get(key))
+        if changed:
+            raise FeaturesError(
+                f"{model.out_dir} holds features of other {', '.join(changed)} than --checkpoint {model.name}={model.path} "
+                f"with these options ({', '.join(f'{k}: {found.get(k)} there, {wanted.get(k)} now' for k in changed)}); "
+                f"give another --out, or delete that folder to extract again")
+        return
+    save_json(path, wanted)
+
+
 def _files_of(model: FeatureModel, item: VideoItem, crops: int) -> list[Path]:
     return [feature_path(model.out_dir, item.folder, item.key, crop) for crop in range(crops)]
 
@@ -369,6 +397,7 @@ def extract(videos: Sequence[VideoItem], models: Sequence[FeatureModel], setting
     for model in models:
         if model.model is None:
             model.load(device)
+        claim_output(model, settings)
     shard_frames = TestShardFrames(test_shards, settings) if test_shards is not None else None
     done = {model.name: finished_videos(model) for model in models}
     mine = [v for v in videos[rank::world]
