@@ -20,6 +20,7 @@ import click
 from fgclip.eval import commands as eval_commands
 from fgclip.experiments import commands as experiment_commands
 from fgclip.features import commands as feature_commands
+from fgclip.heads import commands as head_commands
 from fgclip.models import commands as model_commands
 from fgclip.train import commands as train_commands
 from pipeline import commands as stage1_commands
@@ -41,6 +42,7 @@ COMMANDS = (
     train_commands.train_command, train_commands.doctor_command,
     eval_commands.eval_command, eval_commands.score_command,
     feature_commands.features_command,
+    head_commands.train_head_command, head_commands.bench_head_command,
     experiment_commands.experiment_command,
 )
 for command in COMMANDS:

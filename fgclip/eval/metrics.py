@@ -18,7 +18,12 @@ Every metric works on frame scores and frame labels of whole videos, concatenate
   frames above it and still rank them well); hence also
 * `false_alarm_rate_at_recall`: the fraction of normal-video frames scoring at least
   `threshold_at_recall`, the score that 90% of anomalous frames reach (a threshold that finds
-  90% of the anomalies: how many false alarms does it cost?).
+  90% of the anomalies: how many false alarms does it cost?); `..._95` the same at 95% recall
+  (the group's ablation tables).
+* `detection_map` (beside the frame metrics, for heads): class-agnostic temporal detection mAP at
+  IoU 0.1..0.5, the measure of VadCLIP's XD-Violence table without its per-class split: proposals
+  are runs of frames above each of several score thresholds, scored by their mean, matched to
+  annotated segments greedily by score.
 
 A metric that is undefined (only one kind of frame present) is None, never a made-up number.
 """
@@ -34,6 +39,9 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 DEFAULT_THRESHOLD = 0.5
 TARGET_RECALL = 0.9
+HIGH_RECALL = 0.95
+DETECTION_IOUS = (0.1, 0.2, 0.3, 0.4, 0.5)
+PROPOSAL_THRESHOLDS = tuple(np.round(np.arange(0.1, 1.0, 0.1), 2))
 
 
 @dataclass
@@ -115,6 +123,7 @@ def compute_metrics(videos: Sequence[VideoFrames], *, threshold: float = DEFAULT
     anomalous_scores, anomalous_labels = concatenate(anomalous)
     normal_scores, _ = concatenate(normal)
     recall_threshold = threshold_at_recall(scores[labels])
+    high_recall_threshold = threshold_at_recall(scores[labels], HIGH_RECALL)
 
     per_class_auc: dict[str, float | None] = {}
     per_class_videos: dict[str, int] = {}
@@ -135,6 +144,9 @@ def compute_metrics(videos: Sequence[VideoFrames], *, threshold: float = DEFAULT
         "target_recall": TARGET_RECALL,
         "false_alarm_rate_at_recall": (None if recall_threshold is None or normal_scores.size == 0
                                        else float(np.mean(normal_scores >= recall_threshold))),
+        "threshold_at_recall_95": high_recall_threshold,
+        "false_alarm_rate_at_recall_95": (None if high_recall_threshold is None or normal_scores.size == 0
+                                          else float(np.mean(normal_scores >= high_recall_threshold))),
         "per_class_auc": per_class_auc,
         "per_class_videos": per_class_videos,
         "num_videos": len(videos),
@@ -145,3 +157,66 @@ def compute_metrics(videos: Sequence[VideoFrames], *, threshold: float = DEFAULT
         "mean_score_normal_frames": float(scores[~labels].mean()) if (~labels).any() else None,
         "mean_score_anomalous_frames": float(scores[labels].mean()) if labels.any() else None,
     }
+
+
+# --- temporal detection (heads' rows) ---------------------------------------------------------------
+
+
+def runs_above(frame_scores: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """[start, end) frame runs with score >= threshold."""
+    above = np.concatenate([[False], frame_scores >= threshold, [False]])
+    edges = np.flatnonzero(above[1:] != above[:-1])
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def proposals(frame_scores: np.ndarray, thresholds: Sequence[float] = PROPOSAL_THRESHOLDS) -> list[tuple[int, int, float]]:
+    """(start, end, score) of every run above each threshold, duplicates once; score = the run's mean."""
+    found = {}
+    for threshold in thresholds:
+        for start, end in runs_above(frame_scores, threshold):
+            found[(start, end)] = float(frame_scores[start:end].mean())
+    return [(start, end, score) for (start, end), score in found.items()]
+
+
+def interval_iou(a: tuple[int, int], b: tuple[int, int]) -> float:
+    overlap = max(0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = (a[1] - a[0]) + (b[1] - b[0]) - overlap
+    return overlap / union if union > 0 else 0.0
+
+
+def detection_ap(predicted: dict[str, list[tuple[int, int, float]]], segments: dict[str, list[tuple[int, int]]],
+                 iou: float) -> float | None:
+    """Average precision (step-wise) of all videos' proposals at one IoU: by descending score, a
+    proposal is a hit when it overlaps a not yet matched segment of its video by >= iou."""
+    total = sum(len(s) for s in segments.values())
+    if total == 0:
+        return None
+    ranked = sorted(((score, video, (start, end)) for video, items in predicted.items() for start, end, score in items),
+                    key=lambda item: -item[0])
+    matched = {video: [False] * len(s) for video, s in segments.items()}
+    hits = []
+    for _, video, interval in ranked:
+        best, best_index = 0.0, -1
+        for index, segment in enumerate(segments.get(video, [])):
+            overlap = interval_iou(interval, segment)
+            if overlap >= iou and overlap > best and not matched[video][index]:
+                best, best_index = overlap, index
+        if best_index >= 0:
+            matched[video][best_index] = True
+        hits.append(best_index >= 0)
+    if not hits:
+        return 0.0
+    hits_array = np.asarray(hits, dtype=np.float64)
+    true_positives = np.cumsum(hits_array)
+    precision = true_positives / np.arange(1, len(hits_array) + 1)
+    return float(np.sum(precision * hits_array) / total)
+
+
+def detection_map(videos: Sequence[VideoFrames], segments: dict[str, list[tuple[int, int]]],
+                  ious: Sequence[float] = DETECTION_IOUS) -> dict:
+    """{"iou_0.1": AP, ..., "mean": mean AP} over `ious`: proposals of each video's frame scores
+    against its annotated segments (frames, [start, end)); normal videos' proposals are all false."""
+    predicted = {v.video: proposals(v.scores) for v in videos}
+    per_iou = {f"iou_{iou:.1f}": detection_ap(predicted, segments, iou) for iou in ious}
+    values = [v for v in per_iou.values() if v is not None]
+    return {**per_iou, "mean": float(np.mean(values)) if values else None}

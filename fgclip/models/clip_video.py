@@ -543,11 +543,18 @@ class FGCLIPVideo(nn.Module):
 
     # --- text -----------------------------------------------------------------------------------
 
-    def encode_text(self, input_ids: Tensor, kind: str, attention_mask: Tensor | None = None) -> Tensor:
+    def text_token_embedding(self) -> nn.Embedding:
+        """The text tower's token embedding table (heads build learnable prompt context in its space)."""
+        return self.clip.text_model.embeddings.token_embedding
+
+    def encode_text(self, input_ids: Tensor, kind: str, attention_mask: Tensor | None = None,
+                    token_embeds: Tensor | None = None) -> Tensor:
         """(N, L) token ids -> (N, D) L2-normalised. kind "long": the 248 long positions and the long
         projection (global captions); "short" and "box" (one and the same for CLIP): CLIP's 77
         positions and text_projection. `attention_mask` is accepted for the family interface and
-        not needed: under CLIP's causal mask no token before the end token sees the padding after it."""
+        not needed: under CLIP's causal mask no token before the end token sees the padding after it.
+        `token_embeds` (N, L, W): used instead of the ids' embeddings (learnable prompt context); the
+        ids still say where the end token is."""
         if kind not in TEXT_KINDS:
             raise ValueError(f"unknown text kind {kind!r}; one of {', '.join(TEXT_KINDS)}")
         long = kind == "long"
@@ -558,7 +565,8 @@ class FGCLIPVideo(nn.Module):
             kind = "long" if long else "short"
             raise ValueError(f"{length} text tokens exceed the {kind} position table ({rows} rows)")
         positions = self.long_positions.table(length) if long else text.embeddings.position_embedding.weight[:length]
-        hidden = text.embeddings.token_embedding(input_ids) + positions
+        tokens = text.embeddings.token_embedding(input_ids) if token_embeds is None else token_embeds
+        hidden = tokens + positions
         # SDPA/flash take causality as a flag (fast kernels); eager attention needs an additive mask.
         attention_mask = None
         if text.config._attn_implementation == "eager":

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Protocol
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from fgclip.models import fgclip2_layout
 from fgclip.models.layouts import ModelDirError, read_config
@@ -43,7 +43,10 @@ class VideoModel(Protocol):
     def encode_frames(self, pixels: Tensor) -> Tensor: ...  # the same, L2-normalised
     def dense_features(self, pixels: Tensor) -> Tensor: ...
     # kind: long / short / box; attention_mask (the tokenizer's): the family's inference path (prompts)
-    def encode_text(self, input_ids: Tensor, kind: str, attention_mask: Tensor | None = None) -> Tensor: ...
+    # token_embeds (N, L, W): instead of the ids' embeddings (a head's learnable prompt context)
+    def encode_text(self, input_ids: Tensor, kind: str, attention_mask: Tensor | None = None,
+                    token_embeds: Tensor | None = None) -> Tensor: ...
+    def text_token_embedding(self) -> nn.Embedding: ...
     def temperatures(self) -> dict[str, Tensor]: ...  # global / region / hard logit scales
     def logit_biases(self) -> dict[str, Tensor]: ...  # the same terms' biases ({} for InfoNCE)
     def check_tokenizer(self, tokenizer, model_dir) -> None: ...

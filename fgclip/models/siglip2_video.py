@@ -409,14 +409,20 @@ class FGCLIP2Video(nn.Module):
         return torch.cat([embeddings.position_embedding_ori.weight[:self.keep_len],
                           embeddings.position_embedding_res.weight[self.keep_len:]])
 
-    def encode_text(self, input_ids: Tensor, kind: str, attention_mask: Tensor | None = None) -> Tensor:
+    def text_token_embedding(self) -> nn.Embedding:
+        """The text tower's token embedding table (heads build learnable prompt context in its space)."""
+        return self.text_model.embeddings.token_embedding
+
+    def encode_text(self, input_ids: Tensor, kind: str, attention_mask: Tensor | None = None,
+                    token_embeds: Tensor | None = None) -> Tensor:
         """(N, L) token ids -> (N, D) L2-normalised; kind "long" (long positions, longtext_head),
         "short" (text_model.head) or "box" (boxtext_head). Pooled at the last position, so ids
         should be padded to the full length of their kind (`text_rules`).
 
         `attention_mask` (N, L), 1 = token, 0 = padding: FG-CLIP 2's inference path (its README passes
         the tokenizer's mask; padded keys are blocked, the last position is still pooled). Without
-        it, its training path (`train_fgclip2.py` passes ids only: every position attends to all)."""
+        it, its training path (`train_fgclip2.py` passes ids only: every position attends to all).
+        `token_embeds` (N, L, W): used instead of the ids' embeddings (learnable prompt context)."""
         text = self.text_model
         heads = {"short": text.head, "box": self.boxtext_head, "long": self.longtext_head}
         if kind not in heads:
@@ -425,7 +431,8 @@ class FGCLIP2Video(nn.Module):
         length = input_ids.shape[1]
         if length > table.shape[0]:
             raise ValueError(f"{length} text tokens exceed the {kind} position table ({table.shape[0]} rows)")
-        hidden = text.embeddings.token_embedding(input_ids) + table[:length]
+        tokens = text.embeddings.token_embedding(input_ids) if token_embeds is None else token_embeds
+        hidden = tokens + table[:length]
         key_mask = None if attention_mask is None else self._additive_mask(attention_mask, hidden.dtype)
         hidden = self._run_layers(text.encoder.layers, hidden, key_mask)  # never a causal mask
         pooled = text.final_layer_norm(hidden[:, -1])
