@@ -194,6 +194,13 @@ def test_bad_videos_are_skipped_and_listed_short_ones_give_one_snippet(tmp_path,
     assert load_feature(tmp_path / "out" / "micro" / "Fighting" / "Fighting002_x264__0.npy").shape[0] == 1
     reasons = {s["key"]: s["reason"] for s in manifest["skipped"]}
     assert set(reasons) == {"Broken001_x264", "Missing003_x264"} and "no such file" in reasons["Missing003_x264"]
+    # The missing video turns up: the rerun extracts it and lists only what is still skipped.
+    (root / "Fighting" / "Missing003_x264.mp4").write_bytes(short.read_bytes())
+    progress = tmp_path / "out" / ".progress"  # as if the first run had had two ranks
+    (progress / "skipped-rank-1.json").write_text((progress / "skipped-rank-0.json").read_text())
+    manifest = _run(videos, model_dir, tmp_path / "out", _settings(synth, annotations=None))["micro"]
+    assert sorted(v["key"] for v in manifest["videos"]) == ["Fighting002_x264", "Missing003_x264"]
+    assert [s["key"] for s in manifest["skipped"]] == ["Broken001_x264"]
 
 
 def test_xd_violence_lists_carry_the_code_of_the_name(tmp_path, synthetic, model_dir):

@@ -478,6 +478,9 @@ def finish_model(model: FeatureModel, videos: Sequence[VideoItem], settings: Ext
                  skipped: list[dict], *, echo: Callable[[str], None] = print) -> dict:
     """Lists, ground truth and manifest of one model's finished features (rank 0, after every rank)."""
     done = finished_videos(model)
+    planned = {v.key for v in videos}
+    # A skip of an earlier run (another world size's rank file) counts only while the video is still not done.
+    skipped = list({s["key"]: s for s in skipped if s["key"] in planned and s["key"] not in done}.values())
     crops = settings.crop.crops
     present = [v for v in videos if v.key in done]
     train = [FeatureEntry(path, list_label(v.key, v.label, settings.dataset), v.key, crop) for v in present
