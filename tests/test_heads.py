@@ -142,3 +142,22 @@ def test_the_two_ground_truth_constructions(tmp_path):
     assert len(anchors[0].scores) == 32 and anchors[0].scores[16] == 0.9
     assert len(ours[0].scores) == 29 and ours[0].scores[28] == 0.9 and ours[0].gt.sum() == 5
     assert len(ours[1].scores) == 40 and ours[1].scores[39] == 0.4  # the last snippet repeated past 3 x 16
+
+
+def test_eval_head_rows_beside_prompt_scoring(features_dir, tmp_path):
+    """`eval --head`: each head run's seeds on its features' test list, both ground truths, in the report's table."""
+    from fgclip.eval.head_rows import head_headline, head_rows
+    from fgclip.eval.metrics import VideoFrames, compute_metrics
+    from fgclip.eval.report_content import _head_blocks
+
+    out = tmp_path / "run"
+    assert train_head("--features", str(features_dir), "--out", str(out), "--epochs", "2", "--seeds", "0,1",
+                      *TINY).exit_code == 0
+    rows = head_rows([f"ours={out}"], test_crop="0")
+    assert rows[0]["name"] == "ours" and rows[0]["features_model"] == "micro" and len(rows[0]["seeds"]) == 2
+    assert "anchors' T x 16" in head_headline(rows[0]) and "our exact frames" in head_headline(rows[0])
+    prompt = compute_metrics([VideoFrames("v", "Abuse", True, np.array([0.1, 0.9]), np.array([False, True]))])
+    blocks = _head_blocks({"models": [{"name": "trained", "metrics": prompt}], "heads": rows})
+    table = next(b for b in blocks if b.kind == "table")
+    assert [row[0] for row in table.rows] == ["prompt scoring: trained", "ours"]
+    assert " ± " in table.rows[1][2] and " ± " in table.rows[1][3]

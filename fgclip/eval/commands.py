@@ -47,10 +47,17 @@ from fgclip.run_dir import default_eval_run
 @click.option("--boxes", type=click.Path(dir_okay=False), default=None,
               help="Event boxes per test frame (pipeline/event_boxes.py format) for the spatial metric. "
                    "Default: the embedded generator's, when evaluating the embedded test split.")
+@click.option("--head", "heads", multiple=True, metavar="[NAME=]RUN_DIR",
+              help="A head run of `train-head`, scored on its features directory's test list (both ground truths, "
+                   "mean ± std over its seeds) beside the checkpoints' prompt scoring; repeatable.")
+@click.option("--head-features", type=click.Path(file_okay=False), default=None,
+              help="Score every --head on this features directory instead of the one it trained on.")
+@click.option("--head-test-crop", default="listed", show_default=True, metavar="listed|mean|N",
+              help="Heads' test crop: the file the test list names, the mean of all ten crops, or crop N.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_command(checkpoints, test_shards, annotations, baseline, no_baseline, out_dir, dataset_name, convention, smoothing_window,
                  threshold, device, batch_frames, readers, templates, normal_phrase, video_plots, heat_maps, boxes,
-                 quiet) -> None:
+                 heads, head_features, head_test_crop, quiet) -> None:
     """Frame-level AUC on the UCF-Crime test set: checkpoints vs their starting model, with plots.
 
     With no arguments (`make eval`): the latest debug checkpoint on the embedded default's test
@@ -83,6 +90,8 @@ def eval_command(checkpoints, test_shards, annotations, baseline, no_baseline, o
         raise click.ClickException(str(err)) from None
     except ValueError as err:  # bad option values (templates, smoothing window) name themselves
         raise click.ClickException(str(err)) from None
+    if heads:
+        _add_head_rows(report, inputs.out_dir, heads, head_features, head_test_crop, device)
     click.echo(report["headline"])
     for model in report["models"]:
         click.echo(f"  {model['name']}: {model['path']}")
@@ -94,6 +103,26 @@ def eval_command(checkpoints, test_shards, annotations, baseline, no_baseline, o
     click.echo(f"selection: {report['selection']['note']}")
     click.echo(f"report: {inputs.out_dir / 'report.md'}, {inputs.out_dir / 'report.html'}  (plots in "
                f"{inputs.out_dir / 'plots'}, TensorBoard: tensorboard --logdir {inputs.out_dir})")
+
+def _add_head_rows(report: dict, out_dir, heads, head_features, test_crop: str, device: str) -> None:
+    """Head runs scored on their test features, added to the report already written (and rewritten)."""
+    from pathlib import Path
+
+    from fgclip.eval.evaluate import pick_device
+    from fgclip.eval.head_rows import head_headline, head_rows
+    from fgclip.eval.report import rewrite_documents
+    from fgclip.features.files import FeatureFileError
+    from fgclip.heads.data import HeadDataError
+
+    try:
+        report["heads"] = head_rows(heads, features=Path(head_features) if head_features else None,
+                                    test_crop=test_crop, device=str(pick_device(device)))
+    except (HeadDataError, FeatureFileError) as err:
+        raise click.ClickException(str(err)) from None
+    rewrite_documents(Path(out_dir), report)
+    for row in report["heads"]:
+        click.echo(head_headline(row))
+
 
 @click.command("score")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))

@@ -73,6 +73,14 @@ def write_report(out_dir: Path, report: dict, frame_results: dict[str, list[Vide
     (out_dir / "report.html").write_text(render_html(report, out_dir), encoding="utf-8")
 
 
+def rewrite_documents(out_dir: Path, report: dict) -> None:
+    """report.json, report.md and report.html again from `report` (rows added after scoring: heads)."""
+    out_dir = Path(out_dir)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    (out_dir / "report.html").write_text(render_html(report, out_dir), encoding="utf-8")
+
+
 # --- plots ------------------------------------------------------------------------------------------
 
 

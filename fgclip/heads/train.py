@@ -39,7 +39,6 @@ from fgclip.heads.prompt_context import LearnablePromptText
 from fgclip.heads.vadclip import VadCLIPConfig, VadCLIPHead
 from fgclip.models.families import load_model_and_tokenizer
 from fgclip.run_dir import RUN_CONFIG_NAME
-from fgclip.train.checkpoint import capture_rng_state, restore_rng_state
 from pipeline.datasets import Dataset, dataset_of_path, get_dataset
 
 METHODS = ("vadclip", "mil")
@@ -241,6 +240,22 @@ def video_auc(scores: dict[str, float], labels: dict[str, int]) -> float | None:
 # --- a run ----------------------------------------------------------------------------------------
 
 
+def rng_state() -> dict:
+    """The global generators a head's step draws from (dropout: torch; CUDA when in use). The batch
+    order has its own generator, saved beside. (Not training's checkpoint module: evaluation reads
+    heads, and evaluation imports nothing of training.)"""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 @dataclass
 class PreparedData:
     dataset: Dataset
@@ -307,7 +322,7 @@ def train_seed(settings: HeadSettings, seed: int, *, resume: bool = True,
         state = torch.load(checkpoint / HEAD_FILE, map_location="cpu", weights_only=False)
         head.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
-        restore_rng_state(state["rng"])
+        restore_rng(state["rng"])
         generator.set_state(state["generator"])
         epoch, step, history, best = state["epoch"], state["step"], state["history"], state["best"]
     log = HeadLog(seed_dir, resume_step=step if checkpoint is not None else None)
@@ -349,7 +364,7 @@ def train_seed(settings: HeadSettings, seed: int, *, resume: bool = True,
         echo(log.record(summary_values))
         target = seed_dir / f"checkpoint-{step}"
         save_head(target, head, {**record, "epoch": epoch, "step": step, "optimizer": optimizer.state_dict(),
-                                 "rng": capture_rng_state(), "generator": generator.get_state(),
+                                 "rng": rng_state(), "generator": generator.get_state(),
                                  "history": history, "best": best})
         for old in sorted(seed_dir.glob("checkpoint-*"), key=lambda p: int(p.name.partition("-")[2]))[:-settings.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
