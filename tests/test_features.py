@@ -176,6 +176,9 @@ def test_a_killed_run_resumes_and_a_finished_one_skips(tmp_path, synthetic, mode
         _run(videos, model_dir, tmp_path, _settings(synth, snippet=fx.SnippetRule(offset=0)))
     for video in videos[:2]:
         assert (tmp_path / "micro" / video.folder / f"{video.key}__0.npy").stat().st_mtime_ns == first[video.key]
+    # The embedded default's own folders are extracted again instead (make demo after make clean-data).
+    manifest = _run(videos, model_dir, tmp_path, _settings(synth, snippet=fx.SnippetRule(offset=0)), replace_stale=True)
+    assert manifest["micro"]["snippet"]["offset"] == 0 and len(manifest["micro"]["videos"]) == len(videos)
 
 
 def test_bad_videos_are_skipped_and_listed_short_ones_give_one_snippet(tmp_path, synthetic, model_dir, shared_data):

@@ -86,8 +86,9 @@ def features_command(train_list, test_list, video_folders, video_root, checkpoin
         torch_device = info.device if info.world_size > 1 else pick_device(device)
         out = Path(out_dir) if out_dir else Path(plan["out"])
         models = [fx.FeatureModel(name, Path(path), out / name) for name, path in plan["models"]]
+        # The embedded default's folders are its own: features of a model trained or initialised again are redone.
         manifests = fx.extract(plan["videos"], models, settings, device=torch_device, test_shards=plan["test_shards"],
-                               progress=progress, echo=click.echo)
+                               progress=progress, replace_stale=embedded_default, echo=click.echo)
     except (fx.FeaturesError, FeatureFileError, AnnotationFormatError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     if manifests:

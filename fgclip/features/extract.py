@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -347,22 +348,40 @@ def output_identity(model: FeatureModel, settings: ExtractionSettings) -> dict:
             "decode_size": settings.crop.decode_size}
 
 
-def claim_output(model: FeatureModel, settings: ExtractionSettings) -> None:
-    """Resume only what the same weights and rules wrote: a folder of other features (the demo
-    trained again, another --size or --snippet-frame) is refused by name, never mixed or overwritten.
-    The crop count may grow (--crops 10 after --crops 1 adds __1..__9)."""
+def other_features(model: FeatureModel, settings: ExtractionSettings) -> str | None:
+    """None when the model's folder is new or holds features of the same weights and rules, else
+    what differs. The crop count may grow (--crops 10 after --crops 1 adds __1..__9)."""
     path = model.out_dir / PROGRESS_DIR / IDENTITY_NAME
-    wanted = output_identity(model, settings)
-    if path.is_file():
-        found = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(key for key in set(found) | set(wanted) if found.get(key) != wanted.get(key))
-        if changed:
-            raise FeaturesError(
-                f"{model.out_dir} holds features of other {', '.join(changed)} than --checkpoint {model.name}={model.path} "
-                f"with these options ({', '.join(f'{k}: {found.get(k)} there, {wanted.get(k)} now' for k in changed)}); "
-                f"give another --out, or delete that folder to extract again")
-        return
-    save_json(path, wanted)
+    if not path.is_file():
+        return None
+    found, wanted = json.loads(path.read_text(encoding="utf-8")), output_identity(model, settings)
+    changed = sorted(key for key in set(found) | set(wanted) if found.get(key) != wanted.get(key))
+    return "; ".join(f"{key}: {found.get(key)} there, {wanted.get(key)} now" for key in changed) or None
+
+
+def claim_outputs(models: Sequence[FeatureModel], settings: ExtractionSettings, *, replace_stale: bool,
+                  echo: Callable[[str], None]) -> None:
+    """Resume only what the same weights and rules wrote. A folder of other features (a model
+    trained again, another --size or --snippet-frame) is refused by name, never mixed with new ones;
+    with `replace_stale` (the embedded default's own output) it is deleted and extracted again."""
+    stale = {model.name: other_features(model, settings) for model in models}
+    stale = {name: why for name, why in stale.items() if why}
+    distributed.barrier()  # every rank has looked before rank 0 deletes anything
+    for model in models:
+        if model.name not in stale:
+            continue
+        if not replace_stale:
+            raise FeaturesError(f"{model.out_dir} holds features of other weights or rules than --checkpoint "
+                                f"{model.name}={model.path} with these options ({stale[model.name]}); give another "
+                                f"--out, or delete that folder to extract again")
+        if distributed.rank() == 0:
+            echo(f"{model.out_dir}: features of other weights or rules ({stale[model.name]}): extracting again")
+            shutil.rmtree(model.out_dir)
+    distributed.barrier()
+    for model in models:
+        identity = model.out_dir / PROGRESS_DIR / IDENTITY_NAME
+        if not identity.is_file():
+            save_json(identity, output_identity(model, settings))
 
 
 def _files_of(model: FeatureModel, item: VideoItem, crops: int) -> list[Path]:
@@ -386,9 +405,10 @@ def _append_progress(model: FeatureModel, rank: int, record: dict) -> None:
 
 
 def extract(videos: Sequence[VideoItem], models: Sequence[FeatureModel], settings: ExtractionSettings, *,
-            device: torch.device, test_shards: Path | None = None, progress: bool = True,
+            device: torch.device, test_shards: Path | None = None, progress: bool = True, replace_stale: bool = False,
             echo: Callable[[str], None] = print) -> dict[str, dict]:
-    """Features of `videos` for every model; returns each model's manifest (rank 0; {} on other ranks)."""
+    """Features of `videos` for every model; returns each model's manifest (rank 0; {} on other ranks).
+    `replace_stale`: a model folder of other weights or rules is extracted again instead of refused."""
     from tqdm import tqdm
 
     if not videos:
@@ -397,7 +417,7 @@ def extract(videos: Sequence[VideoItem], models: Sequence[FeatureModel], setting
     for model in models:
         if model.model is None:
             model.load(device)
-        claim_output(model, settings)
+    claim_outputs(models, settings, replace_stale=replace_stale, echo=echo)
     shard_frames = TestShardFrames(test_shards, settings) if test_shards is not None else None
     done = {model.name: finished_videos(model) for model in models}
     mine = [v for v in videos[rank::world]
