@@ -81,3 +81,34 @@ def test_mil_head_scores_each_snippet():
     head = MILHead(MILConfig(feature_dim=8)).eval()
     scores = head.score(torch.randn(5, 8))
     assert scores.shape == (5,) and ((scores > 0) & (scores < 1)).all()
+
+
+def test_context_slots_go_around_the_class_words():
+    from fgclip.heads.prompt_context import insert_context_slots
+
+    # [BOS=0] word 7 word 8 [EOS=1] pad pad pad pad (pad = EOS, as CLIP)
+    ids = torch.tensor([[0, 7, 8, 1, 1, 1, 1, 1]])
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0, 0]])
+    new_ids, new_mask, slots = insert_context_slots(ids, mask, {0, 1}, prefix=2, postfix=1)
+    assert new_ids.tolist() == [[0, 7, 7, 7, 8, 7, 1, 1]]
+    assert new_mask.tolist() == [[1, 1, 1, 1, 1, 1, 1, 0]]
+    assert slots.tolist() == [[False, True, True, False, False, True, False, False]]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_prompt_context_on_fgclip2_text_tower(tmp_path):
+    """Either family: FG-CLIP 2's own tower encodes the prompts; only the context learns."""
+    from fgclip.heads.prompt_context import LearnablePromptText
+    from fgclip.models.factory import init_model
+    from fgclip.models.families import load_model_and_tokenizer
+
+    path = init_model("tiny-siglip2", tmp_path / "model", captions=["normal activity", "road accidents", "abuse"] * 4)
+    tower, tokenizer = load_model_and_tokenizer(path)
+    prompts = LearnablePromptText(tower, tokenizer, ["normal", "abuse", "road accidents"], prefix=3, postfix=2)
+    assert [name for name, _ in prompts.named_parameters()] == ["prefix", "postfix"]
+    embeds = prompts()
+    assert embeds.shape == (3, tower.embed_dim)
+    torch.testing.assert_close(embeds.norm(dim=-1), torch.ones(3))
+    embeds[:, 0].sum().backward()
+    assert prompts.prefix.grad.abs().sum() > 0 and prompts.postfix.grad.abs().sum() > 0
+    assert all(p.grad is None for p in tower.parameters())
