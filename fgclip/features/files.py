@@ -252,8 +252,9 @@ def read_feature_list(path: os.PathLike | str, *, path_map: Sequence[tuple[str, 
     absolute path per line; UR-DMU's lists too), "pel4vad" (paths relative to the features folder,
     `root`, by default the list's folder); "auto" tells them apart by the first line. Labels of
     one-path lists come from the path, by the dataset's rules (`pipeline.datasets`; `dataset` or
-    read from the path) and are written as a VadCLIP list would (`list_label`: XD-Violence's code). A list row whose name has no `__N` crop is crop None (PEL4VAD writes crop 0
-    so). Files are not opened here: `load_feature` does that and names what is wrong."""
+    read from the path) and are given as a VadCLIP list would write them (`list_label`: XD-Violence's
+    code). A row whose name has no `__N` crop is crop None (PEL4VAD writes crop 0 so). Files are
+    not opened here: `load_feature` does that and names what is wrong."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
