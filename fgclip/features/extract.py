@@ -350,7 +350,7 @@ def output_identity(model: FeatureModel, settings: ExtractionSettings) -> dict:
 
 def other_features(model: FeatureModel, settings: ExtractionSettings) -> str | None:
     """None when the model's folder is new or holds features of the same weights and rules, else
-    what differs. The crop count may grow (--crops 10 after --crops 1 adds __1..__9)."""
+    what differs (--crops 10 after --crops 1 differs too: its __0 is a centre crop of a larger frame)."""
     path = model.out_dir / PROGRESS_DIR / IDENTITY_NAME
     if not path.is_file():
         return None
