@@ -95,10 +95,17 @@ def test_bad_specs_are_named(tmp_path, text, message):
     assert "bad.toml" in str(err.value)
 
 
-def test_head_rows_are_refused_until_their_stages_exist(tmp_path):
-    spec = load_spec(write(tmp_path / "heads.toml", 'rows = ["prompt", "heads"]'))
-    with pytest.raises(SpecError, match="prompt scoring only"):
-        plan_experiment(spec, tmp_path / "out")
+def test_head_rows_add_features_and_a_head_to_each_cell(tmp_path):
+    spec = load_spec(write(tmp_path / "heads.toml", GRID.replace("[dataset]", 'rows = ["prompt", "heads"]\n[dataset]')))
+    plan = plan_experiment(spec, tmp_path / "out")
+    assert [run.stage for run in plan.cells[0].stages] == ["train", "features", "heads", "eval"]
+    assert plan.train_list == tmp_path / "out" / "lists" / "train.txt"  # the embedded default's, written at run time
+    heads = plan.cells[0].stage("heads")
+    assert heads.argv[:2] == ["train-head", "--features"] and heads.argv[-2:] == ["--seeds", "1"]
+    real = load_spec(write(tmp_path / "real.toml", 'rows = ["heads"]\n[dataset]\nannotations = "a.json"\n'
+                                                   'test_list = "t.txt"\nground_truth = "g.txt"\nmodel = "m"'))
+    with pytest.raises(SpecError, match="train_list"):
+        plan_experiment(real, tmp_path / "out")
     spec = load_spec(write(tmp_path / "features.toml", "[base.features]\ncrops = 10"))
     with pytest.raises(SpecError, match="no cell runs that stage"):
         plan_experiment(spec, tmp_path / "out")
@@ -169,17 +176,22 @@ def smoke_dataset(link_real_clips, shared_data, tmp_path_factory) -> Path:
     (root / "train.json").write_text(json.dumps(records))
     (root / "Anomaly_Test.txt").write_text(
         "Abuse/Abuse902_x264.mp4\nTesting_Normal_Videos_Anomaly/Normal_Videos902_x264.mp4\n")
+    (root / "Anomaly_Train.txt").write_text("Abuse/Abuse901_x264.mp4\nArrest/Arrest901_x264.avi\n"
+                                            "Training_Normal_Videos_Anomaly/Normal_Videos901_x264.mp4\n")
     (root / "Temporal_Anomaly_Annotation.txt").write_text(
         "Abuse902_x264.mp4  Abuse  200  400  -1  -1\nNormal_Videos902_x264.mp4  Normal  -1  -1  -1  -1\n")
     shutil.copy(shared_data / "ucf" / "Anomaly_Test.txt", root / "official_test_split.txt")
     return root
 
 
-def smoke_spec(path: Path, data: Path, model: Path) -> Path:
+def smoke_spec(path: Path, data: Path, model: Path, seeds: str = "[3, 4]", rows: str = '["prompt"]',
+               tables: str = "") -> Path:
     return write(path, f"""
 name = "smoke"
-seeds = [3, 4]
+seeds = {seeds}
+rows = {rows}
 [dataset]
+train_list = "{data / 'Anomaly_Train.txt'}"
 annotations = "{data / 'train.json'}"
 video_root = "{data / 'videos'}"
 test_list = "{data / 'Anomaly_Test.txt'}"
@@ -207,6 +219,7 @@ video_plots = false
 heat_maps = false
 readers = 0
 device = "cpu"
+{tables}
 """)
 
 
@@ -260,3 +273,23 @@ def test_cells_run_then_skip_then_resume_a_killed_training(smoke_dataset, model_
     assert "cell base-seed3: train done, eval" in local.output
     assert list((out / "submitit").glob("*_result.pkl")) or list((out / "submitit").iterdir())
     assert report_record.is_file()
+
+
+def test_head_rows_run_features_and_a_head_beside_prompt_scoring(smoke_dataset, model_dir, tmp_path):
+    tables = '[base.features]\ndevice = "cpu"\nworkers = 1\n[base.heads]\nmethod = "mil"\nepochs = 2\n' \
+             'batch_size = 1\ndevice = "cpu"'
+    spec = smoke_spec(tmp_path / "heads.toml", smoke_dataset, model_dir, seeds="[3]", rows='["prompt", "heads"]',
+                      tables=tables)
+    out = tmp_path / "exp"
+    result = CliRunner().invoke(cli, ["experiment", str(spec), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with (out / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["row"], r["variant"]) for r in rows] == [("prompt scoring", "base (prompt scoring)"), ("head", "base (head)")]
+    head = rows[1]
+    assert head["method"] == "mil" and head["auc"] != "" and head["auc_anchors"] != ""
+    assert head["false_alarm_rate_at_recall_95"] != "" and float(head["heads_wall_s"]) > 0
+    assert head["run"] == rows[0]["run"]  # one training serves both rows
+    table = (out / "table.md").read_text()
+    assert "| base (head) |" in table and "FA@95%R" in table
+    assert "mil heads: the end of a fixed schedule (2 epochs)" in table

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fgclip import run_dir
 from fgclip.experiments.runner import CellPlan, ExperimentPlan
-from fgclip.experiments.stages import STAGE_RECORD
+from fgclip.experiments.stages import HEAD_RESULTS, STAGE_RECORD
 
 
 @dataclass(frozen=True)
@@ -126,38 +126,87 @@ def selection_rule(run: Path) -> str | None:
             + (f"every {every} steps" if every else "at every checkpoint"))
 
 
-def cell_row(cell_plan: CellPlan) -> dict:
-    """One results.csv row: the cell's variant, seed, every metric, its times and its report."""
-    cell = cell_plan.cell
-    train, evaluation = cell_plan.stage("train"), cell_plan.stage("eval")
-    row: dict = {"cell": cell.name, "group": cell.group, "variant": cell.variant, "seed": cell.seed}
-    row.update({axis: label for axis, label in cell.labels})
-    report = _read_json(evaluation.output / "report.json")
+METRIC_KEYS = ("auc", "ap", "ap_trapezoid", "auc_anomalous_videos", "false_alarm_rate")
+PROMPT_ROW, HEAD_ROW = "prompt scoring", "head"
+# The head's ground truth in the tables: our exact frames, the construction prompt scoring uses too
+# (the anchors' T x 16 one is in results.csv with the suffix _anchors).
+HEAD_GROUND_TRUTH = "exact"
+
+
+def _metric_columns(metrics: dict, suffix: str = "") -> dict:
+    values = {key: metrics.get(key) for key in METRIC_KEYS}
+    values.update(recall_false_alarms(metrics))
+    return {key + suffix: value for key, value in values.items()}
+
+
+def prompt_row(evaluation: Path) -> dict:
+    """The metrics of a report's checkpoint model (prompt scoring)."""
+    report = _read_json(evaluation / "report.json")
     model = next((m for m in (report or {}).get("models", []) if m.get("role") == "checkpoint"), None)
-    if model is not None:
-        metrics = model["metrics"]
-        row.update({key: metrics.get(key) for key in ("auc", "ap", "ap_trapezoid", "auc_anomalous_videos",
-                                                     "false_alarm_rate")})
-        row.update(recall_false_alarms(metrics))
-        row["eval_frames_per_s"] = model.get("timing", {}).get("stored_frames_per_s")
-        row["selection"] = model.get("selection")
-        row["convention"] = (report.get("ground_truth") or {}).get("convention")
-    row.update(training_figures(train.output))
-    row["selection_rule"] = selection_rule(train.output)
-    frames = cell_plan.stage("frames")
-    row["frames_wall_s"] = _wall_s(frames.output) if frames else None
-    row["train_wall_s"] = _wall_s(train.output)
-    row["eval_wall_s"] = _wall_s(evaluation.output)
-    parts = [row["train_wall_s"], row["eval_wall_s"]]
-    row["cell_wall_s"] = round(sum(parts), 2) if all(p is not None for p in parts) else None
-    row["report"] = str(evaluation.output / "report.md") if report else ""
-    row["run"] = str(train.output)
+    if model is None:
+        return {"report": ""}
+    return {**_metric_columns(model["metrics"]), "eval_frames_per_s": model.get("timing", {}).get("stored_frames_per_s"),
+            "selection": model.get("selection"), "convention": (report.get("ground_truth") or {}).get("convention"),
+            "report": str(evaluation / "report.md")}
+
+
+def head_row(heads: Path) -> dict:
+    """The metrics of a head run's one seed on the test videos (`train-head`'s test_results.json)."""
+    results = _read_json(heads / HEAD_RESULTS)
+    seeds = (results or {}).get("seeds") or []
+    if not seeds:
+        return {"report": ""}
+    by_gt = seeds[0].get("metrics", {})
+    row = {**_metric_columns(by_gt.get(HEAD_GROUND_TRUTH, {}))}
+    for gt, metrics in by_gt.items():
+        if gt != HEAD_GROUND_TRUTH:
+            row.update(_metric_columns(metrics, f"_{gt}"))
+    row.update({"method": results.get("method"), "head_selection_rule": head_selection_rule(heads),
+                "convention": results.get("ground_truths", {}).get(HEAD_GROUND_TRUTH), "report": str(heads / HEAD_RESULTS)})
     return row
 
 
+def head_selection_rule(heads: Path) -> str | None:
+    """How a head run chose its head, as a rule: best epoch on held-out training videos, or the end."""
+    config = _read_json(heads / run_dir.RUN_CONFIG_NAME)  # a head run's settings (`fgclip.heads.train`)
+    if not config:
+        return None
+    fraction = float(config.get("val_fraction") or 0)
+    method = config.get("method", "head")
+    if fraction > 0:
+        return f"{method} heads: the epoch of best video-level AUC on {fraction:.0%} of the training videos held out"
+    return f"{method} heads: the end of a fixed schedule ({config.get('epochs')} epochs)"
+
+
+def cell_rows(cell_plan: CellPlan) -> list[dict]:
+    """The results.csv rows of a cell: one per row kind it reports (prompt scoring, head), each with
+    the cell's variant, seed, training figures and times."""
+    cell = cell_plan.cell
+    train = cell_plan.stage("train")
+    common: dict = {"cell": cell.name, "group": cell.group, "variant": cell.variant, "seed": cell.seed}
+    common.update({axis: label for axis, label in cell.labels})
+    common.update(training_figures(train.output))
+    common["selection_rule"] = selection_rule(train.output)
+    frames = cell_plan.stage("frames")
+    common["frames_wall_s"] = _wall_s(frames.output) if frames else None
+    walls = {run.stage: _wall_s(run.output) for run in cell_plan.stages}
+    common.update({f"{stage.replace('-', '_')}_wall_s": wall for stage, wall in walls.items()})
+    common["cell_wall_s"] = round(sum(walls.values()), 2) if all(w is not None for w in walls.values()) else None
+    common["run"] = str(train.output)
+    kinds = [(PROMPT_ROW, cell_plan.stage("eval"), prompt_row), (HEAD_ROW, cell_plan.stage("heads"), head_row)]
+    kinds = [(kind, run, read) for kind, run, read in kinds if run is not None]
+    rows = []
+    for kind, run, read in kinds:
+        row = {**common, "row": kind, **read(run.output)}
+        if len(kinds) > 1:  # one table line per variant and row kind
+            row["variant"] = f"{cell.variant} ({kind})"
+        rows.append(row)
+    return rows
+
+
 def collect_rows(plan: ExperimentPlan) -> list[dict]:
-    """Every cell's row; paths relative to the experiment folder (the tables' links work where it is)."""
-    rows = [cell_row(cell_plan) for cell_plan in plan.cells]
+    """Every cell's rows; paths relative to the experiment folder (the tables' links work where it is)."""
+    rows = [row for cell_plan in plan.cells for row in cell_rows(cell_plan)]
     for row in rows:
         for key in ("report", "run"):
             if row[key]:
@@ -234,6 +283,9 @@ def caption(rows: list[dict], spec_caption: str = "") -> str:
              f"best of each column in bold."]
     if selections:
         parts.append("Checkpoint: " + "; ".join(selections) + "; the test split never used to choose.")
+    head_rules = sorted({str(row["head_selection_rule"]) for row in rows if row.get("head_selection_rule")})
+    if head_rules:
+        parts.append("Heads on the checkpoint's snippet features: " + "; ".join(head_rules) + ".")
     if conventions:
         parts.append("Ground truth: frame labels from the official temporal annotation, intervals "
                      + ", ".join(conventions) + "; frame AUC over all test frames concatenated.")

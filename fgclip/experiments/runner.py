@@ -33,8 +33,11 @@ from fgclip.experiments.stages import (
     STAGE_RECORD,
     DatasetPaths,
     StageRun,
+    embedded_train_list,
     eval_run,
+    features_run,
     fgclip_command,
+    heads_run,
     frames_run,
     is_done,
     prepare_commands,
@@ -83,20 +86,22 @@ class ExperimentPlan:
     prepare: list[list[str]]
     shared: list[StageRun]  # distinct stage-1 runs, in order
     cells: list[CellPlan]
+    train_list: Path | None = None  # the embedded default's training list, written before the cells (heads rows)
 
 
 def plan_experiment(spec: ExperimentSpec, root: Path) -> ExperimentPlan:
     """Every cell's stages and the shared ones, with their output folders under `root`."""
-    if "heads" in spec.rows:
-        # features and train-head are being built (fgclip/features, fgclip/heads); until their
-        # commands are wired in here, a spec asking for head rows is refused, not half-run.
-        raise SpecError(f"{spec.path}: rows = \"heads\": this checkout runs prompt scoring only (the features and "
-                        f"train-head stages are not wired into experiments yet); use rows = [\"prompt\"]")
-    unused = sorted({stage for cell in expand_cells(spec) for stage in ("features", "heads") if cell.options[stage]})
-    if unused:
-        raise SpecError(f"{spec.path}: options for {', '.join(unused)} are given, but no cell runs that stage "
-                        f"(prompt-scoring rows only); remove them")
+    heads = "heads" in spec.rows
+    if not heads:
+        unused = sorted({stage for cell in expand_cells(spec) for stage in ("features", "heads") if cell.options[stage]})
+        if unused:
+            raise SpecError(f"{spec.path}: options for {', '.join(unused)} are given, but no cell runs that stage "
+                            f"(rows has no \"heads\"); remove them")
     data = resolve_dataset(spec.dataset)
+    if heads and not data.embedded and data.train_list is None:
+        raise SpecError(f"{spec.path}: rows = \"heads\" needs [dataset] train_list: the field's training split list "
+                        f"(UCF-Crime's Anomaly_Train.txt), relative to test_video_root like the test list")
+    train_list = data.train_list or root / "lists" / "train.txt"  # the embedded one is written before the cells
     shared: dict[str, StageRun] = {}
     plans = []
     for cell in expand_cells(spec):
@@ -106,9 +111,15 @@ def plan_experiment(spec: ExperimentSpec, root: Path) -> ExperimentPlan:
         shared.setdefault(f"frames-{frames.key}", frames)
         shared.setdefault(f"test-{test.key}", test)
         train = train_run(data, cell, keys, root, frames.output)
-        evaluation = eval_run(data, cell, keys, root, train.output, test.output)
-        plans.append(CellPlan(cell, keys, [train, evaluation], [frames, test], log_dir=root / "cells" / cell.name))
-    return ExperimentPlan(spec, root, data, prepare_commands(data), list(shared.values()), plans)
+        stages = [train]
+        if heads:
+            features = features_run(data, cell, keys, root, train.output, test.output, train_list)
+            stages += [features, heads_run(cell, keys, root, features.output)]
+        if "prompt" in spec.rows:
+            stages.append(eval_run(data, cell, keys, root, train.output, test.output))
+        plans.append(CellPlan(cell, keys, stages, [frames, test], log_dir=root / "cells" / cell.name))
+    return ExperimentPlan(spec, root, data, prepare_commands(data), list(shared.values()), plans,
+                          train_list=train_list if heads and data.embedded else None)
 
 
 def subprocess_env(root: Path, gpu: str | None = None) -> dict[str, str]:
@@ -183,6 +194,8 @@ def _run_shared(plan: ExperimentPlan, say: Callable[[str], None]) -> None:
             result = subprocess.run(fgclip_command(argv), stdout=handle, stderr=subprocess.STDOUT, env=env)
         if result.returncode != 0:
             raise ExperimentError(f"`fgclip-vad {' '.join(argv)}` failed (exit {result.returncode}); log {log}")
+    if plan.train_list is not None:
+        embedded_train_list(plan.train_list)
     for run in plan.shared:
         if is_done(run):
             say(f"{run.stage} {run.key}: done, skipped ({run.output})")

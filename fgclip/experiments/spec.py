@@ -53,7 +53,7 @@ ROWS = ("prompt", "heads")
 COMBINE_MODES = ("cross", "separate")
 # Keys of [dataset] for a real dataset (paths relative to the working directory).
 DATASET_KEYS = ("annotations", "video_root", "test_list", "test_video_root", "ground_truth", "model", "test_split",
-                "dataset", "size")
+                "dataset", "size", "train_list")
 # Options the runner sets itself, per stage: they tie the stages' outputs together.
 RUNNER_OPTIONS = {
     "frames": {"out", "video_root", "test_list", "test_split"},

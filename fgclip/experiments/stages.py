@@ -39,6 +39,7 @@ class DatasetPaths:
     dataset: str | None = None  # test mode's --dataset
     embedded: bool = False
     model_preset: str = "tiny"  # embedded: the `init-model` preset that writes `model` when it is missing
+    train_list: Path | None = None  # the field's training split (every training video) for features and heads
 
     def identity(self) -> dict:
         """What makes two specs' data the same (hashed into the stage keys)."""
@@ -62,6 +63,7 @@ def resolve_dataset(spec_dataset: dict) -> DatasetPaths:
         ground_truth=Path(spec_dataset["ground_truth"]), model=Path(spec_dataset["model"]),
         test_split=Path(spec_dataset["test_split"]) if spec_dataset.get("test_split") else None,
         size=spec_dataset.get("size"), dataset=spec_dataset.get("dataset"),
+        train_list=Path(spec_dataset["train_list"]) if spec_dataset.get("train_list") else None,
     )
 
 
@@ -137,6 +139,10 @@ def is_done(run: StageRun) -> bool:
             return bool(json.loads((run.output / "report.json").read_text())["models"])
         except (OSError, ValueError, KeyError):
             return False
+    if run.done_kind == "features":
+        return (run.output / "manifest.json").is_file()
+    if run.done_kind == "heads":
+        return (run.output / HEAD_RESULTS).is_file()
     return True
 
 
@@ -179,6 +185,48 @@ def eval_run(data: DatasetPaths, cell: Cell, keys: CellKeys, root: Path, run: Pa
     if data.dataset:
         argv += ["--dataset", data.dataset]
     return StageRun("eval", keys.eval, argv + option_args(cell.options["eval"]), out, "report", "eval.log")
+
+
+FEATURE_MODEL = "model"  # the cell's model's folder in its features directory
+HEAD_RESULTS = "test_results.json"  # what `train-head --features` writes after scoring the test videos
+
+
+def features_run(data: DatasetPaths, cell: Cell, keys: CellKeys, root: Path, run: Path, test_shards: Path,
+                 train_list: Path) -> StageRun:
+    """Snippet features of every training and test video with the cell's trained model (one crop at
+    the stored frame size: test videos are read from stage 1's test shards, not decoded again)."""
+    options = dict(cell.options["features"])
+    stored_size = cell.options["frames"].get("size", data.size)
+    if stored_size is not None:
+        options.setdefault("size", stored_size)
+    out = root / "features" / keys.features
+    argv = ["features", "--train-list", str(train_list), "--test-list", str(data.test_list),
+            "--video-root", str(data.test_video_root), "--checkpoint", f"{FEATURE_MODEL}={run}", "--out", str(out),
+            "--annotations", str(data.ground_truth), "--no-progress"]
+    if str(options.get("crops", 1)) == "1" and options.get("size") == stored_size:
+        argv += ["--test-shards", str(test_shards)]
+    if data.dataset:
+        argv += ["--dataset", data.dataset]
+    return StageRun("features", keys.features, argv + option_args(options), out / FEATURE_MODEL, "features",
+                    "features.log")
+
+
+def heads_run(cell: Cell, keys: CellKeys, root: Path, features: Path) -> StageRun:
+    """A head trained on the cell's features with the cell's seed, scored on the test videos."""
+    out = root / "heads" / keys.heads
+    argv = ["train-head", "--features", str(features), "--out", str(out), "--seeds", str(cell.seed)]
+    return StageRun("heads", keys.heads, argv + option_args(cell.options["heads"]), out, "heads", "heads.log")
+
+
+def embedded_train_list(path: Path) -> Path:
+    """The embedded default's training videos as a split list (`Class/Name.mp4` per line, relative
+    to its test videos' root, where they live too), for features and heads."""
+    records = json.loads(embedded.TRAIN_JSON.read_text(encoding="utf-8"))
+    lines = sorted({str(Path(record["video"]).relative_to(embedded.TEST_VIDEO_ROOT.relative_to(embedded.VIDEO_ROOT)))
+                    for record in records})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
 
 
 def prepare_commands(data: DatasetPaths) -> list[list[str]]:
