@@ -5,8 +5,8 @@ name = "demo-ablation"            # the output folder: experiments/<name>/ (defa
 seeds = [1, 2]
 combine = "cross"                 # cross: every combination of the axes' variants; separate: each axis
                                   # varied alone over the base (one table per axis)
-rows = ["prompt"]                 # what each cell reports: "prompt" (prompt scoring); "heads" once the
-                                  # features and train-head stages are wired in (refused until then)
+rows = ["prompt"]                 # what each cell reports: "prompt" (prompt scoring) and/or "heads" (a head
+                                  # trained on snippet features of the cell's model; [dataset] train_list)
 caption = "..."                   # words added to the tables' caption
 
 [dataset]                         # embedded = true (model_preset = an init-model preset, default
