@@ -106,8 +106,8 @@ DEMO_EVAL_CHECKPOINT := $(DEMO_DIR)$(if $(filter siglip2,$(MODEL_FAMILY)),/final
 # prompt scoring.
 DEMO_FEATURES := features/fgclip_demo
 DEMO_HEADS := heads/fgclip_demo
-DEMO_HEAD_ARGS ?= --method vadclip --epochs 15 --lr 1e-3 --batch-size 8 --clip-snippets 64 --prompt-prefix 4 \
-	--prompt-postfix 4 --seeds 0,1,2
+DEMO_HEAD_ARGS ?= --method vadclip --epochs 30 --lr 1e-3 --batch-size 8 --clip-snippets 64 --prompt-prefix 4 \
+	--prompt-postfix 4 --seeds 0,1,2 --no-resume
 demo: frames
 	test -f $(DEMO_MODEL)/config.json || $(FGCLIP) init-model --preset $(DEMO_MODEL_PRESET) --out $(DEMO_MODEL)
 	$(FGCLIP) train --preset $(DEMO_TRAIN_PRESET) --model $(DEMO_MODEL) --output-dir $(DEMO_DIR) --resume auto $(DEMO_VALIDATION)

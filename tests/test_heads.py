@@ -50,7 +50,8 @@ def test_vadclip_head_trains_selects_on_training_videos_and_resumes(features_dir
     assert set(results["summary"]) == {"anchors", "exact"} and len(results["seeds"]) == 2
     assert results["summary"]["anchors"]["auc"]["mean"] > 0.9, result.output
     assert "detection_map" in results["seeds"][0]["metrics"]["exact"]
-    again = train_head("--features", str(features_dir), "--out", str(out), "--epochs", "6", "--seeds", "0,1", *TINY)
+    again = train_head("--features", str(features_dir), "--out", str(out), "--epochs", "6", "--lr", "1e-3",
+                       "--seeds", "0,1", "--val-fraction", "0.2", *TINY)
     assert again.exit_code == 0 and again.output.count("finished earlier") == 2
 
 
@@ -62,6 +63,8 @@ def test_vadclip_resumes_from_its_last_checkpoint(features_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "resumed from" in (out / "seed-0" / "trainer_log.txt").read_text()
     assert json.loads((out / "seed-0" / "summary.json").read_text())["epochs"] == 3
+    other = train_head("--features", str(features_dir), "--out", str(out), "--epochs", "3", "--lr", "1e-2", *TINY)
+    assert other.exit_code != 0 and "trained with other settings or features (lr differ)" in other.output
 
 
 def test_mil_ranking_head_learns(features_dir, tmp_path):

@@ -381,11 +381,39 @@ def train_seed(settings: HeadSettings, seed: int, *, resume: bool = True,
     return summary
 
 
+RESUME_FREE_KEYS = ("seeds", "device", "output_dir", "epochs")  # may change when a run is resumed (a longer schedule)
+
+
+def features_fingerprint(settings: HeadSettings) -> dict:
+    """What identifies the training features: the list file's size and time, and with a features
+    directory its manifest's model digest and creation time (features extracted again change it)."""
+    stat = Path(settings.train_list).stat()
+    fingerprint = {"train_list_bytes": stat.st_size, "train_list_mtime": stat.st_mtime}
+    if settings.features_dir is not None:
+        manifest = read_features_dir(settings.features_dir).manifest
+        fingerprint.update(weights_sha256=manifest.get("model", {}).get("weights_sha256"), created=manifest.get("created"))
+    return fingerprint
+
+
+def check_resumable(config_file: Path, config: dict) -> None:
+    """A run directory resumed with other settings or other features would mix two heads: refused."""
+    old = json.loads(config_file.read_text(encoding="utf-8"))
+    changed = sorted(key for key in set(old) | set(config)
+                     if key not in RESUME_FREE_KEYS and old.get(key) != config.get(key))
+    if changed:
+        raise HeadDataError(f"{config_file.parent}: trained with other settings or features ({', '.join(changed)} differ); "
+                            f"use another --out, or --no-resume to train it again")
+
+
 def train_heads(settings: HeadSettings, *, resume: bool = True, echo: Callable[[str], None] = print) -> list[dict]:
     """Every seed of `settings`, one after the other; run_config.json first."""
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_CONFIG_NAME).write_text(json.dumps({"kind": "head", **settings.to_dict()}, indent=2) + "\n")
+    config = json.loads(json.dumps({"kind": "head", **settings.to_dict(), "features": features_fingerprint(settings)}))
+    config_file = out / RUN_CONFIG_NAME
+    if resume and config_file.is_file():
+        check_resumable(config_file, config)
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
     return [train_seed(settings, seed, resume=resume, echo=echo) for seed in settings.seeds]
 
 
