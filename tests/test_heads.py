@@ -164,3 +164,45 @@ def test_eval_head_rows_beside_prompt_scoring(features_dir, tmp_path):
     table = next(b for b in blocks if b.kind == "table")
     assert [row[0] for row in table.rows] == ["prompt scoring: trained", "ours"]
     assert " ± " in table.rows[1][2] and " ± " in table.rows[1][3]
+
+
+def test_vadclip_released_ucf_lists_as_distributed(shared_data, tmp_path, model_dir):
+    """VadCLIP's real UCF-Crime lists (absolute paths of its authors' machine, ten crops per training video,
+    the test list naming crop __5): rows of 3 anomalous and 3 normal videos, features generated at their paths."""
+    rng = np.random.default_rng(0)
+    direction = rng.normal(size=WIDTH).astype(np.float32)
+    prefix = "/home/xbgydx/Desktop/UCFClipFeatures"
+    lists = {}
+    for split, name in (("train", "ucf_CLIP_rgb.csv"), ("test", "ucf_CLIP_rgbtest.csv")):
+        lines = (shared_data / "vadclip" / name).read_text().splitlines()
+        per_kind = 30 if split == "train" else 3  # whole videos: ten crop rows each in training
+        rows = [line for line in lines[1:] if not line.endswith(",Normal")][:per_kind] + \
+               [line for line in lines[1:] if line.endswith(",Normal")][:per_kind]
+        for row in rows:
+            path, label = row.rsplit(",", 1)
+            snippets = 30 if split == "train" else 100  # 1,600 frames: the annotated events of these test videos fit
+            features = rng.normal(size=(snippets, WIDTH)).astype(np.float32)
+            if label != "Normal":
+                features[5:12] += direction
+            save_feature(tmp_path / "feat" / path[len(prefix) + 1:], features)
+        lists[split] = tmp_path / name
+        lists[split].write_text("\n".join([lines[0]] + rows) + "\n")
+    test_rows = lists["test"].read_text().splitlines()[1:]
+    assert all("__5.npy" in row for row in test_rows)
+    result = train_head("--train-list", str(lists["train"]), "--test-list", str(lists["test"]), "--method", "mil",
+                        "--path-map", f"{prefix}={tmp_path / 'feat'}", "--out", str(tmp_path / "run"), "--epochs", "1",
+                        *TINY)
+    # no ground truth for the generated test videos: trained, then a named error for the scoring
+    assert result.exit_code != 0 and "no ground truth file" in result.output, result.output
+    summary = json.loads((tmp_path / "run" / "seed-0" / "summary.json").read_text())
+    assert summary["epochs"] == 1
+    assert "60 training samples (6 videos)" in result.output
+    # with the official annotation file, VadCLIP's T x 16 ground truth of the list is built and used
+    result = train_head("--train-list", str(lists["train"]), "--test-list", str(lists["test"]), "--method", "mil",
+                        "--path-map", f"{prefix}={tmp_path / 'feat'}", "--out", str(tmp_path / "run"), "--epochs", "1",
+                        "--annotations", str(shared_data / "ucf" / "Temporal_Anomaly_Annotation.txt"), *TINY)
+    assert result.exit_code == 0, result.output
+    gt = np.load(tmp_path / "run" / "gt_ucf-crime.npy")
+    assert len(gt) == 6 * 100 * 16 and gt[165:240].all() and gt[:165].sum() == 0  # Abuse028_x264: 165 240
+    results = json.loads((tmp_path / "run" / "test_results.json").read_text())
+    assert list(results["summary"]) == ["anchors"]

@@ -24,6 +24,9 @@ def _seeds(value: str) -> tuple[int, ...]:
               help="Test list of released features, scored after training (with --gt).")
 @click.option("--gt", "gt_file", type=click.Path(dir_okay=False), default=None,
               help="VadCLIP's gt_<dataset>.npy for --test-list (the anchors' T x 16 ground truth).")
+@click.option("--annotations", type=click.Path(dir_okay=False), default=None,
+              help="Without --gt: the test split's annotation file (Temporal_Anomaly_Annotation.txt, annotations.txt, ...), "
+                   "from which VadCLIP's T x 16 ground truth of --test-list is built.")
 @click.option("--path-map", "path_maps", multiple=True, metavar="OLD=NEW", help="Rewrite a path prefix of the lists.")
 @click.option("--dataset", "dataset_name", default=None, help="Dataset of the registry [the features' / the list's paths'].")
 @click.option("--method", type=click.Choice(["vadclip", "mil"]), default="vadclip", show_default=True)
@@ -51,7 +54,7 @@ def _seeds(value: str) -> tuple[int, ...]:
                    "(0: the fixed schedule's end).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue a seed from its last checkpoint.")
-def train_head_command(features_dir, train_list, test_list, gt_file, path_maps, dataset_name, method, text_model, out_dir,
+def train_head_command(features_dir, train_list, test_list, gt_file, annotations, path_maps, dataset_name, method, text_model, out_dir,
                        crop, test_crop, clip_snippets, window, epochs, lr, batch_size, prompt_prefix, prompt_postfix,
                        separation_weight, local_layers, seeds, val_fraction, device, resume) -> None:
     """Train a weakly supervised head (VadCLIP-style or MIL ranking) on snippet features.
@@ -68,6 +71,7 @@ def train_head_command(features_dir, train_list, test_list, gt_file, path_maps, 
     from pathlib import Path
 
     from fgclip.eval.evaluate import pick_device
+    from fgclip.eval.ground_truth import AnnotationFormatError
     from fgclip.features.files import FeatureFileError, parse_path_maps
     from fgclip.heads import evaluate as head_eval
     from fgclip.heads import train as head_train
@@ -90,7 +94,9 @@ def train_head_command(features_dir, train_list, test_list, gt_file, path_maps, 
         test = None
         if test_list:
             test = head_eval.HeadTestSet(Path(test_list), settings.dataset, Path(gt_file) if gt_file else None, None,
-                                          settings.path_map)
+                                         settings.path_map)
+            if gt_file is None and annotations:
+                test.anchors_gt = head_eval.write_anchors_ground_truth(test, annotations, Path(out_dir))
         elif features_dir and head_eval.read_features_dir(features_dir).test:
             test = head_eval.test_features_of(features_dir)
         if test is not None:
@@ -100,7 +106,8 @@ def train_head_command(features_dir, train_list, test_list, gt_file, path_maps, 
                 auc, ap = summary["auc"], summary["ap"]
                 click.echo(f"test ({result['ground_truths'][gt]}): frame AUC {auc['mean']:.4f} ± {auc['std']:.4f}, "
                            f"AP {ap['mean']:.4f} ± {ap['std']:.4f} over {auc['n']} seeds")
-    except (HeadDataError, FeatureFileError, PromptContextError, ModelDirError, UnknownDatasetError, FileNotFoundError) as err:
+    except (HeadDataError, FeatureFileError, PromptContextError, ModelDirError, UnknownDatasetError, FileNotFoundError,
+            AnnotationFormatError) as err:
         raise click.ClickException(str(err)) from None
     for summary in summaries:
         chosen = Path(out_dir) / f"seed-{summary['seed']}" / summary["chosen"]

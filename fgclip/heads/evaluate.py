@@ -22,7 +22,7 @@ import torch
 
 from fgclip.eval.evaluate import expand_to_frames
 from fgclip.eval.metrics import VideoFrames, compute_metrics, detection_map
-from fgclip.features.files import SNIPPET_FRAMES, read_feature_list, read_features_dir
+from fgclip.features.files import SNIPPET_FRAMES, read_feature_list, read_features_dir, save_atomic, vadclip_ground_truth
 from fgclip.heads.data import HeadDataError, group_test_videos
 from fgclip.heads.train import chosen_heads, load_head
 from pipeline.datasets import get_dataset
@@ -51,6 +51,17 @@ def test_features_of(features_dir: os.PathLike | str) -> HeadTestSet:
         raise HeadDataError(f"{features_dir}: no test list (lists/vadclip_test.csv)")
     return HeadTestSet(features.root / "lists" / "vadclip_test.csv", features.dataset, files.get("vadclip"),
                         files.get("exact"))
+
+
+def write_anchors_ground_truth(test: HeadTestSet, annotations: os.PathLike | str, out_dir: Path) -> Path:
+    """VadCLIP's T x 16 ground truth of a released test list (no gt file given) from the dataset's
+    annotation file, written into the head run (`gt_<dataset>.npy`); only this construction: the
+    true frame counts are not in the features."""
+    entries = read_feature_list(test.list_path, path_map=test.path_map, dataset=test.dataset)
+    frames = vadclip_ground_truth(entries, annotations, dataset=test.dataset)
+    path = Path(out_dir) / f"gt_{test.dataset}.npy"
+    save_atomic(path, lambda handle: np.save(handle, frames))
+    return path
 
 
 def anchors_frames(gt_file: Path, lengths: Sequence[int]) -> list[np.ndarray]:
