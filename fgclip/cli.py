@@ -4,6 +4,7 @@
     fgclip/models/commands.py   init-model, export-model
     fgclip/train/commands.py    train, doctor                                   (stage 2)
     fgclip/eval/commands.py     eval, score
+    fgclip/heads/commands.py    train-head, bench-head                          (heads on snippet features)
     fgclip/experiments/commands.py  experiment
     here                        bench (it times every stage)
 
