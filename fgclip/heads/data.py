@@ -12,13 +12,12 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from fgclip.features.files import FeatureEntry, FeatureFileError, load_feature
+from fgclip.features.files import FeatureEntry, load_feature
 from pipeline.datasets import Dataset, label_from_path
 
 
