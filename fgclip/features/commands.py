@@ -42,7 +42,7 @@ DEFAULT_OUT = "features"
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (torchrun: one GPU per rank).")
 @click.option("--batch-frames", type=click.IntRange(min=1), default=256, show_default=True, help="Frames per forward pass.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Videos decoded at once (each an ffmpeg process of one thread) [default: the CPU count less 2].")
+              help="Videos decoded at once (each an ffmpeg process of one thread) [default: the CPU count less 2, at least 2].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def features_command(train_list, test_list, video_folders, video_root, checkpoints, out_dir, crops, test_crop, snippet,
                      snippet_frame, size, test_shards, annotations, dataset_name, convention, device, batch_frames,

@@ -200,8 +200,9 @@ class ExtractionSettings:
 
 
 def default_decode_workers() -> int:
-    """Videos decoded at once: every core but two (the model's host thread and the file writer)."""
-    return max(1, (os.cpu_count() or 1) - 2)
+    """Videos decoded at once: every core but two (the model's host thread and the file writer), and
+    at least two, so that a small machine still decodes one video while the model reads another."""
+    return max(2, (os.cpu_count() or 1) - 2)
 
 
 def decode_video(item: VideoItem, settings: ExtractionSettings) -> DecodedVideo:
